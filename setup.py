@@ -1,0 +1,40 @@
+"""t5mtl: multi-task text-to-text learning on JAX."""
+import setuptools
+
+# Ranges resolve together on Python 3.11 and 3.12 (checked with a fresh venv);
+# the lower bound is the version the test suite runs against.
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "seqio==0.0.20",
+    "tensorflow>=2.21.0,<2.22",
+    "tensorflow-text>=2.21.1,<2.22",
+    "gin-config>=0.5.0,<0.6",
+    "sentencepiece>=0.2.3,<0.3",
+    "clu==0.0.12",
+    "safetensors>=0.8.0,<0.9",
+    "numpy>=2.4,<3",
+    "tqdm>=4.70,<5",
+    "sacrebleu>=2.6.0,<3",
+    "rouge-score==0.1.2",
+]
+
+TEST_REQUIRES = [
+    "pytest>=9.2.0,<10",
+    "transformers==5.24.0",
+    "torch==2.13.0",
+]
+
+setuptools.setup(
+    name="t5mtl",
+    version="0.1.0",
+    description="Multi-task text-to-text pretraining and finetuning on JAX",
+    packages=setuptools.find_packages(include=["t5mtl", "t5mtl.*"]),
+    python_requires=">=3.11,<3.13",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": ["t5mtl=t5mtl.cli:main"]},
+    include_package_data=True,
+)
