@@ -1,0 +1,61 @@
+"""The `t5mtl` command line.
+
+Each subcommand lives in its own module next to the code it drives and
+exposes two functions:
+
+  add_arguments(parser: argparse.ArgumentParser) -> None
+  run(args: argparse.Namespace) -> int
+
+Modules are imported only when their subcommand runs, so `t5mtl params`
+does not pay for TensorFlow or seqio.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from t5mtl.errors import T5mtlError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "params": ("t5mtl.models.params_command", "count a named model's parameters"),
+    "convert": ("t5mtl.convert.command", "import/export HF T5 checkpoints"),
+}
+
+
+def _build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace | None]:
+    parser = argparse.ArgumentParser(prog="t5mtl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    # Parse only the command name first, then let that command's module
+    # describe its own arguments.
+    if not argv or argv[0] not in COMMANDS:
+        return parser, None
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    cmd_parser = argparse.ArgumentParser(prog=f"t5mtl {name}", description=COMMANDS[name][1])
+    module.add_arguments(cmd_parser)
+    args = cmd_parser.parse_args(argv[1:])
+    args._run = module.run
+    return parser, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, args = _build_parser(argv)
+    if args is None:
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.error(f"unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}")
+        parser.print_help()
+        return 0 if argv else 2
+    try:
+        return int(args._run(args) or 0)
+    except T5mtlError as e:
+        print(f"t5mtl {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
