@@ -1,0 +1,167 @@
+"""T5 building blocks in Flax Linen: norm, MLP, attention, relative position bias.
+
+Every parameter carries logical axis names (`nn.with_logical_partitioning`);
+one rule table (t5mtl.train.partitioning) maps them onto the device mesh.
+Logical names: embed, mlp, heads, kv, vocab, relpos_buckets (and `layers`
+for scanned stacks).
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# A large finite negative number rather than -inf, so that a fully masked
+# row (padding) gives a uniform softmax instead of NaN.
+NEG_INF = -1e10
+
+
+def _init(stddev: float, axes: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(stddev), axes)
+
+
+class RMSNorm(nn.Module):
+    """T5 layer norm: scale only, no bias and no mean subtraction."""
+    epsilon: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                           (x.shape[-1],), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = x32 * jax.lax.rsqrt(var + self.epsilon)
+        return (y * scale).astype(self.dtype)
+
+
+class MLP(nn.Module):
+    """ReLU (T5 1.0) or gated-GELU (T5 1.1) feed-forward block."""
+    d_ff: int
+    gated: bool
+    dropout_rate: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool):
+        d_model = x.shape[-1]
+        dense = lambda feats, axes, std, name: nn.Dense(
+            feats, use_bias=False, dtype=self.dtype, kernel_init=_init(std, axes), name=name)
+        if self.gated:
+            h = (jax.nn.gelu(dense(self.d_ff, ("embed", "mlp"), d_model ** -0.5, "wi_0")(x),
+                             approximate=True)
+                 * dense(self.d_ff, ("embed", "mlp"), d_model ** -0.5, "wi_1")(x))
+        else:
+            h = jax.nn.relu(dense(self.d_ff, ("embed", "mlp"), d_model ** -0.5, "wi")(x))
+        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        return dense(d_model, ("mlp", "embed"), self.d_ff ** -0.5, "wo")(h)
+
+
+def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int,
+                             max_distance: int):
+    """Maps key_pos - query_pos to a bucket: exact for small, log-spaced for far.
+
+    Bidirectional (encoder): half the buckets for keys after the query.
+    Causal (decoder): keys after the query share bucket 0 (they are masked anyway).
+    """
+    buckets = 0
+    n = num_buckets
+    if bidirectional:
+        n //= 2
+        buckets = (relative_position > 0).astype(jnp.int32) * n
+        distance = jnp.abs(relative_position)
+    else:
+        distance = jnp.maximum(-relative_position, 0)
+    max_exact = n // 2
+    is_small = distance < max_exact
+    # Clamp before the log: distance 0 goes through the "small" branch.
+    far = max_exact + (
+        jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact)
+        / math.log(max_distance / max_exact) * (n - max_exact)).astype(jnp.int32)
+    far = jnp.minimum(far, n - 1)
+    return buckets + jnp.where(is_small, distance, far)
+
+
+class RelativePositionBias(nn.Module):
+    """One bias table per stack, shared by its layers: [buckets, heads]."""
+    num_buckets: int
+    max_distance: int
+    num_heads: int
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(self, query_positions, key_positions):
+        """positions: int [batch or 1, len]. Returns float32 [batch, heads, q, k]."""
+        table = self.param("rel_embedding",
+                           _init(1.0, ("relpos_buckets", "heads")),
+                           (self.num_buckets, self.num_heads), jnp.float32)
+        rel = key_positions[:, None, :] - query_positions[:, :, None]
+        bucket = relative_position_bucket(rel, self.bidirectional, self.num_buckets,
+                                          self.max_distance)
+        values = jnp.take(table, bucket, axis=0)        # [b, q, k, h]
+        return jnp.transpose(values, (0, 3, 1, 2))
+
+
+class MultiHeadAttention(nn.Module):
+    """T5 attention: no 1/sqrt(d) scaling (folded into the init), additive bias.
+
+    With `decode=True` it keeps a cache: self-attention writes one step's
+    keys/values at `cache_index` into a [batch, max_len, heads, kv] buffer;
+    cross-attention projects the encoder output once and reuses it.
+    """
+    num_heads: int
+    d_kv: int
+    dropout_rate: float
+    dtype: jnp.dtype = jnp.float32
+    is_cross: bool = False
+
+    @nn.compact
+    def __call__(self, x_q, x_kv, bias, *, deterministic: bool, decode: bool = False,
+                 max_decode_length: int | None = None):
+        d_model = x_q.shape[-1]
+        inner = self.num_heads * self.d_kv
+        proj = lambda name, std: nn.DenseGeneral(
+            (self.num_heads, self.d_kv), use_bias=False, dtype=self.dtype, name=name,
+            kernel_init=_init(std, ("embed", "heads", "kv")))
+        query = proj("query", (d_model * self.d_kv) ** -0.5)(x_q)
+
+        if self.is_cross and decode and self.has_variable("cache", "cross_key"):
+            key = self.get_variable("cache", "cross_key")
+            value = self.get_variable("cache", "cross_value")
+        else:
+            key = proj("key", d_model ** -0.5)(x_kv)
+            value = proj("value", d_model ** -0.5)(x_kv)
+            if self.is_cross and decode:
+                self.put_variable("cache", "cross_key", key)
+                self.put_variable("cache", "cross_value", value)
+
+        if decode and not self.is_cross:
+            key, value = self._update_cache(key, value, max_decode_length)
+
+        query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
+        key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
+        value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key,
+                            preferred_element_type=jnp.float32)
+        scores = scores + bias
+        weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+        return nn.DenseGeneral(d_model, axis=(-2, -1), use_bias=False, dtype=self.dtype,
+                               name="out", kernel_init=_init(inner ** -0.5, ("heads", "kv", "embed"))
+                               )(out)
+
+    def _update_cache(self, key, value, max_decode_length):
+        batch, _, heads, d_kv = key.shape
+        shape = (batch, max_decode_length, heads, d_kv)
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
+        index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+        i = index.value
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, i, 0, 0))
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, i, 0, 0))
+        index.value = i + key.shape[1]
+        return cached_key.value, cached_value.value
