@@ -1,0 +1,221 @@
+"""Token cross-entropy for text-to-text models: z-loss, label smoothing and
+the loss-normalizing choices T5/t5x offer.
+
+The loss of a batch is ``numerator / denominator``. The numerator is a
+weighted sum over target tokens (additive over examples, so it can be summed
+over microbatches); the denominator is one of:
+
+- ``"num_real_target_tokens"``: the sum of the target weights (pretraining);
+- ``"constant"``: a fixed ``loss_normalizing_factor`` (t5x's finetuning
+  choice, e.g. 233472 = 2048 x 114);
+- ``"average_per_sequence"``: the number of sequences, each sequence's token
+  losses first averaged over that sequence's own tokens. With ``segment_ids``
+  (packed examples) a "sequence" is a packed segment.
+
+Under gradient accumulation the denominator must be the whole batch's, not a
+microbatch's: pass ``loss_denominator`` (see :func:`loss_denominator_fn` and
+``t5mtl.train.train_step``) and every loss term returned is additive over
+microbatches.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+
+from t5mtl.errors import T5mtlError
+
+NUM_REAL_TARGET_TOKENS = "num_real_target_tokens"
+CONSTANT = "constant"
+AVERAGE_PER_SEQUENCE = "average_per_sequence"
+NORMALIZATIONS = (NUM_REAL_TARGET_TOKENS, CONSTANT, AVERAGE_PER_SEQUENCE)
+
+DEFAULT_Z_LOSS = 1e-4
+
+Metrics = dict[str, jax.Array]
+
+
+def check_normalization(normalization: str, loss_normalizing_factor: Optional[float] = None) -> None:
+    """Raises T5mtlError for an unknown normalization or a missing constant."""
+    if normalization not in NORMALIZATIONS:
+        raise T5mtlError(
+            f"unknown loss normalization {normalization!r}; "
+            f"expected one of {', '.join(NORMALIZATIONS)}")
+    if normalization == CONSTANT and not (
+            loss_normalizing_factor is not None and loss_normalizing_factor > 0):
+        raise T5mtlError(
+            "loss normalization 'constant' needs a positive loss_normalizing_factor, "
+            f"got {loss_normalizing_factor!r}")
+
+
+def _sequence_token_counts(weights: jax.Array, segment_ids: Optional[jax.Array]) -> jax.Array:
+    """For each token, the total weight of the sequence (segment) it belongs to."""
+    if segment_ids is None:
+        return jnp.broadcast_to(jnp.sum(weights, axis=-1, keepdims=True), weights.shape)
+    same = segment_ids[..., :, None] == segment_ids[..., None, :]
+    return jnp.sum(same * weights[..., None, :], axis=-1)
+
+
+def token_weights(weights: jax.Array, normalization: str,
+                  segment_ids: Optional[jax.Array] = None) -> jax.Array:
+    """Per-token weights of the loss numerator under a normalization choice."""
+    if normalization != AVERAGE_PER_SEQUENCE:
+        return weights
+    counts = _sequence_token_counts(weights, segment_ids)
+    safe = jnp.where(counts > 0, counts, 1.0)
+    return jnp.where(counts > 0, weights / safe, 0.0)
+
+
+def loss_denominator(weights: jax.Array,
+                     normalization: str = NUM_REAL_TARGET_TOKENS,
+                     loss_normalizing_factor: Optional[float] = None,
+                     segment_ids: Optional[jax.Array] = None) -> jax.Array:
+    """The denominator of a batch's loss (see the module docstring).
+
+    Args:
+      weights: [batch, length] target weights (1 for real target tokens).
+      normalization: one of NORMALIZATIONS.
+      loss_normalizing_factor: the constant, for ``"constant"``.
+      segment_ids: optional [batch, length] packed-segment ids.
+    Returns:
+      A float32 scalar, never below the smallest positive float32 (an
+      all-padding batch gives loss 0, not NaN).
+    """
+    check_normalization(normalization, loss_normalizing_factor)
+    if normalization == CONSTANT:
+        return jnp.asarray(loss_normalizing_factor, jnp.float32)
+    weights = jnp.asarray(weights, jnp.float32)
+    denom = jnp.sum(token_weights(weights, normalization, segment_ids))
+    return jnp.maximum(denom, jnp.finfo(jnp.float32).tiny)
+
+
+# The argument of cross_entropy_with_z_loss shadows the function's name.
+_loss_denominator = loss_denominator
+
+
+def loss_denominator_fn(weights_key: str = "decoder_loss_weights",
+                        normalization: str = NUM_REAL_TARGET_TOKENS,
+                        loss_normalizing_factor: Optional[float] = None,
+                        segment_ids_key: Optional[str] = None,
+                        ) -> Callable[[Mapping[str, Any]], jax.Array]:
+    """Returns ``batch -> denominator``, for ``make_train_step``.
+
+    The train step calls it once on the whole (global) batch and hands the
+    result to every microbatch's loss, so accumulating over microbatches
+    equals one full-batch step.
+    """
+    check_normalization(normalization, loss_normalizing_factor)
+
+    def fn(batch: Mapping[str, Any]) -> jax.Array:
+        if weights_key not in batch:
+            raise T5mtlError(
+                f"the batch has no {weights_key!r} to normalize the loss by; "
+                f"it has {sorted(batch)}")
+        segment_ids = batch[segment_ids_key] if segment_ids_key else None
+        return loss_denominator(batch[weights_key], normalization,
+                                loss_normalizing_factor, segment_ids)
+
+    return fn
+
+
+def cross_entropy_with_z_loss(
+        logits: jax.Array,
+        targets: jax.Array,
+        weights: Optional[jax.Array] = None,
+        *,
+        z_loss: float = DEFAULT_Z_LOSS,
+        label_smoothing: float = 0.0,
+        normalization: str = NUM_REAL_TARGET_TOKENS,
+        loss_normalizing_factor: Optional[float] = None,
+        segment_ids: Optional[jax.Array] = None,
+        loss_denominator: Optional[jax.Array] = None,
+) -> tuple[jax.Array, Metrics]:
+    """Softmax cross-entropy with T5's z-loss and label smoothing.
+
+    Per token: ``-sum_v q_v log p_v - H(q) + z_loss * logsumexp(logits)^2``
+    where ``q`` puts ``1 - label_smoothing`` on the target and
+    ``label_smoothing / (V - 1)`` on every other id, and ``H(q)`` is the
+    entropy of ``q`` (so a perfect prediction costs 0, as in t5x).
+
+    Args:
+      logits: [batch, length, vocab], any float dtype (computed in float32).
+      targets: [batch, length] int ids.
+      weights: [batch, length] target weights; default ``targets > 0``.
+      z_loss: the coefficient of ``logsumexp(logits)^2``.
+      label_smoothing: in [0, 1).
+      normalization: one of NORMALIZATIONS (see the module docstring).
+      loss_normalizing_factor: the constant, for ``"constant"``.
+      segment_ids: [batch, length] packed-segment ids, for per-sequence
+        averaging of packed examples.
+      loss_denominator: a precomputed denominator (the whole batch's under
+        gradient accumulation); computed from ``weights`` when None.
+    Returns:
+      ``(loss, metrics)``. metrics has ``loss``, ``cross_entropy`` and
+      ``z_loss`` (normalized like the loss, so additive over microbatches),
+      the counts ``target_tokens``, ``correct_tokens`` and ``num_sequences``,
+      and ``accuracy`` (recompute it from the counts after summing: see
+      :func:`finalize_metrics`).
+    """
+    check_normalization(normalization, loss_normalizing_factor)
+    if not 0.0 <= label_smoothing < 1.0:
+        raise T5mtlError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    if logits.shape[:-1] != targets.shape:
+        raise T5mtlError(
+            f"logits shape {logits.shape} does not match targets shape {targets.shape}")
+    logits = logits.astype(jnp.float32)
+    vocab_size = logits.shape[-1]
+    if weights is None:
+        weights = (targets > 0).astype(jnp.float32)  # T5's pad id is 0
+    weights = jnp.asarray(weights, jnp.float32)
+
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    log_probs = logits - log_z[..., None]
+    target_log_probs = jnp.take_along_axis(
+        log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    if label_smoothing > 0.0:
+        confidence = 1.0 - label_smoothing
+        low_confidence = label_smoothing / (vocab_size - 1)
+        entropy = -(confidence * jnp.log(confidence)
+                    + (vocab_size - 1) * low_confidence * jnp.log(low_confidence))
+        # sum_v q_v log p_v without materializing a one-hot [.., vocab] array.
+        expected_log_prob = (low_confidence * jnp.sum(log_probs, axis=-1)
+                             + (confidence - low_confidence) * target_log_probs)
+        token_ce = -expected_log_prob - entropy
+    else:
+        token_ce = -target_log_probs
+    token_z = z_loss * jnp.square(log_z)
+
+    if loss_denominator is None:
+        loss_denominator = _loss_denominator(
+            weights, normalization, loss_normalizing_factor, segment_ids)
+    denom = jnp.asarray(loss_denominator, jnp.float32)
+    numerator_weights = token_weights(weights, normalization, segment_ids)
+    ce = jnp.sum(token_ce * numerator_weights) / denom
+    zl = jnp.sum(token_z * numerator_weights) / denom
+    loss = ce + zl
+
+    correct = jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights)
+    metrics = {
+        "loss": loss,
+        "cross_entropy": ce,
+        "z_loss": zl,
+        "target_tokens": jnp.sum(weights),
+        "correct_tokens": correct,
+        "num_sequences": jnp.sum(token_weights(weights, AVERAGE_PER_SEQUENCE, segment_ids)),
+    }
+    return loss, finalize_metrics(metrics)
+
+
+def finalize_metrics(metrics: Mapping[str, jax.Array]) -> Metrics:
+    """Recomputes the ratio metric ``accuracy`` from summed counts.
+
+    Call it after summing metrics over microbatches or steps; every other
+    entry this module returns is additive.
+    """
+    out = dict(metrics)
+    if "correct_tokens" in out and "target_tokens" in out:
+        tokens = out["target_tokens"]
+        safe = jnp.where(tokens > 0, tokens, 1.0)
+        out["accuracy"] = jnp.where(tokens > 0, out["correct_tokens"] / safe, 0.0)
+    return out
