@@ -1,0 +1,213 @@
+"""HF transformers T5ForConditionalGeneration <-> t5mtl params.
+
+A torch Linear stores weight [out, in]; t5mtl kernels are [in, ...out]. The
+name table below is the single place that knows both layouts; import and
+export both read it, so they cannot drift apart.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Callable, Iterator
+
+import numpy as np
+
+from t5mtl.errors import T5mtlError
+from t5mtl.models.config import T5Config
+
+Path = tuple[str, ...]
+
+
+def _linear_in(shape_out: Callable[[int], tuple]) -> tuple[Callable, Callable]:
+    """(to_ours, to_hf) for a torch Linear weight [out, in] -> kernel [in, *out]."""
+    def to_ours(w):
+        return np.ascontiguousarray(w.T).reshape((w.shape[1],) + shape_out(w.shape[0]))
+
+    def to_hf(k):
+        return np.ascontiguousarray(k.reshape(k.shape[0], -1).T)
+    return to_ours, to_hf
+
+
+def _linear_out(shape_in: Callable[[int], tuple]) -> tuple[Callable, Callable]:
+    """Attention output: torch [d_model, heads*kv] -> kernel [heads, kv, d_model]."""
+    def to_ours(w):
+        return np.ascontiguousarray(w.T).reshape(shape_in(w.shape[1]) + (w.shape[0],))
+
+    def to_hf(k):
+        return np.ascontiguousarray(k.reshape(-1, k.shape[-1]).T)
+    return to_ours, to_hf
+
+
+_IDENTITY = (lambda x: x, lambda x: x)
+_DENSE = _linear_in(lambda out: (out,))
+
+
+def name_table(cfg: T5Config) -> Iterator[tuple[str, Path, tuple[Callable, Callable]]]:
+    """Yields (hf_name, t5mtl_path, (to_ours, to_hf)) for every parameter."""
+    heads = lambda n: (cfg.num_heads, n // cfg.num_heads)
+    qkv = _linear_in(heads)
+    out = _linear_out(heads)
+    yield "shared.weight", ("token_embedder", "embedding"), _IDENTITY
+
+    def attention(hf, ours):
+        for p, q in (("q", "query"), ("k", "key"), ("v", "value")):
+            yield f"{hf}.{p}.weight", ours + (q, "kernel"), qkv
+        yield f"{hf}.o.weight", ours + ("out", "kernel"), out
+
+    def mlp(hf, ours):
+        wis = ("wi_0", "wi_1") if cfg.gated else ("wi",)
+        for wi in wis:
+            yield f"{hf}.{wi}.weight", ours + (wi, "kernel"), _DENSE
+        yield f"{hf}.wo.weight", ours + ("wo", "kernel"), _DENSE
+
+    for stack, n_layers in (("encoder", cfg.num_layers), ("decoder", cfg.n_decoder_layers)):
+        yield (f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+               (stack, "relpos_bias", "rel_embedding"), _IDENTITY)
+        for i in range(n_layers):
+            hf, ours = f"{stack}.block.{i}.layer", (stack, f"layers_{i}")
+            if stack == "encoder":
+                yield f"{hf}.0.layer_norm.weight", ours + ("pre_attention_layer_norm", "scale"), \
+                    _IDENTITY
+                yield from attention(f"{hf}.0.SelfAttention", ours + ("attention",))
+                ff = 1
+            else:
+                yield (f"{hf}.0.layer_norm.weight",
+                       ours + ("pre_self_attention_layer_norm", "scale"), _IDENTITY)
+                yield from attention(f"{hf}.0.SelfAttention", ours + ("self_attention",))
+                yield (f"{hf}.1.layer_norm.weight",
+                       ours + ("pre_cross_attention_layer_norm", "scale"), _IDENTITY)
+                yield from attention(f"{hf}.1.EncDecAttention",
+                                     ours + ("encoder_decoder_attention",))
+                ff = 2
+            yield f"{hf}.{ff}.layer_norm.weight", ours + ("pre_mlp_layer_norm", "scale"), _IDENTITY
+            yield from mlp(f"{hf}.{ff}.DenseReluDense", ours + ("mlp",))
+        norm = "encoder_norm" if stack == "encoder" else "decoder_norm"
+        yield f"{stack}.final_layer_norm.weight", (stack, norm, "scale"), _IDENTITY
+    if not cfg.tie_word_embeddings:
+        yield "lm_head.weight", ("decoder", "logits_dense", "kernel"), _DENSE
+
+
+# -- reading -------------------------------------------------------------------
+
+def _read_tensors(src: str) -> dict[str, np.ndarray]:
+    single = os.path.join(src, "model.safetensors")
+    index = os.path.join(src, "model.safetensors.index.json")
+    torch_bin = os.path.join(src, "pytorch_model.bin")
+    if os.path.exists(single):
+        from safetensors.numpy import load_file
+        return _load_safetensors(single, load_file)
+    if os.path.exists(index):
+        from safetensors.numpy import load_file
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        tensors = {}
+        for shard in shards:
+            tensors.update(_load_safetensors(os.path.join(src, shard), load_file))
+        return tensors
+    if os.path.exists(torch_bin):
+        try:
+            import torch
+        except ImportError as e:
+            raise T5mtlError(f"{torch_bin}: reading pytorch_model.bin needs torch "
+                             f"(pip install torch==2.13.0)") from e
+        state = torch.load(torch_bin, map_location="cpu", weights_only=True)
+        return {k: v.float().numpy() for k, v in state.items()}
+    raise T5mtlError(f"{src}: no weights found (expected model.safetensors, "
+                     f"model.safetensors.index.json or pytorch_model.bin)")
+
+
+def _load_safetensors(path, load_file):
+    try:
+        tensors = load_file(path)
+    except Exception as e:  # safetensors raises its own error types
+        raise T5mtlError(f"{path}: not a readable safetensors file ({e})") from e
+    return {k: np.asarray(v, np.float32) if v.dtype != np.float32 else v
+            for k, v in tensors.items()}
+
+
+def read_hf_config(src: str) -> T5Config:
+    path = os.path.join(src, "config.json")
+    if not os.path.isdir(src):
+        raise T5mtlError(f"{src}: not a directory")
+    if not os.path.exists(path):
+        raise T5mtlError(f"{src}: no config.json (not an HF model directory)")
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except json.JSONDecodeError as e:
+        raise T5mtlError(f"{path}: not valid JSON ({e})") from e
+    return T5Config.from_hf_dict(d, source=path)
+
+
+def import_hf(src: str) -> tuple[T5Config, dict]:
+    """Reads an HF T5 directory; returns (config, params) with numpy leaves."""
+    from t5mtl.models.init import param_shapes
+    cfg = read_hf_config(src)
+    tensors = _read_tensors(src)
+    expected = param_shapes(cfg)
+    for name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
+        if name in tensors and not np.array_equal(tensors[name], tensors.get("shared.weight")):
+            raise T5mtlError(f"{src}: {name!r} differs from 'shared.weight'; t5mtl's T5 shares "
+                             f"one input embedding")
+    params: dict = {}
+    for hf_name, path, (to_ours, _) in name_table(cfg):
+        if hf_name not in tensors:
+            raise T5mtlError(f"{src}: weights lack tensor {hf_name!r} that config.json implies")
+        value = to_ours(tensors[hf_name])
+        want = _get(expected, path).shape
+        if value.shape != tuple(want):
+            raise T5mtlError(f"{src}: tensor {hf_name!r} has shape {tensors[hf_name].shape}, "
+                             f"which does not fit config.json (t5mtl {'/'.join(path)} wants "
+                             f"{tuple(want)})")
+        _set(params, path, value)
+    return cfg, params
+
+
+# -- writing -------------------------------------------------------------------
+
+def export_hf(cfg: T5Config, params: dict, dst: str) -> None:
+    """Writes config.json + model.safetensors that transformers loads.
+
+    The directory appears whole or not at all: files go to a temporary
+    sibling directory that is renamed into place.
+    """
+    from safetensors.numpy import save_file
+    if cfg.scan_layers:
+        from t5mtl.convert.layout import unstack_layers
+        params = unstack_layers(params, cfg)
+    if os.path.exists(dst) and os.listdir(dst):
+        raise T5mtlError(f"{dst}: exists and is not empty; refusing to overwrite")
+    tensors = {}
+    for hf_name, path, (_, to_hf) in name_table(cfg):
+        tensors[hf_name] = np.asarray(to_hf(np.asarray(_get(params, path), np.float32)))
+    # transformers ties these to `shared`; write them so any loader finds them.
+    tensors["encoder.embed_tokens.weight"] = tensors["shared.weight"]
+    tensors["decoder.embed_tokens.weight"] = tensors["shared.weight"]
+    parent = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".t5mtl-export-", dir=parent)
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                  os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(cfg.to_hf_dict(), f, indent=2)
+        if os.path.exists(dst):
+            os.rmdir(dst)
+        os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _get(tree, path):
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def _set(tree, path, value):
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value
