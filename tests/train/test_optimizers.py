@@ -101,8 +101,8 @@ def test_frozen_params_unchanged_and_stateless(name):
     state_sizes = sum(x.size for x in jax.tree.leaves(state) if x.ndim > 0)
     if name == "adamw":  # mu and nu for the trainable params only
         assert state_sizes == 2 * (4 * 5 + 2 * 4)
-    else:  # not factored (dims < 128): one full v per trainable param, (1,) for row/col
-        assert state_sizes == (4 * 5 + 2 * 4) + 4 * 2
+    else:  # unfactored (dims < 128): a full v per trainable param, (1,) row and col
+        assert state_sizes == (4 * 5 + 2 * 4) + 2 * 2
     grads = jax.tree.map(lambda x: x * 0.3, params)
     for _ in range(2):
         updates, state = tx.update(grads, state, params)
