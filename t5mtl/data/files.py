@@ -154,6 +154,7 @@ class Field:
       values: maps raw values to the field's value (e.g. {"1": "acceptable"});
         any other raw value is an error naming the allowed ones.
       allow_empty: whether an empty or all-blank text is allowed.
+      strip: strip surrounding whitespace from texts.
       missing_in: splits whose files lack this column (unlabelled test sets);
         there the field takes `default`.
       default: the value used in `missing_in` splits.
@@ -163,6 +164,7 @@ class Field:
     dtype: str = "string"
     values: Mapping[Any, Any] | None = None
     allow_empty: bool = False
+    strip: bool = True
     missing_in: tuple[str, ...] = ()
     default: Any = None
 
@@ -191,13 +193,13 @@ class Field:
                 raise T5mtlError(f"{where} should be text, got {type(raw).__name__} {raw!r}")
             if not self.allow_empty and not raw.strip():
                 raise T5mtlError(f"{where} is empty")
-            return raw
+            return raw.strip() if self.strip else raw
         if self.dtype == "strings":
             if not isinstance(raw, list) or not all(isinstance(r, str) for r in raw):
                 raise T5mtlError(f"{where} should be a list of texts, got {raw!r}")
             if not raw or (not self.allow_empty and not all(r.strip() for r in raw)):
                 raise T5mtlError(f"{where} is empty")
-            return raw
+            return [r.strip() for r in raw] if self.strip else raw
         kind = int if self.dtype == "int" else float
         if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
             raise T5mtlError(f"{where} should be a number, got {raw!r}")

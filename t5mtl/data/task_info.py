@@ -74,7 +74,7 @@ class TaskInfo:
                 f"task {self.name!r}: unknown schema {self.schema!r}; choose from {SCHEMAS}")
         if not self.category:
             raise T5mtlError(f"task {self.name!r}: category must not be empty")
-        if self.schema == "classification" and not self.label_names:
+        if self.schema in ("classification", "pair_classification") and not self.label_names:
             raise T5mtlError(f"task {self.name!r}: a classification task needs label_names")
 
     def to_dict(self) -> dict:
