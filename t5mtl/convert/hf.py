@@ -211,3 +211,11 @@ def _set(tree, path, value):
     for p in path[:-1]:
         tree = tree.setdefault(p, {})
     tree[path[-1]] = value
+
+
+def hf_vocabulary_spec(src: str) -> dict | None:
+    """T5's SentencePiece model if the HF directory ships one (spiece.model)."""
+    path = os.path.join(src, "spiece.model")
+    if os.path.isfile(path):
+        return {"kind": "sentencepiece", "path": os.path.abspath(path), "extra_ids": 100}
+    return None

@@ -1,0 +1,76 @@
+"""`t5mtl convert`: HF T5 directory <-> t5mtl model directory.
+
+  t5mtl convert --from hf --src HF_DIR --dst MODEL_DIR
+  t5mtl convert --to hf   --src MODEL_DIR --dst HF_DIR
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+
+from t5mtl.errors import T5mtlError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    direction = parser.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--from", dest="from_format", choices=["hf"],
+                           help="import: SRC is an HF T5 directory, DST a t5mtl model_dir")
+    direction.add_argument("--to", dest="to_format", choices=["hf"],
+                           help="export: SRC is a t5mtl model_dir, DST an HF directory")
+    parser.add_argument("--src", required=True)
+    parser.add_argument("--dst", required=True)
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step to export")
+    parser.add_argument("--scan_layers", action="store_true",
+                        help="store imported params in the scanned layout")
+
+
+def hf_to_model_dir(src: str, dst: str, scan_layers: bool = False) -> None:
+    """Writes a t5mtl model_dir (model.json + checkpoint 0) from an HF directory.
+
+    The directory appears whole or not at all (temporary sibling, then rename).
+    """
+    from t5mtl.convert.hf import hf_vocabulary_spec, import_hf
+    from t5mtl.convert.layout import to_layout
+    from t5mtl.train.model_dir import save_params, write_model_json
+    if os.path.exists(dst) and os.listdir(dst):
+        raise T5mtlError(f"{dst}: exists and is not empty; refusing to overwrite")
+    config, params = import_hf(src)
+    config = config.replace(scan_layers=scan_layers)
+    vocab = hf_vocabulary_spec(src)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(dst)),
+                       f".{os.path.basename(os.path.abspath(dst))}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if vocab:
+            shutil.copy(vocab["path"], os.path.join(_mkdir(tmp), "spiece.model"))
+            vocab = dict(vocab, path=os.path.join(os.path.abspath(dst), "spiece.model"))
+        write_model_json(tmp, config, vocab)
+        save_params(tmp, to_layout(params, config), step=0)
+        if os.path.exists(dst):
+            os.rmdir(dst)
+        os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def model_dir_to_hf(src: str, dst: str, step: int | None = None) -> None:
+    from t5mtl.convert.hf import export_hf
+    from t5mtl.train.model_dir import read_model_json, restore_params
+    config, _ = read_model_json(src)
+    export_hf(config, restore_params(src, config, step), dst)
+
+
+def _mkdir(path):
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.from_format == "hf":
+        hf_to_model_dir(args.src, args.dst, args.scan_layers)
+    else:
+        model_dir_to_hf(args.src, args.dst, args.step)
+    print(f"wrote {args.dst}")
+    return 0
