@@ -1,0 +1,235 @@
+"""The train state and the pure, jittable train step.
+
+The model contract (as in t5x): ``loss_fn(params, batch, dropout_rng) ->
+(loss, metrics)``. The optimizer is a plain optax transformation handed in
+by the caller.
+
+Gradient accumulation runs ``num_microbatches`` slices of the batch through
+``lax.scan``, sums gradients and metrics, and applies one update. The sum
+equals the full-batch gradient only if every microbatch's loss is divided
+by the *whole batch's* denominator: give ``make_train_step`` a
+``loss_denominator_fn`` (``t5mtl.train.losses.loss_denominator_fn``) and the
+step puts its value on the whole batch into every microbatch as
+``batch[LOSS_DENOMINATOR_KEY]``, for the loss_fn to pass on to
+``cross_entropy_with_z_loss(..., loss_denominator=...)``. A loss normalized
+by a constant (t5x's finetuning ``loss_normalizing_factor``) or a plain sum
+is already additive and needs no denominator.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from t5mtl.errors import T5mtlError
+from t5mtl.train import losses, partitioning
+
+LOSS_DENOMINATOR_KEY = "loss_denominator"
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, Metrics]]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes: a pytree, checkpointable as is.
+
+    ``rng`` is a raw uint32 key; the step's dropout key is
+    ``fold_in(rng, step)``, so a resumed run draws the same dropout masks.
+    """
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+    @classmethod
+    def create(cls, params: Any, tx: optax.GradientTransformation,
+               rng: jax.Array) -> "TrainState":
+        return cls(step=jnp.zeros((), jnp.int32), params=params,
+                   opt_state=tx.init(params), rng=_raw_key(rng))
+
+
+def _raw_key(rng: jax.Array) -> jax.Array:
+    if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(rng)
+    return rng
+
+
+def _split_microbatches(batch: Batch, num_microbatches: int) -> dict[str, jax.Array]:
+    """[B, ...] -> [N, B/N, ...]; microbatch i holds rows i, i+N, i+2N, ...
+
+    Strided rather than contiguous so every microbatch is spread over all
+    the devices that hold the (data-sharded) batch.
+    """
+    out = {}
+    for key, x in batch.items():
+        if x.ndim == 0 or x.shape[0] % num_microbatches:
+            raise T5mtlError(
+                f"batch feature {key!r} with shape {x.shape} does not split into "
+                f"{num_microbatches} microbatches")
+        x = x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:])
+        out[key] = jnp.swapaxes(x, 0, 1)
+    return out
+
+
+def make_train_step(loss_fn: LossFn,
+                    tx: optax.GradientTransformation,
+                    *,
+                    num_microbatches: int = 1,
+                    loss_denominator_fn: Optional[Callable[[Batch], jax.Array]] = None,
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """Builds ``train_step(state, batch) -> (state, metrics)``.
+
+    Args:
+      loss_fn: ``(params, batch, dropout_rng) -> (loss, metrics)``; metrics
+        must be additive over microbatches except ratios that
+        ``losses.finalize_metrics`` recomputes (``accuracy``).
+      tx: the optimizer.
+      num_microbatches: gradient accumulation steps inside one update.
+      loss_denominator_fn: ``full_batch -> scalar``; see the module docstring.
+    Returns:
+      A pure function (jit it, e.g. with :func:`jit_train_step`). Metrics are
+      the summed loss metrics plus ``grad_norm`` (of the accumulated
+      gradient, before the optimizer's clipping).
+    """
+    if not isinstance(num_microbatches, int) or num_microbatches < 1:
+        raise T5mtlError(f"num_microbatches must be a positive integer, got {num_microbatches!r}")
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def with_denominator(batch, denominator):
+        if denominator is None:
+            return batch
+        return {**batch, LOSS_DENOMINATOR_KEY: denominator}
+
+    def compute_grads(params, batch, dropout_rng):
+        denominator = None
+        if loss_denominator_fn is not None:
+            denominator = jnp.asarray(loss_denominator_fn(batch), jnp.float32)
+        if num_microbatches == 1:
+            (_, metrics), grads = grad_fn(params, with_denominator(batch, denominator),
+                                          dropout_rng)
+            return grads, metrics
+
+        micro = _split_microbatches(batch, num_microbatches)
+
+        def body(carry, xs):
+            grad_sum, metric_sum = carry
+            index, mb = xs
+            (_, metrics), grads = grad_fn(params, with_denominator(mb, denominator),
+                                          jax.random.fold_in(dropout_rng, index))
+            grad_sum = jax.tree.map(lambda a, g: a + g.astype(a.dtype), grad_sum, grads)
+            metric_sum = jax.tree.map(jnp.add, metric_sum, metrics)
+            return (grad_sum, metric_sum), None
+
+        first = jax.tree.map(lambda x: x[0], micro)
+        metric_shapes = jax.eval_shape(
+            lambda p, b, r: loss_fn(p, b, r)[1], params, with_denominator(first, denominator),
+            dropout_rng)
+        zeros = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)),
+                              params),
+                 jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes))
+        (grad_sum, metric_sum), _ = jax.lax.scan(
+            body, zeros, (jnp.arange(num_microbatches), micro))
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grad_sum, params)
+        return grads, metric_sum
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        dropout_rng = jax.random.fold_in(state.rng, state.step)
+        grads, metrics = compute_grads(state.params, batch, dropout_rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = losses.finalize_metrics(metrics)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+# ----------------------------------------------------------------------------
+# Sharded state and the jitted step
+# ----------------------------------------------------------------------------
+
+def train_state_shardings(tx: optax.GradientTransformation, abstract_params: Any,
+                          param_shardings: Any, mesh: Mesh) -> TrainState:
+    """A TrainState of NamedShardings: params by their logical axes, optimizer
+    state derived from them (``partitioning.opt_state_shardings``), step and
+    rng replicated."""
+    abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
+    replicated = NamedSharding(mesh, P())
+    return TrainState(
+        step=replicated,
+        params=param_shardings,
+        opt_state=partitioning.opt_state_shardings(
+            abstract_opt_state, abstract_params, param_shardings, mesh),
+        rng=replicated)
+
+
+def create_train_state(init_params_fn: Callable[..., Any], tx: optax.GradientTransformation,
+                       *init_args: Any, rng: jax.Array, mesh: Mesh,
+                       rules: Optional[partitioning.LogicalRules] = None,
+                       ) -> tuple[TrainState, TrainState]:
+    """Born-sharded train state: params and optimizer state are created
+    directly in their shards by one jitted init.
+
+    Args:
+      init_params_fn: ``(*init_args) -> boxed params`` (``nn.Partitioned``
+        leaves), e.g. ``lambda r: model.init(r, *dummy)["params"]``.
+      tx: the optimizer.
+      rng: the train state's base key (dropout keys derive from it).
+      mesh, rules: the mesh and logical axis rules.
+    Returns:
+      ``(state, state_shardings)``.
+    """
+    rules = partitioning.logical_axis_rules() if rules is None else rules
+    with partitioning.mesh_context(mesh, rules):
+        boxed = jax.eval_shape(init_params_fn, *init_args)
+        param_shardings = partitioning.logical_to_shardings(
+            partitioning.logical_partition_specs(boxed), mesh, rules)
+        abstract_params = jax.eval_shape(lambda *a: nn.unbox(init_params_fn(*a)), *init_args)
+        shardings = train_state_shardings(tx, abstract_params, param_shardings, mesh)
+
+        def init(key, *args):
+            return TrainState.create(nn.unbox(init_params_fn(*args)), tx, key)
+
+        state = jax.jit(init, out_shardings=shardings)(_raw_key(rng), *init_args)
+    return state, shardings
+
+
+def jit_train_step(step_fn: Callable[[TrainState, Batch], tuple[TrainState, Metrics]],
+                   state_shardings: TrainState,
+                   batch_sharding: Any,
+                   mesh: Mesh,
+                   rules: Optional[partitioning.LogicalRules] = None,
+                   ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """``jax.jit(step_fn)`` with explicit in/out shardings and the state donated.
+
+    ``batch_sharding`` is one sharding for every batch feature (e.g.
+    ``partitioning.batch_sharding(mesh)``) or a matching dict. Metrics come
+    back replicated. The returned function traces under the mesh and logical
+    axis rules, so ``nn.with_logical_constraint`` in the model takes effect;
+    its ``.lower(state, batch)`` does the same (for cost analysis).
+    """
+    rules = partitioning.logical_axis_rules() if rules is None else rules
+    jitted = jax.jit(step_fn,
+                     in_shardings=(state_shardings, batch_sharding),
+                     out_shardings=(state_shardings, NamedSharding(mesh, P())),
+                     donate_argnums=(0,))
+
+    def run(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        with partitioning.mesh_context(mesh, rules):
+            return jitted(state, batch)
+
+    def lower(state: TrainState, batch: Batch):
+        with partitioning.mesh_context(mesh, rules):
+            return jitted.lower(state, batch)
+
+    run.lower = lower
+    run.jitted = jitted
+    return run
