@@ -1,0 +1,97 @@
+"""Per-host batches: a seqio task or mixture -> feature converter -> numpy.
+
+The trainer calls `host_batches(...)` on every host; each host reads its own
+shard (seqio.ShardInfo(process_index, process_count)) and gets dicts of numpy
+arrays of shape [batch_size_per_host, length], ready to be assembled into a
+global jax.Array over the mesh's "data" axis.
+
+Feature converters:
+- "encdec": seqio.EncDecFeatureConverter (encoder_input_tokens,
+  decoder_target_tokens, decoder_input_tokens, decoder_loss_weights, plus
+  segment ids and positions when packed);
+- "prefix_lm": seqio.PrefixLMFeatureConverter for decoder-only models on
+  inputs/targets data (decoder_* features and decoder_causal_attention; its
+  length is inputs + targets).
+"""
+from __future__ import annotations
+
+from typing import Iterator, Mapping
+
+import gin
+import numpy as np
+import seqio
+
+from t5mtl.errors import T5mtlError
+
+FEATURE_CONVERTERS = ("encdec", "prefix_lm")
+
+
+def make_feature_converter(kind: str = "encdec", pack: bool = True) -> seqio.FeatureConverter:
+    """The seqio feature converter for `kind` ("encdec" or "prefix_lm")."""
+    if kind == "encdec":
+        return seqio.EncDecFeatureConverter(pack=pack)
+    if kind == "prefix_lm":
+        return seqio.PrefixLMFeatureConverter(pack=pack)
+    raise T5mtlError(f"unknown feature converter {kind!r}; choose one of {FEATURE_CONVERTERS}")
+
+
+def default_shard_info() -> seqio.ShardInfo:
+    """This process's shard: ShardInfo(jax.process_index(), jax.process_count())."""
+    import jax  # pylint: disable=import-outside-toplevel
+    return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+
+
+@gin.configurable(denylist=["shard_info"])
+def host_batches(mixture_or_task_name: str,
+                 task_feature_lengths: Mapping[str, int],
+                 split: str = "train",
+                 batch_size_per_host: int = 8,
+                 shuffle: bool = True,
+                 seed: int | None = 0,
+                 pack: bool = True,
+                 shard_info: seqio.ShardInfo | None = None,
+                 num_epochs: int | None = None,
+                 use_cached: bool = False,
+                 feature_converter: str = "encdec") -> Iterator[dict[str, np.ndarray]]:
+    """Yields this host's batches of `mixture_or_task_name` as numpy dicts.
+
+    Args:
+      mixture_or_task_name: a registered seqio Task or Mixture.
+      task_feature_lengths: e.g. {"inputs": 512, "targets": 114}.
+      split: the split to read.
+      batch_size_per_host: examples per batch on this host (global batch /
+        process count); an incomplete last batch is dropped.
+      shuffle: shuffle files and examples (seeded by `seed`).
+      seed: makes shuffling, mixing and every stochastic preprocessor
+        deterministic; None means fresh randomness each run.
+      pack: pack several examples per row (segment ids and positions).
+      shard_info: which shard this host reads; default: this JAX process's.
+      num_epochs: passes over the data; None repeats forever.
+      use_cached: read the task's offline cache (seqio cache_tasks_main).
+      feature_converter: "encdec" or "prefix_lm".
+    """
+    if batch_size_per_host < 1:
+        raise T5mtlError(f"batch_size_per_host must be >= 1, got {batch_size_per_host}")
+    converter = make_feature_converter(feature_converter, pack)
+    try:
+        provider = seqio.get_mixture_or_task(mixture_or_task_name)
+    except ValueError as e:
+        raise T5mtlError(f"no task or mixture named {mixture_or_task_name!r}: {e}") from e
+    if shard_info is None:
+        shard_info = default_shard_info()
+    if not 0 <= shard_info.index < shard_info.num_shards:
+        raise T5mtlError(f"bad shard {shard_info}: need 0 <= index < num_shards")
+    ds = seqio.get_dataset(
+        provider,
+        task_feature_lengths=dict(task_feature_lengths),
+        feature_converter=converter,
+        dataset_split=split,
+        use_cached=use_cached,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        shard_info=shard_info,
+        seed=seed,
+        batch_size=batch_size_per_host,
+        verbose=False,
+    )
+    return ds.as_numpy_iterator()
