@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from t5mtl.errors import T5mtlError
 from t5mtl.train import optimizers, partitioning
 
-import toy_sharded_lm as toy
+from tests.train import toy_sharded_lm as toy
 
 
 def test_mesh_fills_the_minus_one_axis():

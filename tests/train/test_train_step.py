@@ -14,7 +14,7 @@ import pytest
 from t5mtl.errors import T5mtlError
 from t5mtl.train import losses, partitioning, train_step
 
-import toy_sharded_lm as toy
+from tests.train import toy_sharded_lm as toy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
