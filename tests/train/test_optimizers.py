@@ -146,3 +146,28 @@ def test_bad_names():
         tx.init(_tree())
     with pytest.raises(T5mtlError, match=r"\[bad"):
         optimizers.create_optimizer("adamw", learning_rate=0.1, frozen_patterns=["[bad"])
+
+
+def test_gin_configures_the_optimizer():
+    import gin
+    gin.clear_config()
+    try:
+        gin.parse_config("""
+            create_optimizer.name = "adamw"
+            create_optimizer.frozen_patterns = ["encoder/.*"]
+            adamw.b1 = 0.5
+            learning_rate_schedule.name = "constant"
+            learning_rate_schedule.base_learning_rate = 0.25
+            learning_rate_schedule.warmup_steps = 0
+        """)
+        tx = optimizers.create_optimizer()
+        assert float(optimizers.learning_rate_schedule()(7)) == 0.25
+        params = _tree()
+        state = tx.init(params)
+        grads = jax.tree.map(jnp.ones_like, params)
+        updates, _ = tx.update(grads, state, params)
+        # First Adam step is lr * sign(g) whatever b1 is; decay off by default.
+        np.testing.assert_allclose(updates["decoder"]["kernel"], -0.25, rtol=1e-5)
+        np.testing.assert_array_equal(updates["encoder"]["kernel"], 0.0)
+    finally:
+        gin.clear_config()

@@ -2,6 +2,7 @@
 mesh layouts, gradient accumulation equal to one batch, donation."""
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -21,27 +22,73 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 LAYOUTS = ["8,1,1", "2,1,4", "1,4,2"]  # data=8; data=2 x model=4; fsdp=4 x model=2
 
 
-def _eight_device_losses():
+def _toy_env(num_devices):
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                        " --xla_force_host_platform_device_count=8").strip()
+                        f" --xla_force_host_platform_device_count={num_devices}").strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "toy_sharded_lm.py"), *LAYOUTS],
-                          env=env, capture_output=True, text=True, timeout=300)
+    return env
+
+
+def _toy_command(*args):
+    return [sys.executable, os.path.join(HERE, "toy_sharded_lm.py"), *args]
+
+
+def _output(stdout):
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def one_device_losses():
+    losses_, _ = toy.run_losses((1, 1, 1), devices=jax.devices()[:1])
+    assert losses_[-1] < losses_[0] * 0.5  # it trains
+    return losses_
+
+
+def test_losses_match_across_mesh_layouts(one_device_losses):
+    proc = subprocess.run(_toy_command(*LAYOUTS), env=_toy_env(8), capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def test_losses_match_across_mesh_layouts():
-    one_device, _ = toy.run_losses((1, 1, 1), devices=jax.devices()[:1])
-    assert one_device[-1] < one_device[0] * 0.5  # it trains
-    results = _eight_device_losses()
+    results = _output(proc.stdout)
+    one_device = one_device_losses
     for layout in LAYOUTS:
         got = results[layout]
         assert got["num_devices"] == 8, layout  # params really spread over 8 devices
         assert got["wi_kernel_spec"] == "P('fsdp', 'model')"
         np.testing.assert_allclose(got["losses"], one_device, rtol=1e-5, err_msg=layout)
+
+
+def test_losses_match_on_two_processes(one_device_losses):
+    """2 processes x 2 CPU devices (gloo): each process feeds its own half
+    of the batch, found by process_batch_shard."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    layouts = ["4,1,1", "1,2,2"]
+    procs = [subprocess.Popen(_toy_command(f"--distributed={port},2,{i}", *layouts),
+                              env=_toy_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    outs = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=300)
+            assert proc.returncode == 0, stderr[-3000:]
+            outs.append(_output(stdout))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for i, results in enumerate(outs):
+        for layout in layouts:
+            got = results[layout]
+            assert got["num_devices"] == 4, layout
+            np.testing.assert_allclose(got["losses"], one_device_losses, rtol=1e-5,
+                                       err_msg=f"{layout} process {i}")
+        # data=4: each process feeds its own half; fsdp=2 x model=2 puts the
+        # model axis within a process, so the halves still differ.
+        assert results["4,1,1"]["batch_shard"] == [i, 2]
+        assert results["1,2,2"]["batch_shard"] == [i, 2]
 
 
 def _one_step(tx, num_microbatches, batch, params):

@@ -1,9 +1,12 @@
 """A tiny Flax LM with logical axis names, and a 5-step training run on a
 given mesh layout. Run as a script it prints the losses of each layout as
-JSON; the mesh-parity test runs it with 8 fake CPU devices.
+JSON; the mesh-parity tests run it with 8 fake CPU devices, and as two
+processes (gloo collectives) with 2 fake devices each:
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \
         python tests/train/toy_sharded_lm.py 8,1,1 2,1,4 1,4,2
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 \
+        python tests/train/toy_sharded_lm.py --distributed=PORT,2,ID 4,1,1 1,2,2
 """
 import json
 import sys
@@ -81,20 +84,29 @@ def run_losses(mesh_shape, devices=None, steps=5, num_microbatches=1):
     jitted = train_step.jit_train_step(step_fn, shardings, partitioning.batch_sharding(mesh), mesh)
     out = []
     for step in range(steps):
-        batch = partitioning.host_batch_to_global(make_batch(step), mesh)
+        index, count = partitioning.process_batch_shard(mesh, BATCH)
+        rows = slice(index * BATCH // count, (index + 1) * BATCH // count)
+        local = {k: v[rows] for k, v in make_batch(step).items()}  # this process's share
+        batch = partitioning.host_batch_to_global(local, mesh)
         state, metrics = jitted(state, batch)
         out.append(float(metrics["loss"]))
     return out, state
 
 
 def main(argv):
+    if argv and argv[0].startswith("--distributed="):
+        port, num, pid = argv.pop(0).split("=", 1)[1].split(",")
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(f"127.0.0.1:{port}", int(num), int(pid))
     results = {}
     for layout in argv:
         shape = tuple(int(s) for s in layout.split(","))
         losses_, state = run_losses(shape)
         kernel = state.params["wi"]["kernel"]
         results[layout] = {"losses": losses_, "wi_kernel_spec": str(kernel.sharding.spec),
-                           "num_devices": len(kernel.sharding.device_set)}
+                           "num_devices": len(kernel.sharding.device_set),
+                           "batch_shard": partitioning.process_batch_shard(
+                               partitioning.create_mesh(shape), BATCH)}
     print(json.dumps(results))
 
 
