@@ -21,6 +21,7 @@ from t5mtl.errors import T5mtlError
 COMMANDS: dict[str, tuple[str, str]] = {
     "params": ("t5mtl.models.params_command", "count a named model's parameters"),
     "convert": ("t5mtl.convert.command", "import/export HF T5 checkpoints"),
+    "tasks": ("t5mtl.data.tasks_command", "list and inspect registered tasks"),
 }
 
 

@@ -40,6 +40,8 @@ from t5mtl.errors import T5mtlError
 logger = logging.getLogger(__name__)
 
 # A record as read from a file, with its location ("path:line") for errors.
+# Line-based readers yield a RecordError in place of a record for a bad line
+# (not JSON, wrong number of columns), so a skip policy can step over it.
 Located = tuple[str, Any]
 Reader = Callable[[Any], Iterator[Located]]
 
@@ -52,6 +54,10 @@ _DTYPES = {
 
 
 # ------------------------------------------------------------------ readers
+
+class RecordError(T5mtlError):
+    """One bad record (its message starts with "path:line:")."""
+
 
 def read_jsonl(path: str) -> Iterator[Located]:
     """Yields ("path:line", object) for each non-blank line of a JSONL file."""
@@ -67,9 +73,10 @@ def read_jsonl(path: str) -> Iterator[Located]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise T5mtlError(f"{loc}: not valid JSON: {e.msg} (column {e.colno})") from None
+                yield loc, RecordError(f"{loc}: not valid JSON: {e.msg} (column {e.colno})")
+                continue
             if not isinstance(record, dict):
-                raise T5mtlError(f"{loc}: expected a JSON object, got {type(record).__name__}")
+                record = RecordError(f"{loc}: expected a JSON object, got {type(record).__name__}")
             yield loc, record
 
 
@@ -104,7 +111,8 @@ def read_delimited(path: str, delimiter: str = "\t", header: bool = True) -> Ite
                     names = row
                     continue
             if len(row) != width:
-                raise T5mtlError(f"{loc}: expected {width} {kind} columns, found {len(row)}")
+                yield loc, RecordError(f"{loc}: expected {width} {kind} columns, found {len(row)}")
+                continue
             yield loc, (dict(zip(names, row)) if names else row)
 
 
@@ -346,6 +354,8 @@ class FileSource(PythonSource):
         for path in files:
             for loc, record in self._reader(path):
                 try:
+                    if isinstance(record, RecordError):
+                        raise record
                     ex = {name: f.read(name, record, loc, split) for name, f in self._fields.items()}
                 except T5mtlError as e:
                     if self._on_error == "raise":

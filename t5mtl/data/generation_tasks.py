@@ -12,7 +12,8 @@ import functools
 from typing import Iterator
 
 from t5mtl.data import metrics
-from t5mtl.data.files import Field, Located, Template, read_jsonl, register_file_task
+from t5mtl.data.files import (Field, Located, RecordError, Template, read_jsonl,
+                              register_file_task)
 from t5mtl.data.task_info import TaskInfo
 
 # ---------------------------------------------------------------- Multi30k
@@ -48,6 +49,9 @@ def read_dialogsum(path: str) -> Iterator[Located]:
     which "summary1" becomes the record's "summary".
     """
     for loc, record in read_jsonl(path):
+        if isinstance(record, RecordError):
+            yield loc, record
+            continue
         refs = [record[k] for k in ("summary", "summary1", "summary2", "summary3") if k in record]
         record = dict(record, references=refs)
         if "summary" not in record and "summary1" in record:
