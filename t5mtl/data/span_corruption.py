@@ -84,25 +84,25 @@ def plan_span_corruption_lengths(inputs_length: int,
     """The longest chunk whose corrupted inputs (plus EOS) fit `inputs_length`.
 
     One sentinel per noise span in the inputs and in the targets, one EOS on
-    each. The inputs length grows by 0 or 1 per extra raw token, so the first
-    chunk length that overflows ends the search.
+    each. The inputs length never shrinks as the chunk grows (it grows by 0,
+    1 or 2 per raw token), so the search stops at the first chunk that overflows.
     """
     if not 0.0 < noise_density < 1.0:
         raise T5mtlError(f"noise_density must be in (0, 1), got {noise_density}")
     if mean_noise_span_length < 1.0:
         raise T5mtlError(
             f"mean_noise_span_length must be >= 1, got {mean_noise_span_length}")
-    tokens_length = max(int(inputs_length), 2)
-    plan = corrupted_lengths(tokens_length, noise_density, mean_noise_span_length)
+    plan = corrupted_lengths(2, noise_density, mean_noise_span_length)
     if plan.inputs_length > inputs_length:
         raise T5mtlError(
             f"inputs length {inputs_length} is too short for span corruption "
-            f"(a {tokens_length}-token chunk needs {plan.inputs_length})")
+            f"(even a 2-token chunk needs {plan.inputs_length})")
     while True:
-        longer = corrupted_lengths(tokens_length + 1, noise_density, mean_noise_span_length)
+        longer = corrupted_lengths(plan.tokens_length + 1, noise_density,
+                                   mean_noise_span_length)
         if longer.inputs_length > inputs_length:
             return plan
-        tokens_length, plan = tokens_length + 1, longer
+        plan = longer
 
 
 # ---------------------------------------------------------------------------
