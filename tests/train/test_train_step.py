@@ -60,12 +60,12 @@ def test_losses_match_across_mesh_layouts(one_device_losses):
 
 
 def test_losses_match_on_two_processes(one_device_losses):
-    """2 processes x 2 CPU devices (gloo): each process feeds its own half
-    of the batch, found by process_batch_shard."""
+    """2 processes x 2 CPU devices (gloo); each process feeds the share of
+    the batch that process_batch_shard names."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    layouts = ["4,1,1", "1,2,2"]
+    layouts = ["4,1,1", "1,1,4"]
     procs = [subprocess.Popen(_toy_command(f"--distributed={port},2,{i}", *layouts),
                               env=_toy_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for i in range(2)]
@@ -85,10 +85,10 @@ def test_losses_match_on_two_processes(one_device_losses):
             assert got["num_devices"] == 4, layout
             np.testing.assert_allclose(got["losses"], one_device_losses, rtol=1e-5,
                                        err_msg=f"{layout} process {i}")
-        # data=4: each process feeds its own half; fsdp=2 x model=2 puts the
-        # model axis within a process, so the halves still differ.
+        # data=4 spans both processes: each feeds its own half. model=4
+        # spans both too and the batch is not split: both feed all of it.
         assert results["4,1,1"]["batch_shard"] == [i, 2]
-        assert results["1,2,2"]["batch_shard"] == [i, 2]
+        assert results["1,1,4"]["batch_shard"] == [0, 1]
 
 
 def _one_step(tx, num_microbatches, batch, params):
