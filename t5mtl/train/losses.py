@@ -36,7 +36,8 @@ DEFAULT_Z_LOSS = 1e-4
 Metrics = dict[str, jax.Array]
 
 
-def check_normalization(normalization: str, loss_normalizing_factor: Optional[float] = None) -> None:
+def check_normalization(normalization: str,
+                        loss_normalizing_factor: Optional[float] = None) -> None:
     """Raises T5mtlError for an unknown normalization or a missing constant."""
     if normalization not in NORMALIZATIONS:
         raise T5mtlError(

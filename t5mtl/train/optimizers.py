@@ -93,7 +93,8 @@ def learning_rate_schedule(name: str = "rsqrt",
     if name == "cosine":
         return optax.warmup_cosine_decay_schedule(
             init_learning_rate, base_learning_rate, warmup_steps, decay_steps, end_learning_rate)
-    decay = optax.linear_schedule(base_learning_rate, end_learning_rate, decay_steps - warmup_steps)
+    decay = optax.linear_schedule(base_learning_rate, end_learning_rate,
+                                  decay_steps - warmup_steps)
     if warmup_steps == 0:
         return decay
     warmup = optax.linear_schedule(init_learning_rate, base_learning_rate, warmup_steps)

@@ -131,11 +131,12 @@ def make_train_step(loss_fn: LossFn,
         metric_shapes = jax.eval_shape(
             lambda p, b, r: loss_fn(p, b, r)[1], params, with_denominator(first, denominator),
             dropout_rng)
-        zeros = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)),
-                              params),
-                 jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes))
+        # Gradients accumulate in at least float32 (bfloat16 params included).
+        grad_zeros = jax.tree.map(
+            lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), params)
+        metric_zeros = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes)
         (grad_sum, metric_sum), _ = jax.lax.scan(
-            body, zeros, (jnp.arange(num_microbatches), micro))
+            body, (grad_zeros, metric_zeros), (jnp.arange(num_microbatches), micro))
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grad_sum, params)
         return grads, metric_sum
 
