@@ -152,31 +152,36 @@ def random_spans_noise_mask(length: tf.Tensor, seed: tf.Tensor,
 # ---------------------------------------------------------------------------
 # Inputs and targets.
 
-def _replace_spans_with_sentinels(tokens: tf.Tensor, span_mask: tf.Tensor,
-                                  top_sentinel: int) -> tf.Tensor:
-    """Replaces the k-th run of True in `span_mask` by `top_sentinel - k`."""
-    prev = tf.concat([[False], span_mask[:-1]], axis=0)
-    starts = tf.logical_and(span_mask, tf.logical_not(prev))
-    span_index = tf.cumsum(tf.cast(starts, tokens.dtype)) - 1
-    tokens = tf.where(starts, tf.cast(top_sentinel, tokens.dtype) - span_index, tokens)
-    return tf.boolean_mask(tokens, tf.logical_or(starts, tf.logical_not(span_mask)))
+def _span_starts(mask: tf.Tensor) -> tf.Tensor:
+    prev = tf.concat([[False], mask[:-1]], axis=0)
+    return tf.logical_and(mask, tf.logical_not(prev))
+
+
+def _span_sentinels(starts: tf.Tensor, top_sentinel: int, dtype) -> tf.Tensor:
+    """At each position: the sentinel of the span it belongs to (the k-th span gets top - k)."""
+    return tf.cast(top_sentinel, dtype) - (tf.cumsum(tf.cast(starts, dtype)) - 1)
 
 
 def sentinel_inputs(tokens: tf.Tensor, noise_mask: tf.Tensor,
                     vocab: seqio.Vocabulary) -> tf.Tensor:
     """The tokens with the k-th noise span replaced by sentinel k (`<extra_id_k>`)."""
-    return _replace_spans_with_sentinels(tokens, noise_mask, _top_sentinel(vocab))
+    starts = _span_starts(noise_mask)
+    out = tf.where(starts, _span_sentinels(starts, _top_sentinel(vocab), tokens.dtype), tokens)
+    return tf.boolean_mask(out, tf.logical_or(starts, tf.logical_not(noise_mask)))
 
 
 def sentinel_targets(tokens: tf.Tensor, noise_mask: tf.Tensor,
                      vocab: seqio.Vocabulary) -> tf.Tensor:
-    """Sentinel k followed by the k-th noise span, for every span in order.
+    """Sentinel k followed by the tokens of the k-th noise span, for every span in order.
 
-    Non-noise spans come first, so the k-th non-noise span (replaced by
-    sentinel k) sits just before the k-th noise span.
+    Works for any mask (also one that starts with noise, as i.i.d. masks may).
     """
-    return _replace_spans_with_sentinels(
-        tokens, tf.logical_not(noise_mask), _top_sentinel(vocab))
+    starts = _span_starts(noise_mask)
+    sentinels = _span_sentinels(starts, _top_sentinel(vocab), tokens.dtype)
+    # Position i contributes (its span's sentinel if a span starts there, its token if noise).
+    candidates = tf.reshape(tf.stack([sentinels, tokens], axis=1), [-1])
+    keep = tf.reshape(tf.stack([starts, noise_mask], axis=1), [-1])
+    return tf.boolean_mask(candidates, keep)
 
 
 def _top_sentinel(vocab: seqio.Vocabulary) -> int:
