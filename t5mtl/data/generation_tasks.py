@@ -23,22 +23,6 @@ def _pair(prefix: str) -> dict[str, str]:
     return {"en": f"multi30k/{prefix}.en", "de": f"multi30k/{prefix}.de"}
 
 
-register_file_task(
-    "multi30k_en_de",
-    {"train": _pair("train"), "validation": _pair("val"), "test": _pair("test_2016_flickr")},
-    "parallel",
-    Template("translate English to German: {en}", "{de}"),
-    fields={"en": Field(), "de": Field()},
-    metric_fns=[metrics.bleu], postprocess_fn=metrics.decode_text,
-    info=TaskInfo(
-        name="multi30k_en_de", category="translation", schema="text_to_text",
-        metrics=("bleu",), fields=("en", "de"), splits=("train", "validation", "test"),
-        suite="multi30k", source="multi30k", languages=("en", "de"),
-        license="none stated (Flickr30K-derived; research use)",
-        citation="Elliott et al., 2016. Multi30K: Multilingual English-German Image "
-                 "Descriptions. VL workshop.",
-        description="translate an English image caption into German"))
-
 # ---------------------------------------------------------------- DialogSum
 
 
@@ -59,21 +43,45 @@ def read_dialogsum(path: str) -> Iterator[Located]:
         yield loc, record
 
 
-register_file_task(
-    "dialogsum",
-    {"validation": "dialogsum/dialogsum.dev.jsonl", "test": "dialogsum/dialogsum.test.jsonl"},
-    read_dialogsum,
-    Template("summarize: {dialogue}", "{summary}"),
-    fields={"dialogue": Field(), "summary": Field(), "references": Field(dtype="strings")},
-    metric_fns=[metrics.rouge],
-    postprocess_fn=functools.partial(metrics.references_from_example, key="references"),
-    info=TaskInfo(
-        name="dialogsum", category="summarization", schema="text_to_text",
-        metrics=("rouge1", "rouge2", "rougeLsum"), fields=("dialogue", "summary"),
-        splits=("validation", "test"), suite="dialogsum", source="dialogsum",
-        license="CC BY-NC-SA 4.0",
-        citation="Chen et al., 2021. DialogSum: A Real-Life Scenario Dialogue "
-                 "Summarization Dataset. Findings of ACL.",
-        description="summarise a two-person dialogue in one or two sentences"))
+def register(**kwargs) -> None:
+    """Registers this module's tasks; kwargs (vocabulary=, overwrite=, data_dir=)
+    go to register_file_task. Called once at import."""
+    register_file_task(
+        "multi30k_en_de",
+        {"train": _pair("train"), "validation": _pair("val"), "test": _pair("test_2016_flickr")},
+        "parallel",
+        Template("translate English to German: {en}", "{de}"),
+        fields={"en": Field(), "de": Field()},
+        metric_fns=[metrics.bleu], postprocess_fn=metrics.decode_text,
+        info=TaskInfo(
+            name="multi30k_en_de", category="translation", schema="text_to_text",
+            metrics=("bleu",), fields=("en", "de"), splits=("train", "validation", "test"),
+            suite="multi30k", source="multi30k", languages=("en", "de"),
+            license="none stated (Flickr30K-derived; research use)",
+            citation="Elliott et al., 2016. Multi30K: Multilingual English-German Image "
+                     "Descriptions. VL workshop.",
+            description="translate an English image caption into German"),
+        **kwargs)
+    register_file_task(
+        "dialogsum",
+        {"validation": "dialogsum/dialogsum.dev.jsonl", "test": "dialogsum/dialogsum.test.jsonl"},
+        read_dialogsum,
+        Template("summarize: {dialogue}", "{summary}"),
+        fields={"dialogue": Field(), "summary": Field(), "references": Field(dtype="strings")},
+        metric_fns=[metrics.rouge],
+        postprocess_fn=functools.partial(metrics.references_from_example, key="references"),
+        info=TaskInfo(
+            name="dialogsum", category="summarization", schema="text_to_text",
+            metrics=("rouge1", "rouge2", "rougeLsum"), fields=("dialogue", "summary"),
+            splits=("validation", "test"), suite="dialogsum", source="dialogsum",
+            license="CC BY-NC-SA 4.0",
+            citation="Chen et al., 2021. DialogSum: A Real-Life Scenario Dialogue "
+                     "Summarization Dataset. Findings of ACL.",
+            description="summarise a two-person dialogue in one or two sentences"),
+        **kwargs)
+
 
 TASKS = ("multi30k_en_de", "dialogsum")
+
+
+register()

@@ -56,39 +56,10 @@ def _in(folder, files):
 # ---------------------------------------------------------------- SST-2
 
 SST2_LABELS = ("negative", "positive")
-register_label_task(
-    "glue_sst2", "glue_sst2",
-    {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}, "tsv",
-    fields={"sentence": Field(),
-            "label": label_field(SST2_LABELS, raw_values=("0", "1"), missing_in=("test",))},
-    template=Template("sst2 sentence: {sentence}", "{label}"),
-    label_names=SST2_LABELS,
-    info=TaskInfo(
-        name="glue_sst2", category="sentiment", schema="classification",
-        metrics=("accuracy",), label_names=SST2_LABELS, fields=("sentence", "label"),
-        splits=("train", "validation", "test"), suite="glue", source="glue_sst2",
-        license="not stated", citation="Socher et al., 2013. " + GLUE_CITATION,
-        description="binary sentiment of movie-review phrases"))
 
 # ---------------------------------------------------------------- CoLA
 
 COLA_LABELS = ("unacceptable", "acceptable")
-register_label_task(
-    "glue_cola", "cola",
-    # GLUE's CoLA dev set is the in-domain and out-of-domain dev files together.
-    {"train": "in_domain_train.tsv",
-     "validation": ["in_domain_dev.tsv", "out_of_domain_dev.tsv"]}, "tsv",
-    fields={"sentence": Field(column=3),
-            "label": label_field(COLA_LABELS, column=1, raw_values=("0", "1"))},
-    template=Template("cola sentence: {sentence}", "{label}"),
-    label_names=COLA_LABELS, metric_fns=(metrics.matthews_corrcoef,), header=False,
-    info=TaskInfo(
-        name="glue_cola", category="acceptability", schema="classification",
-        metrics=("matthews_corrcoef",), label_names=COLA_LABELS, fields=("sentence", "label"),
-        splits=("train", "validation"), suite="glue", source="cola",
-        license="excerpts; copyright stays with the original publishers (fair use research)",
-        citation="Warstadt et al., 2019. Neural Network Acceptability Judgments. TACL.",
-        description="is the English sentence grammatically acceptable"))
 
 # ---------------------------------------------------------------- STS-B
 
@@ -106,40 +77,81 @@ def stsb_score_to_label(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-register_file_task(
-    "glue_stsb",
-    {"train": "glue_stsb/train.tsv", "validation": "glue_stsb/dev.tsv",
-     "test": "glue_stsb/test.tsv"}, "tsv",
-    Template("stsb sentence1: {sentence1} sentence2: {sentence2}", "{label}"),
-    fields={"sentence1": Field(), "sentence2": Field(),
-            "score": Field(dtype="float", missing_in=("test",), default=-1.0)},
-    preprocessors=[stsb_score_to_label],
-    metric_fns=[metrics.pearson_corrcoef, metrics.spearman_corrcoef],
-    postprocess_fn=metrics.string_to_float,
-    info=TaskInfo(
-        name="glue_stsb", category="similarity", schema="regression",
-        metrics=("pearson_corrcoef", "spearman_corrcoef"),
-        fields=("sentence1", "sentence2", "label"), splits=("train", "validation", "test"),
-        suite="glue", source="glue_stsb",
-        license="scores CC BY-SA 4.0; sentences under each source's licence",
-        citation="Cer et al., 2017. SemEval-2017 Task 1: Semantic Textual Similarity. "
-                 + GLUE_CITATION,
-        description="semantic similarity of two sentences, 0 to 5 in steps of 0.2"))
-
 # ---------------------------------------------------------------- QNLI
 
 QNLI_LABELS = ("entailment", "not_entailment")
-register_label_task(
-    "glue_qnli", "glue_qnli", {"validation": "dev.tsv"}, "tsv",
-    fields={"question": Field(), "sentence": Field(), "label": label_field(QNLI_LABELS)},
-    template=Template("qnli question: {question} sentence: {sentence}", "{label}"),
-    label_names=QNLI_LABELS,
-    info=TaskInfo(
-        name="glue_qnli", category="nli", schema="pair_classification",
-        metrics=("accuracy",), label_names=QNLI_LABELS,
-        fields=("question", "sentence", "label"), splits=("validation",), suite="glue",
-        source="glue_qnli", license="not stated (built from SQuAD, CC BY-SA 4.0)",
-        citation="Rajpurkar et al., 2016 (SQuAD). " + GLUE_CITATION,
-        description="does the sentence contain the answer to the question"))
+
+
+def register(**kwargs) -> None:
+    """Registers this module's tasks; kwargs (vocabulary=, overwrite=, data_dir=)
+    go to register_file_task. Called once at import."""
+    register_label_task(
+        "glue_sst2", "glue_sst2",
+        {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}, "tsv",
+        fields={"sentence": Field(),
+                "label": label_field(SST2_LABELS, raw_values=("0", "1"), missing_in=("test",))},
+        template=Template("sst2 sentence: {sentence}", "{label}"),
+        label_names=SST2_LABELS,
+        info=TaskInfo(
+            name="glue_sst2", category="sentiment", schema="classification",
+            metrics=("accuracy",), label_names=SST2_LABELS, fields=("sentence", "label"),
+            splits=("train", "validation", "test"), suite="glue", source="glue_sst2",
+            license="not stated", citation="Socher et al., 2013. " + GLUE_CITATION,
+            description="binary sentiment of movie-review phrases"),
+        **kwargs)
+    register_label_task(
+        "glue_cola", "cola",
+        # GLUE's CoLA dev set is the in-domain and out-of-domain dev files together.
+        {"train": "in_domain_train.tsv",
+         "validation": ["in_domain_dev.tsv", "out_of_domain_dev.tsv"]}, "tsv",
+        fields={"sentence": Field(column=3),
+                "label": label_field(COLA_LABELS, column=1, raw_values=("0", "1"))},
+        template=Template("cola sentence: {sentence}", "{label}"),
+        label_names=COLA_LABELS, metric_fns=(metrics.matthews_corrcoef,), header=False,
+        info=TaskInfo(
+            name="glue_cola", category="acceptability", schema="classification",
+            metrics=("matthews_corrcoef",), label_names=COLA_LABELS, fields=("sentence", "label"),
+            splits=("train", "validation"), suite="glue", source="cola",
+            license="excerpts; copyright stays with the original publishers (fair use research)",
+            citation="Warstadt et al., 2019. Neural Network Acceptability Judgments. TACL.",
+            description="is the English sentence grammatically acceptable"),
+        **kwargs)
+    register_file_task(
+        "glue_stsb",
+        {"train": "glue_stsb/train.tsv", "validation": "glue_stsb/dev.tsv",
+         "test": "glue_stsb/test.tsv"}, "tsv",
+        Template("stsb sentence1: {sentence1} sentence2: {sentence2}", "{label}"),
+        fields={"sentence1": Field(), "sentence2": Field(),
+                "score": Field(dtype="float", missing_in=("test",), default=-1.0)},
+        preprocessors=[stsb_score_to_label],
+        metric_fns=[metrics.pearson_corrcoef, metrics.spearman_corrcoef],
+        postprocess_fn=metrics.string_to_float,
+        info=TaskInfo(
+            name="glue_stsb", category="similarity", schema="regression",
+            metrics=("pearson_corrcoef", "spearman_corrcoef"),
+            fields=("sentence1", "sentence2", "label"), splits=("train", "validation", "test"),
+            suite="glue", source="glue_stsb",
+            license="scores CC BY-SA 4.0; sentences under each source's licence",
+            citation="Cer et al., 2017. SemEval-2017 Task 1: Semantic Textual Similarity. "
+                     + GLUE_CITATION,
+            description="semantic similarity of two sentences, 0 to 5 in steps of 0.2"),
+        **kwargs)
+    register_label_task(
+        "glue_qnli", "glue_qnli", {"validation": "dev.tsv"}, "tsv",
+        fields={"question": Field(), "sentence": Field(), "label": label_field(QNLI_LABELS)},
+        template=Template("qnli question: {question} sentence: {sentence}", "{label}"),
+        label_names=QNLI_LABELS,
+        info=TaskInfo(
+            name="glue_qnli", category="nli", schema="pair_classification",
+            metrics=("accuracy",), label_names=QNLI_LABELS,
+            fields=("question", "sentence", "label"), splits=("validation",), suite="glue",
+            source="glue_qnli", license="not stated (built from SQuAD, CC BY-SA 4.0)",
+            citation="Rajpurkar et al., 2016 (SQuAD). " + GLUE_CITATION,
+            description="does the sentence contain the answer to the question"),
+        **kwargs)
+
 
 TASKS = ("glue_sst2", "glue_cola", "glue_stsb", "glue_qnli")
+
+
+register()

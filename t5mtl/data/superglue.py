@@ -19,56 +19,68 @@ _NO_LICENCE = "not stated (HF card: unknown)"
 # ---------------------------------------------------------------- BoolQ
 
 BOOLQ_LABELS = ("False", "True")
-register_label_task(
-    "superglue_boolq", "superglue_boolq", {"validation": "val.jsonl"}, "jsonl",
-    fields={"passage": Field(), "question": Field(),
-            "label": label_field(BOOLQ_LABELS, raw_values=(False, True))},
-    template=Template("boolq passage: {passage} question: {question}", "{label}"),
-    label_names=BOOLQ_LABELS,
-    info=TaskInfo(
-        name="superglue_boolq", category="qa", schema="pair_classification",
-        metrics=("accuracy",), label_names=BOOLQ_LABELS,
-        fields=("passage", "question", "label"), splits=("validation",), suite="superglue",
-        source="superglue_boolq", license="upstream BoolQ: CC BY-SA 3.0 (not in the files)",
-        citation="Clark et al., 2019. BoolQ. NAACL. " + SUPERGLUE_CITATION,
-        description="answer a yes/no question about a Wikipedia passage"))
 
 # ---------------------------------------------------------------- CB
 
 CB_LABELS = ("entailment", "contradiction", "neutral")
-register_label_task(
-    "superglue_cb", "superglue_cb",
-    {"train": "train.jsonl", "validation": "val.jsonl", "test": "test.jsonl"}, "jsonl",
-    fields={"hypothesis": Field(), "premise": Field(),
-            "label": label_field(CB_LABELS, missing_in=("test",))},
-    template=Template("cb hypothesis: {hypothesis} premise: {premise}", "{label}"),
-    label_names=CB_LABELS,
-    metric_fns=(metrics.accuracy, metrics.mean_multiclass_f1(num_classes=3)),
-    info=TaskInfo(
-        name="superglue_cb", category="nli", schema="pair_classification",
-        metrics=("accuracy", "mean_3class_f1"), label_names=CB_LABELS,
-        fields=("hypothesis", "premise", "label"), splits=("train", "validation", "test"),
-        suite="superglue", source="superglue_cb", license=_NO_LICENCE,
-        citation="de Marneffe et al., 2019. The CommitmentBank. " + SUPERGLUE_CITATION,
-        description="three-way entailment of a clause embedded in a premise"))
 
 # ---------------------------------------------------------------- RTE
 
 RTE_LABELS = ("entailment", "not_entailment")
-register_label_task(
-    "superglue_rte", "superglue_rte",
-    {"train": "train.jsonl", "validation": "val.jsonl", "test": "test.jsonl"}, "jsonl",
-    fields={"hypothesis": Field(), "premise": Field(),
-            "label": label_field(RTE_LABELS, missing_in=("test",))},
-    template=Template("rte hypothesis: {hypothesis} premise: {premise}", "{label}"),
-    label_names=RTE_LABELS,
-    info=TaskInfo(
-        name="superglue_rte", category="nli", schema="pair_classification",
-        metrics=("accuracy",), label_names=RTE_LABELS,
-        fields=("hypothesis", "premise", "label"), splits=("train", "validation", "test"),
-        suite="superglue", source="superglue_rte", license=_NO_LICENCE,
-        citation="Dagan et al., 2005; Bar-Haim et al., 2006; Giampiccolo et al., 2007; "
-                 "Bentivogli et al., 2009. " + SUPERGLUE_CITATION,
-        description="does the premise entail the hypothesis"))
+
+
+def register(**kwargs) -> None:
+    """Registers this module's tasks; kwargs (vocabulary=, overwrite=, data_dir=)
+    go to register_file_task. Called once at import."""
+    register_label_task(
+        "superglue_boolq", "superglue_boolq", {"validation": "val.jsonl"}, "jsonl",
+        fields={"passage": Field(), "question": Field(),
+                "label": label_field(BOOLQ_LABELS, raw_values=(False, True))},
+        template=Template("boolq passage: {passage} question: {question}", "{label}"),
+        label_names=BOOLQ_LABELS,
+        info=TaskInfo(
+            name="superglue_boolq", category="qa", schema="pair_classification",
+            metrics=("accuracy",), label_names=BOOLQ_LABELS,
+            fields=("passage", "question", "label"), splits=("validation",), suite="superglue",
+            source="superglue_boolq", license="upstream BoolQ: CC BY-SA 3.0 (not in the files)",
+            citation="Clark et al., 2019. BoolQ. NAACL. " + SUPERGLUE_CITATION,
+            description="answer a yes/no question about a Wikipedia passage"),
+        **kwargs)
+    register_label_task(
+        "superglue_cb", "superglue_cb",
+        {"train": "train.jsonl", "validation": "val.jsonl", "test": "test.jsonl"}, "jsonl",
+        fields={"hypothesis": Field(), "premise": Field(),
+                "label": label_field(CB_LABELS, missing_in=("test",))},
+        template=Template("cb hypothesis: {hypothesis} premise: {premise}", "{label}"),
+        label_names=CB_LABELS,
+        metric_fns=(metrics.accuracy, metrics.mean_multiclass_f1(num_classes=3)),
+        info=TaskInfo(
+            name="superglue_cb", category="nli", schema="pair_classification",
+            metrics=("accuracy", "mean_3class_f1"), label_names=CB_LABELS,
+            fields=("hypothesis", "premise", "label"), splits=("train", "validation", "test"),
+            suite="superglue", source="superglue_cb", license=_NO_LICENCE,
+            citation="de Marneffe et al., 2019. The CommitmentBank. " + SUPERGLUE_CITATION,
+            description="three-way entailment of a clause embedded in a premise"),
+        **kwargs)
+    register_label_task(
+        "superglue_rte", "superglue_rte",
+        {"train": "train.jsonl", "validation": "val.jsonl", "test": "test.jsonl"}, "jsonl",
+        fields={"hypothesis": Field(), "premise": Field(),
+                "label": label_field(RTE_LABELS, missing_in=("test",))},
+        template=Template("rte hypothesis: {hypothesis} premise: {premise}", "{label}"),
+        label_names=RTE_LABELS,
+        info=TaskInfo(
+            name="superglue_rte", category="nli", schema="pair_classification",
+            metrics=("accuracy",), label_names=RTE_LABELS,
+            fields=("hypothesis", "premise", "label"), splits=("train", "validation", "test"),
+            suite="superglue", source="superglue_rte", license=_NO_LICENCE,
+            citation="Dagan et al., 2005; Bar-Haim et al., 2006; Giampiccolo et al., 2007; "
+                     "Bentivogli et al., 2009. " + SUPERGLUE_CITATION,
+            description="does the premise entail the hypothesis"),
+        **kwargs)
+
 
 TASKS = ("superglue_boolq", "superglue_cb", "superglue_rte")
+
+
+register()

@@ -92,3 +92,31 @@ def test_synth_all_mixture():
     assert len(exs) == 64
     assert set(exs[0]) == {"inputs", "targets"}
     assert max(len(e["inputs"]) for e in exs) <= 64
+
+
+def test_sharding_gives_the_same_union():
+    task = seqio.get_mixture_or_task("synth_sort_numbers")
+    lengths = {"inputs": 64, "targets": 16}
+
+    def texts(ds):
+        return [e["inputs_pretokenized"] for e in ds.as_numpy_iterator()]
+
+    whole = texts(task.get_dataset(lengths, split="validation", shuffle=False))
+    halves = [texts(task.get_dataset(lengths, split="validation", shuffle=False,
+                                     shard_info=seqio.ShardInfo(i, 2))) for i in range(2)]
+    assert len(whole) == 200 and sorted(halves[0] + halves[1]) == sorted(whole)
+
+
+def test_register_again_with_another_vocabulary():
+    from t5mtl.data import registry
+
+    vocab = seqio.ByteVocabulary(extra_ids=7)
+    try:
+        registry.register_all(vocabulary=vocab, overwrite=True)
+        for name in ("synth_add", "glue_cola", "superglue_cb", "squad_v1_1", "dialogsum"):
+            assert seqio.get_mixture_or_task(name).output_features["inputs"].vocabulary is vocab
+        mix = seqio.get_mixture_or_task(synthetic.MIXTURE)
+        assert all(t.output_features["targets"].vocabulary is vocab for t in mix.tasks)
+    finally:
+        registry.register_all(overwrite=True)
+    assert seqio.get_mixture_or_task("synth_add").output_features["inputs"].vocabulary is not vocab

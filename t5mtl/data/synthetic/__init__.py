@@ -40,13 +40,18 @@ def task_names(category: str | None = None) -> list[str]:
     return [t.task_name for t in TASKS if category is None or t.category == category]
 
 
-def register_all(seed: int = 0, overwrite: bool = False) -> None:
-    """Registers every synth_* task and the synth_all mixture (idempotent)."""
+def register_all(seed: int = 0, vocabulary: seqio.Vocabulary | None = None,
+                 overwrite: bool = False) -> None:
+    """Registers every synth_* task and the synth_all mixture (idempotent).
+
+    With overwrite=True, tasks are registered again (e.g. with another
+    vocabulary or seed).
+    """
     from t5mtl.data.synthetic import base
 
     for t in TASKS:
         if overwrite or t.task_name not in seqio.TaskRegistry.names():
-            base.register(t, seed=seed, overwrite=overwrite)
+            base.register(t, seed=seed, vocabulary=vocabulary, overwrite=overwrite)
     if overwrite:
         seqio.MixtureRegistry.remove(MIXTURE)
     if MIXTURE not in seqio.MixtureRegistry.names():

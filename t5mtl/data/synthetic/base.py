@@ -118,13 +118,14 @@ def info(task: SyntheticTask) -> task_info.TaskInfo:
     )
 
 
-def register(task: SyntheticTask, seed: int = 0, overwrite: bool = False):
+def register(task: SyntheticTask, seed: int = 0, vocabulary=None, overwrite: bool = False):
+    """Registers `task` as the seqio Task "synth_<name>" (and its TaskInfo)."""
     metric_fn = metrics.accuracy if task.labels else metrics.exact_match
     return files.register_task(
         task.task_name, source(task, seed),
         [functools.partial(files.apply_template, template=TEMPLATE)],
         info(task), metric_fns=[metric_fn], postprocess_fn=metrics.decode_text,
-        overwrite=overwrite)
+        vocabulary=vocabulary, overwrite=overwrite)
 
 
 # Helpers the category modules share.
