@@ -19,7 +19,7 @@ import seqio
 import tensorflow as tf
 
 from t5mtl.data import metrics
-from t5mtl.data.files import Field, Template, apply_template, register_file_task
+from t5mtl.data.files import Field, Template, register_file_task
 from t5mtl.data.task_info import TaskInfo
 
 UNK = "<unk>"
@@ -53,15 +53,10 @@ def _in(folder, files):
     return f"{folder}/{files}" if isinstance(files, str) else [f"{folder}/{f}" for f in files]
 
 
-# ---------------------------------------------------------------- SST-2
-
+# Label sets, in the order of the class ids.
 SST2_LABELS = ("negative", "positive")
-
-# ---------------------------------------------------------------- CoLA
-
 COLA_LABELS = ("unacceptable", "acceptable")
-
-# ---------------------------------------------------------------- STS-B
+QNLI_LABELS = ("entailment", "not_entailment")
 
 
 def stsb_score_to_label(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -75,11 +70,6 @@ def stsb_score_to_label(dataset: tf.data.Dataset) -> tf.data.Dataset:
         out["label"] = tf.where(ex["score"] < 0.0, tf.constant(UNK), rounded)
         return out
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-# ---------------------------------------------------------------- QNLI
-
-QNLI_LABELS = ("entailment", "not_entailment")
 
 
 def register(**kwargs) -> None:

@@ -16,16 +16,10 @@ SUPERGLUE_CITATION = ("Wang et al., 2019. SuperGLUE: A Stickier Benchmark for "
                       "General-Purpose Language Understanding Systems. NeurIPS.")
 _NO_LICENCE = "not stated (HF card: unknown)"
 
-# ---------------------------------------------------------------- BoolQ
 
+# Label sets, in the order of the class ids.
 BOOLQ_LABELS = ("False", "True")
-
-# ---------------------------------------------------------------- CB
-
 CB_LABELS = ("entailment", "contradiction", "neutral")
-
-# ---------------------------------------------------------------- RTE
-
 RTE_LABELS = ("entailment", "not_entailment")
 
 
