@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "gin-config>=0.5.0,<0.6",
     "sentencepiece>=0.2.3,<0.3",
     "clu==0.0.12",
+    "tensorboard>=2.21.0,<2.22",
     "safetensors>=0.8.0,<0.9",
     "numpy>=2.4,<3",
     "tqdm>=4.70,<5",

@@ -21,6 +21,7 @@ from t5mtl.errors import T5mtlError
 COMMANDS: dict[str, tuple[str, str]] = {
     "params": ("t5mtl.models.params_command", "count a named model's parameters"),
     "convert": ("t5mtl.convert.command", "import/export HF T5 checkpoints"),
+    "train": ("t5mtl.train.command", "train or finetune a model from gin configs"),
     "tasks": ("t5mtl.data.tasks_command", "list and inspect registered tasks"),
 }
 
@@ -38,7 +39,10 @@ def _build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Na
     module = importlib.import_module(COMMANDS[name][0])
     cmd_parser = argparse.ArgumentParser(prog=f"t5mtl {name}", description=COMMANDS[name][1])
     module.add_arguments(cmd_parser)
-    args = cmd_parser.parse_args(argv[1:])
+    from t5mtl.gin_config import split_gin_overrides
+    rest, bindings = split_gin_overrides(argv[1:])
+    args = cmd_parser.parse_args(rest)
+    args.gin_bindings = bindings
     args._run = module.run
     return parser, args
 

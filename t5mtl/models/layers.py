@@ -22,6 +22,29 @@ def _init(stddev: float, axes: tuple[str, ...]):
     return nn.with_logical_partitioning(nn.initializers.normal(stddev), axes)
 
 
+class DenseGeneral(nn.Module):
+    """x [..., *in] @ kernel [*in, *features], contracting the last `n_in` axes.
+
+    Like nn.DenseGeneral, but the kernel is created in its final shape, so its
+    logical axis names (one per kernel dimension) always match its rank.
+    """
+    features: tuple[int, ...]
+    kernel_axes: tuple[str, ...]
+    stddev: float
+    n_in: int = 1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        in_shape = x.shape[-self.n_in:]
+        kernel = self.param("kernel", _init(self.stddev, self.kernel_axes),
+                            tuple(in_shape) + tuple(self.features), jnp.float32)
+        x_axes = tuple(range(x.ndim - self.n_in, x.ndim))
+        k_axes = tuple(range(self.n_in))
+        return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                                   ((x_axes, k_axes), ((), ())))
+
+
 class RMSNorm(nn.Module):
     """T5 layer norm: scale only, no bias and no mean subtraction."""
     epsilon: float = 1e-6
@@ -123,9 +146,9 @@ class MultiHeadAttention(nn.Module):
                  max_decode_length: int | None = None):
         d_model = x_q.shape[-1]
         inner = self.num_heads * self.d_kv
-        proj = lambda name, std: nn.DenseGeneral(
-            (self.num_heads, self.d_kv), use_bias=False, dtype=self.dtype, name=name,
-            kernel_init=_init(std, ("embed", "heads", "kv")))
+        proj = lambda name, std: DenseGeneral((self.num_heads, self.d_kv),
+                                              ("embed", "heads", "kv"), std, 1, self.dtype,
+                                              name=name)
         query = proj("query", (d_model * self.d_kv) ** -0.5)(x_q)
 
         if self.is_cross and decode and self.has_variable("cache", "cross_key"):
@@ -150,9 +173,8 @@ class MultiHeadAttention(nn.Module):
         weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
-        return nn.DenseGeneral(d_model, axis=(-2, -1), use_bias=False, dtype=self.dtype,
-                               name="out", kernel_init=_init(inner ** -0.5, ("heads", "kv", "embed"))
-                               )(out)
+        return DenseGeneral((d_model,), ("heads", "kv", "embed"), inner ** -0.5, 2, self.dtype,
+                            name="out")(out)
 
     def _update_cache(self, key, value, max_decode_length):
         batch, _, heads, d_kv = key.shape

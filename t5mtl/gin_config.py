@@ -1,0 +1,65 @@
+"""gin at the edges, t5x style: --gin_file (repeatable) and --gin.NAME=VALUE.
+
+Library code never needs gin; the CLI commands parse the files and bindings,
+and every run writes the resolved config to model_dir/config.gin.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import gin
+
+from t5mtl.errors import T5mtlError
+
+REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+
+
+def split_gin_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separates `--gin.X=Y` arguments (returned as bindings "X=Y") from the rest."""
+    rest, bindings = [], []
+    for arg in argv:
+        if arg.startswith("--gin."):
+            binding = arg[len("--gin."):]
+            if "=" not in binding:
+                raise T5mtlError(f"gin override {arg!r} must look like --gin.NAME=VALUE")
+            bindings.append(binding)
+        else:
+            rest.append(arg)
+    return rest, bindings
+
+
+def _register_configurables() -> None:
+    """Import the modules whose configurables gin files may name."""
+    import t5mtl.data.registry  # noqa: F401  (tasks and mixtures)
+    import t5mtl.models.configs  # noqa: F401
+    import t5mtl.train.optimizers  # noqa: F401
+    import t5mtl.train.partitioning  # noqa: F401
+    import t5mtl.train.trainer  # noqa: F401
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str],
+          search_paths: Sequence[str] = ()) -> None:
+    """Parses gin files (searched in ., gin/ and `search_paths`) and bindings."""
+    _register_configurables()
+    for path in (".", REPO_GIN_DIR, *search_paths):
+        gin.add_config_file_search_path(path)
+    for f in gin_files:
+        if not any(os.path.isfile(os.path.join(p, f)) for p in (".", REPO_GIN_DIR, *search_paths)) \
+                and not os.path.isfile(f):
+            raise T5mtlError(f"gin file {f!r} not found (searched ., {REPO_GIN_DIR})")
+    try:
+        gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+    except (ValueError, KeyError, TypeError, SyntaxError) as e:
+        raise T5mtlError(f"gin config: {e}".splitlines()[0]) from e
+
+
+def write_config(model_dir: str, filename: str = "config.gin") -> str:
+    """Writes the full resolved config (all bound values) into model_dir."""
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, filename)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(gin.config_str())
+    os.replace(tmp, path)
+    return path

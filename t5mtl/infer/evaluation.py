@@ -1,0 +1,109 @@
+"""Evaluation through seqio.Evaluator: predictions by decoding, scores by log-likelihood.
+
+seqio owns the eval datasets, postprocessors and metric functions; this
+module only supplies the two model callbacks it asks for and batches the
+cached dataset with a fixed batch size (the last batch padded), so each
+callback compiles once.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import seqio
+
+from t5mtl.errors import T5mtlError
+from t5mtl.models.encoder_decoder import DecodeConfig, EncoderDecoderModel
+
+log = logging.getLogger(__name__)
+
+MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+                  "decoder_loss_weights")
+
+
+def _batches(ds, batch_size: int):
+    """(indices, feature dict) per batch, the last one padded with copies of row 0."""
+    for index, features in ds.batch(batch_size).as_numpy_iterator():
+        n = len(index)
+        feats = {k: v for k, v in features.items() if k in MODEL_FEATURES}
+        if n < batch_size:
+            feats = {k: np.concatenate([v, np.repeat(v[:1], batch_size - n, axis=0)])
+                     for k, v in feats.items()}
+        yield index, n, feats
+
+
+def _trim_eos(row, eos_id: int = 1) -> list[int]:
+    row = [int(t) for t in row]
+    return row[:row.index(eos_id) + 1] if eos_id in row else row
+
+
+class TaskEvaluator:
+    """Evaluates one seqio task or mixture's split with its registered metrics."""
+
+    def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                 split: str = "validation", num_examples: int | None = None,
+                 batch_size: int = 32, decode: DecodeConfig | None = None):
+        try:
+            seqio.get_mixture_or_task(mixture_or_task_name)
+        except ValueError as e:
+            raise T5mtlError(f"unknown eval task or mixture {mixture_or_task_name!r}") from e
+        self.name = mixture_or_task_name
+        self.batch_size = batch_size
+        self.decode = decode or DecodeConfig(max_decode_length=task_feature_lengths["targets"])
+        self.evaluator = seqio.Evaluator(
+            mixture_or_task_name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
+            eval_split=split, sequence_length=dict(task_feature_lengths),
+            num_examples=num_examples, logger_cls=(), use_memory_cache=True)
+        if not self.evaluator.eval_tasks:
+            raise T5mtlError(f"{mixture_or_task_name!r} has no task with metrics on split "
+                             f"{split!r}")
+
+    def _map(self, ds, fn: Callable) -> list:
+        out = []
+        for index, n, feats in _batches(ds, self.batch_size):
+            values = np.asarray(fn(feats))[:n]
+            out.extend(zip(index.tolist(), list(values)))
+        return out
+
+    def evaluate(self, model: EncoderDecoderModel, params, step: int | None = None
+                 ) -> dict[str, dict[str, float]]:
+        """{task: {metric: value}} for every task of the mixture with metrics."""
+        decoder = model.decoder(self.decode)
+
+        def predict_fn(ds):
+            preds = self._map(ds, lambda f: decoder(params, f["encoder_input_tokens"]))
+            return [(i, _trim_eos(row, self.decode.eos_id)) for i, row in preds]
+
+        def score_fn(ds):
+            return [(i, float(s)) for i, s in self._map(
+                ds, lambda f: model.score_batch(params, f))]
+
+        metrics, _ = self.evaluator.evaluate(compute_metrics=True, step=step,
+                                             predict_fn=predict_fn, score_fn=score_fn)
+        result = metrics.result()
+        return {task: {k: _scalar(v) for k, v in m.items()} for task, m in result.items()}
+
+
+def _scalar(value) -> float:
+    if hasattr(value, "value"):        # clu / seqio metric value wrappers
+        value = value.value
+    return float(np.asarray(value))
+
+
+def flatten_metrics(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """{task: {metric: v}} -> {"task/metric": v} for the metric writers."""
+    return {f"{task}/{name}": v for task, m in results.items() for name, v in m.items()}
+
+
+def format_table(results: Mapping[str, Mapping[str, float]],
+                 columns: Sequence[str] | None = None) -> str:
+    """A plain-text table: one row per task, one column per metric."""
+    columns = list(columns or sorted({k for m in results.values() for k in m}))
+    width = max([len("task")] + [len(t) for t in results])
+    lines = ["  ".join(["task".ljust(width)] + [c.rjust(10) for c in columns])]
+    for task in sorted(results):
+        cells = [f"{results[task][c]:10.2f}" if c in results[task] else " " * 10
+                 for c in columns]
+        lines.append("  ".join([task.ljust(width)] + cells))
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""Finetuning init: params from another checkpoint, partially, by name.
+
+t5x's assignment-map idea in its simplest useful form: every parameter whose
+name exists in the source (and matches no `fresh_patterns` regex) is taken
+from it; the rest (e.g. new prompt parameters) keep their fresh init. The
+step restarts at 0 and the optimizer state is created anew.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from t5mtl.errors import T5mtlError
+from t5mtl.models.config import T5Config
+from t5mtl.train import partitioning
+
+log = logging.getLogger(__name__)
+
+
+def load_source_params(path: str, config: T5Config):
+    """Params of a t5mtl model_dir or an HF T5 directory, in `config`'s layout."""
+    from t5mtl.convert.layout import to_layout
+    from t5mtl.train import model_dir
+    if model_dir.is_model_dir(path):
+        src_config, _ = model_dir.read_model_json(path)
+        params = model_dir.restore_params(path, src_config)
+    elif os.path.isfile(os.path.join(path, "config.json")):
+        from t5mtl.convert.hf import import_hf
+        src_config, params = import_hf(path)
+    else:
+        raise T5mtlError(f"init_from {path!r} is neither a t5mtl model directory nor an HF "
+                         f"T5 directory")
+    return to_layout(params, src_config.replace(scan_layers=config.scan_layers))
+
+
+def _flatten(tree, prefix=""):
+    for k, v in tree.items():
+        name = f"{prefix}/{k}" if prefix else k
+        if isinstance(v, dict):
+            yield from _flatten(v, name)
+        else:
+            yield name, v
+
+
+def merge_params(fresh, source, fresh_patterns: Sequence[str] = (), shardings=None):
+    """fresh's tree with leaves replaced by source's where names (and shapes) match.
+
+    Returns (merged, names of the leaves that kept their fresh value). With
+    `shardings` (a tree like `fresh`), taken leaves are placed in those shards.
+    """
+    patterns = [re.compile(p) for p in fresh_patterns]
+    src = dict(_flatten(source))
+    kept_fresh = []
+    shardings = shardings if shardings is not None else jax.tree.map(lambda _: None, fresh)
+
+    def pick(path, leaf, sharding):
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        if name not in src or any(p.fullmatch(name) for p in patterns):
+            kept_fresh.append(name)
+            return leaf
+        value = src[name]
+        if tuple(value.shape) != tuple(leaf.shape):
+            raise T5mtlError(f"init_from: parameter {name!r} has shape {tuple(value.shape)} "
+                             f"in the source but {tuple(leaf.shape)} in this model")
+        value = np.asarray(value, leaf.dtype)
+        return value if sharding is None else jax.device_put(value, sharding)
+    merged = jax.tree_util.tree_map_with_path(pick, fresh, shardings)
+    return merged, kept_fresh
+
+
+def init_params_from(state, shardings, tx, config: T5Config, path: str,
+                     fresh_patterns: Sequence[str], mesh, rules):
+    """A new TrainState (step 0, fresh optimizer state) with params from `path`."""
+    import jax.numpy as jnp
+    source = load_source_params(path, config)
+    params, kept_fresh = merge_params(state.params, source, fresh_patterns, shardings.params)
+    if kept_fresh:
+        log.warning("init_from %s: %d parameters start fresh: %s", path, len(kept_fresh),
+                    ", ".join(kept_fresh[:10]) + (" ..." if len(kept_fresh) > 10 else ""))
+    print(f"initialized from {path} ({len(kept_fresh)} parameters fresh)")
+    with partitioning.mesh_context(mesh, rules):
+        opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    return state.replace(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
+                         params=params, opt_state=opt_state)

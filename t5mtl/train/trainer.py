@@ -1,0 +1,263 @@
+"""The training loop behind `t5mtl train`.
+
+One gin-configured call, `train(model_dir=...)`, runs: born-sharded init or
+resume from the latest checkpoint (data position included), or finetuning
+init from another model directory / HF checkpoint; the jitted, donated train
+step over the mesh; metrics to TensorBoard and metrics.jsonl; periodic
+seqio evaluation; orbax checkpoints (async, keep-N or keep-best, and one on
+SIGTERM); a readable summary at the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import os
+import signal
+import time
+from typing import Sequence
+
+import gin
+import jax
+import numpy as np
+import seqio
+
+from t5mtl.errors import T5mtlError
+from t5mtl.infer.evaluation import TaskEvaluator, flatten_metrics, format_table
+from t5mtl.models.config import T5Config
+from t5mtl.models.encoder_decoder import DecodeConfig, EncoderDecoderModel, LossConfig
+from t5mtl.train import losses, partitioning
+from t5mtl.train import model_dir as model_dir_lib
+from t5mtl.train.checkpointer import TrainCheckpointer
+from t5mtl.train.init_from import init_params_from
+from t5mtl.train.metrics_writer import MetricsLogger
+from t5mtl.train.optimizers import create_optimizer
+from t5mtl.train.train_step import create_train_state, jit_train_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The training data: a seqio task or mixture and how to batch it."""
+    mixture_or_task_name: str = ""
+    task_feature_lengths: dict = dataclasses.field(
+        default_factory=lambda: {"inputs": 64, "targets": 16})
+    batch_size: int = 32            # global, over all processes
+    split: str = "train"
+    pack: bool = True
+    shuffle: bool = True
+    seed: int = 0
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """When and what to save, and where a finetuning run starts from."""
+    period: int = 1000
+    keep: int = 3
+    keep_best_metric: str | None = None     # e.g. "eval/synth_all/accuracy"
+    best_mode: str = "max"
+    async_save: bool = True
+    init_from: str | None = None            # a t5mtl model_dir or an HF T5 directory
+    init_fresh_patterns: Sequence[str] = ()  # param-name regexes that start fresh
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    tasks: Sequence[str] = ()
+    period: int = 0                 # 0: only at the end
+    split: str = "validation"
+    num_examples: int | None = None
+    batch_size: int = 32
+    task_feature_lengths: dict | None = None   # default: the training lengths
+    decode: DecodeConfig | None = None
+
+
+gin.external_configurable(DecodeConfig, module="t5mtl")
+
+
+def vocabulary_spec(vocab: seqio.Vocabulary) -> dict | None:
+    """model.json's description of a seqio vocabulary, so infer can use text."""
+    if isinstance(vocab, seqio.ByteVocabulary):
+        return {"kind": "byte", "extra_ids": vocab.extra_ids}
+    if isinstance(vocab, seqio.SentencePieceVocabulary):
+        return {"kind": "sentencepiece", "path": os.path.abspath(vocab.sentencepiece_model_file),
+                "extra_ids": vocab.extra_ids}
+    return None
+
+
+class _StopFlag:
+    """Set by SIGTERM: the loop saves a checkpoint and stops cleanly."""
+
+    def __init__(self):
+        self.set = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:          # not the main thread: no handler
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM: saving a checkpoint and stopping")
+        self.set = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _tokens(batch) -> int:
+    return int(np.sum(batch["encoder_input_tokens"] > 0) + np.sum(batch["decoder_target_tokens"] > 0))
+
+
+def _mean_metrics(history: list[dict]) -> dict[str, float]:
+    host = jax.device_get(history)
+    return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+
+
+@gin.configurable(denylist=["model_dir"])
+def train(model_dir: str, *, model_config: T5Config = gin.REQUIRED,
+          data: DataConfig = gin.REQUIRED, num_steps: int = gin.REQUIRED,
+          optimizer=None, loss: LossConfig | None = None,
+          checkpoints: CheckpointConfig | None = None, evaluation: EvalConfig | None = None,
+          mesh_shape: Sequence[int] = (-1, 1, 1), num_microbatches: int = 1,
+          log_period: int = 10, seed: int = 0, show_progress: bool = True) -> dict:
+    """Trains `model_config` on `data` for `num_steps` steps in `model_dir`.
+
+    Returns a summary: {"step", "loss", "eval": {task: {metric: value}}}.
+    """
+    checkpoints = checkpoints or CheckpointConfig()
+    evaluation = evaluation or EvalConfig()
+    if not data.mixture_or_task_name:
+        raise T5mtlError("DataConfig.mixture_or_task_name is empty: name a seqio task or mixture")
+    try:
+        provider = seqio.get_mixture_or_task(data.mixture_or_task_name)
+    except ValueError as e:
+        raise T5mtlError(f"unknown task or mixture {data.mixture_or_task_name!r}") from e
+    os.makedirs(model_dir, exist_ok=True)
+    model = EncoderDecoderModel(model_config, loss)
+    tx = optimizer if optimizer is not None else create_optimizer()
+    mesh = partitioning.create_mesh(mesh_shape)
+    rules = partitioning.logical_axis_rules()
+
+    state, shardings = create_train_state(model.init_boxed, tx, jax.random.PRNGKey(seed),
+                                          rng=jax.random.PRNGKey(seed + 1), mesh=mesh,
+                                          rules=rules)
+    ckpt = TrainCheckpointer(model_dir, keep=checkpoints.keep,
+                             keep_best_metric=checkpoints.keep_best_metric,
+                             best_mode=checkpoints.best_mode, async_save=checkpoints.async_save)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            state, shardings)
+    restored = ckpt.restore(abstract)
+    data_position = 0
+    if restored is not None:
+        state, data_position = restored
+        print(f"resumed from {ckpt.directory}/{int(state.step)} (data position {data_position})")
+    elif checkpoints.init_from:
+        state = init_params_from(state, shardings, tx, model_config, checkpoints.init_from,
+                                 checkpoints.init_fresh_patterns, mesh, rules)
+    if jax.process_index() == 0:
+        vocab = provider.output_features["targets"].vocabulary
+        model_dir_lib.write_model_json(model_dir, model_config, vocabulary_spec(vocab))
+
+    shard_index, num_shards = partitioning.process_batch_shard(mesh, data.batch_size)
+    from t5mtl.data.batches import host_batches
+    batches = host_batches(data.mixture_or_task_name, data.task_feature_lengths, data.split,
+                           batch_size_per_host=data.batch_size // num_shards,
+                           shuffle=data.shuffle, seed=data.seed, pack=data.pack,
+                           shard_info=seqio.ShardInfo(shard_index, num_shards))
+    batches = itertools.islice(batches, data_position, None)     # exact resume
+
+    step_fn = jit_train_step(
+        make_train_step(model.loss_fn, tx, num_microbatches=num_microbatches,
+                        loss_denominator_fn=losses.loss_denominator_fn(
+                            normalization=model.loss.normalization,
+                            loss_normalizing_factor=model.loss.loss_normalizing_factor)),
+        shardings, partitioning.batch_sharding(mesh), mesh, rules)
+    evaluators = [TaskEvaluator(name, evaluation.task_feature_lengths or data.task_feature_lengths,
+                                evaluation.split, evaluation.num_examples, evaluation.batch_size,
+                                evaluation.decode) for name in evaluation.tasks]
+    logger = MetricsLogger(model_dir)
+
+    def run_eval(step: int) -> dict:
+        results = {}
+        for ev in evaluators:
+            results.update(ev.evaluate(model, state.params, step))
+        if results:
+            logger.write(step, "eval", flatten_metrics(results))
+        return results
+
+    start_step = int(jax.device_get(state.step))
+    history, eval_results, last_loss = [], {}, float("nan")
+    tokens, t0 = 0, time.time()
+    bar = _progress(start_step, num_steps, show_progress)
+    with _StopFlag() as stop:
+        step = start_step
+        while step < num_steps and not stop.set:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                raise T5mtlError(f"{data.mixture_or_task_name!r} ran out of data at step {step}")
+            data_position += 1
+            tokens += _tokens(batch) * num_shards
+            state, metrics = step_fn(state, partitioning.host_batch_to_global(batch, mesh))
+            step += 1
+            history.append(metrics)
+            if step % log_period == 0 or step == num_steps:
+                scalars = _mean_metrics(history)
+                history = []
+                last_loss = scalars["loss"]
+                if not math.isfinite(last_loss):
+                    raise T5mtlError(
+                        f"loss is {last_loss} at step {step}; stopping without saving. The last "
+                        f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}")
+                elapsed = max(time.time() - t0, 1e-9)
+                scalars["tokens_per_second"] = tokens / elapsed
+                scalars["learning_rate_step"] = step
+                logger.write(step, "train", scalars)
+                tokens, t0 = 0, time.time()
+                bar.set_postfix(loss=f"{last_loss:.3f}",
+                                tok_s=f"{scalars['tokens_per_second']:.0f}")
+            bar.update(1)
+            if evaluation.period and step % evaluation.period == 0 and step < num_steps:
+                eval_results = run_eval(step)
+            if step % checkpoints.period == 0 and step < num_steps:
+                ckpt.save(state, data_position, _checkpoint_metrics(eval_results))
+    bar.close()
+    if step == num_steps and evaluators:
+        eval_results = run_eval(step)
+    ckpt.save(state, data_position, _checkpoint_metrics(eval_results), force=True)
+    ckpt.close()
+    logger.close()
+    return {"step": step, "loss": last_loss, "eval": eval_results, "stopped": stop.set}
+
+
+def _checkpoint_metrics(eval_results: dict) -> dict | None:
+    """Metrics keep-best ranks by, named "eval/<task>/<metric>"."""
+    if not eval_results:
+        return None
+    return {f"eval/{k}": v for k, v in flatten_metrics(eval_results).items()}
+
+
+def _progress(start: int, total: int, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, initial=start, desc="train", unit="step",
+                disable=not enabled or jax.process_index() != 0, dynamic_ncols=True)
+
+
+def summarize(model_dir: str, summary: dict) -> str:
+    """The end-of-run text: per-task eval table, the checkpoint, how to infer."""
+    lines = [f"trained to step {summary['step']}; last train loss {summary['loss']:.4f}"]
+    if summary["eval"]:
+        lines += ["", format_table(summary["eval"]), ""]
+    lines.append(f"checkpoint: {os.path.join(model_dir, model_dir_lib.CHECKPOINTS)}/"
+                 f"{summary['step']}")
+    lines.append(f"try it:     t5mtl infer --model_dir {model_dir} --input \"...\"")
+    return "\n".join(lines)
