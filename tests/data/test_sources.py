@@ -111,6 +111,13 @@ def test_registered_tasks():
             "raw_text_en_prefix_lm", "c4_span_corruption"} <= names
     c4 = seqio.get_mixture_or_task("c4_span_corruption")
     assert c4.source.tfds_dataset.name == "c4/en:3.*.*"
+    from t5mtl.data import task_info
+    info = task_info.get_task_info("raw_text_en_span_corruption")
+    assert (info.category, info.schema, info.suite) == ("pretraining", "text_to_text", "pretraining")
+    pt.register()  # registering again is a no-op
+    with pytest.raises(T5mtlError, match="already registered"):
+        pt.register_pretraining_task("raw_text_en_prefix_lm", pt.raw_text_en_source(),
+                                     objective="prefix_lm", overwrite=False)
 
 
 def test_tfds_source_resolves_data_dir_when_read(monkeypatch, tmp_path):
