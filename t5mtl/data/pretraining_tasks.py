@@ -145,7 +145,8 @@ def register(vocabulary: seqio.Vocabulary | None = None, overwrite: bool = False
             fields=("text",), splits=("train", "validation"), suite="pretraining",
             source="tfds:c4/en:3.*.*", license="ODC-BY (C4)",
             citation="Raffel et al. 2020, JMLR 21(140)",
-            description=_DESCRIPTIONS["span_corruption"] + " over C4 via TFDS (prepared copy needed)")
+            description=(_DESCRIPTIONS["span_corruption"]
+                         + " over C4 via TFDS (prepared copy needed)"))
         register_pretraining_task(
             "c4_span_corruption", tfds_source("c4/en:3.*.*", splits=("train", "validation")),
             objective="span_corruption", vocabulary=vocabulary, info=info,

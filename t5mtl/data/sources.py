@@ -151,7 +151,8 @@ class TextFilesSource(seqio.FileDataSource):
 
 def _configured_data_dir() -> str | None:
     """The t5mtl data_dir if one is configured (gin or env), else None."""
-    if data_dir_lib._data_dir or os.environ.get(data_dir_lib.ENV_VAR):  # pylint: disable=protected-access
+    configured = data_dir_lib._data_dir  # pylint: disable=protected-access
+    if configured or os.environ.get(data_dir_lib.ENV_VAR):
         return data_dir_lib.resolve_data_dir()
     return None
 

@@ -24,7 +24,8 @@ Example (T5's figure, sentinels written <X>, <Y>):
   targets   "<X> for inviting <Y> last"
 
 Randomness: each chunk is seeded from the seqio seed and its own tokens (see
-t5mtl/data/example_seeds.py), so results do not depend on sharding.
+t5mtl/data/example_seeds.py), so results do not depend on sharding; the price
+is that a repeated chunk (num_epochs > 1) gets the same corruption each pass.
 """
 from __future__ import annotations
 

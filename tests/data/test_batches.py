@@ -29,7 +29,8 @@ def test_unpacked_encdec_batches_hold_the_task_examples():
     b = batches[0]
     assert set(b) == {"encoder_input_tokens", "decoder_target_tokens",
                       "decoder_input_tokens", "decoder_loss_weights"}
-    assert b["encoder_input_tokens"].shape == (4, 128) and b["encoder_input_tokens"].dtype == np.int32
+    assert b["encoder_input_tokens"].shape == (4, 128)
+    assert b["encoder_input_tokens"].dtype == np.int32
     assert b["decoder_target_tokens"].shape == (4, 29)
     task = seqio.get_mixture_or_task(SC)
     first = next(task.get_dataset(SC_LENGTHS, split="validation", shuffle=False, seed=0)
@@ -37,7 +38,8 @@ def test_unpacked_encdec_batches_hold_the_task_examples():
     np.testing.assert_array_equal(b["encoder_input_tokens"][0], first["inputs"])
     np.testing.assert_array_equal(b["decoder_target_tokens"][0], first["targets"])
     # teacher forcing: decoder inputs are the targets shifted right, starting with 0
-    np.testing.assert_array_equal(b["decoder_input_tokens"][:, 1:], b["decoder_target_tokens"][:, :-1])
+    np.testing.assert_array_equal(b["decoder_input_tokens"][:, 1:],
+                                  b["decoder_target_tokens"][:, :-1])
     assert (b["decoder_input_tokens"][:, 0] == 0).all()
     np.testing.assert_array_equal(b["decoder_loss_weights"], b["decoder_target_tokens"] > 0)
 

@@ -97,7 +97,8 @@ def test_noise_mask_counts_and_interleaving():
                 assert not mask.any()
                 continue
             expected = sc.corrupted_lengths(length)
-            assert mask.sum() == expected.num_noise_tokens == min(max(round(length * .15), 1), length - 1)
+            expected_noise = min(max(round(length * .15), 1), length - 1)
+            assert mask.sum() == expected.num_noise_tokens == expected_noise
             starts = np.flatnonzero(np.diff(mask.astype(int)) == 1)
             assert len(starts) == expected.num_noise_spans
             assert not mask[0] and mask[-1]  # starts with non-noise, ends with noise
