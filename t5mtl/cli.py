@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# TensorFlow (behind seqio) logs C++ warnings on import; keep the console for
+# what the user asked for.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from t5mtl.errors import T5mtlError
 

@@ -31,7 +31,10 @@ def split_gin_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def _register_configurables() -> None:
     """Import the modules whose configurables gin files may name."""
+    import t5mtl.data.batches  # noqa: F401
+    import t5mtl.data.data_dir  # noqa: F401
     import t5mtl.data.registry  # noqa: F401  (tasks and mixtures)
+    import t5mtl.data.vocab  # noqa: F401
     import t5mtl.models.configs  # noqa: F401
     import t5mtl.train.optimizers  # noqa: F401
     import t5mtl.train.partitioning  # noqa: F401
@@ -42,7 +45,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
           search_paths: Sequence[str] = ()) -> None:
     """Parses gin files (searched in ., gin/ and `search_paths`) and bindings."""
     _register_configurables()
-    for path in (".", REPO_GIN_DIR, *search_paths):
+    for path in (".", os.path.dirname(REPO_GIN_DIR), REPO_GIN_DIR, *search_paths):
         gin.add_config_file_search_path(path)
     for f in gin_files:
         if not any(os.path.isfile(os.path.join(p, f)) for p in (".", REPO_GIN_DIR, *search_paths)) \
@@ -52,6 +55,19 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
         gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
     except (ValueError, KeyError, TypeError, SyntaxError) as e:
         raise T5mtlError(f"gin config: {e}".splitlines()[0]) from e
+    if _bound("get_vocabulary.kind") or _bound("get_vocabulary.path"):
+        # Tasks took the default vocabulary when they registered; re-register
+        # them with the one gin asks for.
+        from t5mtl.data import registry, vocab
+        registry.register_all(vocabulary=vocab.get_vocabulary(), overwrite=True)
+
+
+def _bound(name: str) -> bool:
+    try:
+        gin.query_parameter(name)
+        return True
+    except ValueError:
+        return False
 
 
 def write_config(model_dir: str, filename: str = "config.gin") -> str:

@@ -33,11 +33,6 @@ def _batches(ds, batch_size: int):
         yield index, n, feats
 
 
-def _trim_eos(row, eos_id: int = 1) -> list[int]:
-    row = [int(t) for t in row]
-    return row[:row.index(eos_id) + 1] if eos_id in row else row
-
-
 class TaskEvaluator:
     """Evaluates one seqio task or mixture's split with its registered metrics."""
 
@@ -73,7 +68,9 @@ class TaskEvaluator:
 
         def predict_fn(ds):
             preds = self._map(ds, lambda f: decoder(params, f["encoder_input_tokens"]))
-            return [(i, _trim_eos(row, self.decode.eos_id)) for i, row in preds]
+            # Full-length rows (0 after EOS): seqio stacks them into one array
+            # and its vocabulary's decode stops at EOS.
+            return [(i, [int(t) for t in row]) for i, row in preds]
 
         def score_fn(ds):
             return [(i, float(s)) for i, s in self._map(
