@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "params": ("t5mtl.models.params_command", "count a named model's parameters"),
     "convert": ("t5mtl.convert.command", "import/export HF T5 checkpoints"),
     "train": ("t5mtl.train.command", "train or finetune a model from gin configs"),
+    "eval": ("t5mtl.infer.eval_command", "evaluate a checkpoint on tasks or mixtures"),
+    "infer": ("t5mtl.infer.command", "decode text with a trained or converted model"),
     "tasks": ("t5mtl.data.tasks_command", "list and inspect registered tasks"),
 }
 

@@ -220,7 +220,6 @@ def train(model_dir: str, *, model_config: T5Config = gin.REQUIRED,
                         f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}")
                 elapsed = max(time.time() - t0, 1e-9)
                 scalars["tokens_per_second"] = tokens / elapsed
-                scalars["learning_rate_step"] = step
                 logger.write(step, "train", scalars)
                 tokens, t0 = 0, time.time()
                 bar.set_postfix(loss=f"{last_loss:.3f}",

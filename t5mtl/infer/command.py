@@ -1,0 +1,41 @@
+"""`t5mtl infer --model_dir DIR --input TEXT [--input TEXT ...]`."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model_dir", required=True,
+                        help="a t5mtl model directory or an HF T5 directory")
+    parser.add_argument("--input", action="append", required=True, help="input text (repeatable)")
+    parser.add_argument("--max_new_tokens", type=int, default=32)
+    parser.add_argument("--method", choices=["greedy", "sample", "beam"], default="greedy")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top_k", type=int, default=0)
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--beam_size", type=int, default=4)
+    parser.add_argument("--alpha", type=float, default=0.6, help="beam length penalty")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+
+    import t5mtl
+    from t5mtl.api import _pad
+    from t5mtl.errors import T5mtlError
+    from t5mtl.models.encoder_decoder import DecodeConfig, EncoderDecoderModel
+    m = t5mtl.load(args.model_dir, step=args.step)
+    if m.vocabulary is None:
+        raise T5mtlError(f"{args.model_dir}: no vocabulary recorded; use the Python API with ids")
+    decode = DecodeConfig(max_decode_length=args.max_new_tokens, method=args.method,
+                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          beam_size=args.beam_size, alpha=args.alpha)
+    model = EncoderDecoderModel(m.config)
+    enc = _pad(m._ids(args.input, add_eos=True))
+    ids = np.asarray(model.decoder(decode)(m.params, enc, jax.random.PRNGKey(args.seed)))
+    for text, row in zip(args.input, ids):
+        print(f"{text}\t{m.vocabulary.decode([int(t) for t in row])}")
+    return 0

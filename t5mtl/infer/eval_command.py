@@ -1,0 +1,50 @@
+"""`t5mtl eval --model_dir DIR [--gin_file F] [--task NAME ...]`: evaluate a checkpoint.
+
+Tasks come from --task (repeatable) or from gin's EvalConfig.tasks; results
+print as one table and append to model_dir/metrics.jsonl (split "eval").
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model_dir", required=True)
+    parser.add_argument("--gin_file", action="append", default=[])
+    parser.add_argument("--task", action="append", default=[],
+                        help="a seqio task or mixture to evaluate (repeatable)")
+    parser.add_argument("--split", default=None)
+    parser.add_argument("--num_examples", type=int, default=None)
+    parser.add_argument("--step", type=int, default=None)
+    parser.add_argument("--data_dir", default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    import t5mtl
+    from t5mtl import gin_config
+    from t5mtl.errors import T5mtlError
+    from t5mtl.infer.evaluation import TaskEvaluator, flatten_metrics, format_table
+    from t5mtl.models.encoder_decoder import EncoderDecoderModel
+    from t5mtl.train.metrics_writer import MetricsLogger
+    from t5mtl.train.trainer import DataConfig, EvalConfig
+    if args.data_dir:
+        from t5mtl.data.data_dir import set_data_dir
+        set_data_dir(args.data_dir)
+    gin_config.parse(args.gin_file, args.gin_bindings)
+    cfg = EvalConfig()
+    tasks = args.task or list(cfg.tasks)
+    if not tasks:
+        raise T5mtlError("nothing to evaluate: pass --task NAME or bind EvalConfig.tasks in gin")
+    lengths = cfg.task_feature_lengths or DataConfig().task_feature_lengths
+    m = t5mtl.load(args.model_dir, step=args.step)
+    model = EncoderDecoderModel(m.config)
+    results = {}
+    for name in tasks:
+        ev = TaskEvaluator(name, lengths, args.split or cfg.split,
+                           args.num_examples or cfg.num_examples, cfg.batch_size, cfg.decode)
+        results.update(ev.evaluate(model, m.params))
+    logger = MetricsLogger(args.model_dir)
+    logger.write(int(args.step or 0), "eval", flatten_metrics(results))
+    logger.close()
+    print(format_table(results))
+    return 0
