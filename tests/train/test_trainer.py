@@ -1,0 +1,163 @@
+"""The training loop: exact resume after SIGKILL, torn checkpoints, NaN loss,
+finetuning init with partial restore, and what a run leaves in model_dir."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import t5mtl
+import t5mtl.data.registry  # noqa: F401  (registers the synthetic suite)
+from t5mtl.errors import T5mtlError
+from t5mtl.models import get_config
+from t5mtl.train.checkpointer import TrainCheckpointer
+from t5mtl.train.init_from import merge_params
+from t5mtl.train.trainer import CheckpointConfig, DataConfig, EvalConfig, train
+from t5mtl.train.train_step import TrainState
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# A run that takes a few seconds per 10 steps on a 2-core CPU, so that a kill
+# after checkpoint 10 lands before step 20.
+RUN_ARGS = [
+    "--gin_file=gin/runs/quickstart.gin",
+    "--gin.get_config.name='t5_small_cpu'",
+    "--gin.train.num_steps=20",
+    "--gin.train.log_period=1",
+    "--gin.DataConfig.batch_size=32",
+    "--gin.CheckpointConfig.period=10",
+    "--gin.CheckpointConfig.keep=5",
+    "--gin.EvalConfig.tasks=[]",
+    "--gin.learning_rate_schedule.name='constant'",
+    "--gin.learning_rate_schedule.base_learning_rate=0.001",
+    "--gin.learning_rate_schedule.warmup_steps=0",
+    "--gin.train.show_progress=False",
+]
+
+
+def _cmd(model_dir):
+    return [sys.executable, "-m", "t5mtl.cli", "train", f"--model_dir={model_dir}"] + RUN_ARGS
+
+
+def _flat(tree):
+    return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+            for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
+    subprocess.run(_cmd(full), cwd=ROOT, check=True, capture_output=True)
+
+    proc = subprocess.Popen(_cmd(killed), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt10 = os.path.join(killed, "checkpoints", "10")
+    deadline = time.time() + 300
+    while not os.path.isdir(ckpt10) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.isdir(os.path.join(killed, "checkpoints", "20")), \
+        "the run finished before the kill; the test did not interrupt it"
+
+    out = subprocess.run(_cmd(killed), cwd=ROOT, check=True, capture_output=True, text=True)
+    assert "resumed from" in out.stdout
+    a = _flat(t5mtl.load(full).params)
+    b = _flat(t5mtl.load(killed).params)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    # The run left its resolved config and one metrics row per step.
+    assert "DataConfig.mixture_or_task_name = 'synth_all'" in open(
+        os.path.join(full, "config.gin")).read()
+    rows = [json.loads(line) for line in open(os.path.join(full, "metrics.jsonl"))]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train_rows] == list(range(1, 21))
+    assert all(np.isfinite(r["loss"]) for r in train_rows)
+
+
+def _tiny_state(value):
+    params = {"w": np.full((4, 3), value, np.float32)}
+    tx = optax.sgd(0.1)
+    return TrainState(step=np.int32(value), params=params, opt_state=tx.init(params),
+                      rng=np.zeros((2,), np.uint32))
+
+
+def _abstract(state):
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
+                                                       sharding=sharding), state)
+
+
+def test_torn_checkpoints_are_skipped(tmp_path, caplog):
+    ckpt = TrainCheckpointer(str(tmp_path), async_save=False)
+    for step in (1, 2):
+        ckpt.save(_tiny_state(step), data_position=step * 10)
+    ckpt.close()
+    # A save killed midway: orbax's temporary directory, never renamed.
+    torn = tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp-1234"
+    (torn / "params").mkdir(parents=True)
+    # And a step whose params files were truncated after the fact.
+    params_dir = tmp_path / "checkpoints" / "2" / "params"
+    for root, _, files in os.walk(params_dir):
+        for f in files:
+            open(os.path.join(root, f), "w").close()
+    with caplog.at_level("WARNING"):
+        ckpt = TrainCheckpointer(str(tmp_path), async_save=False)
+        state, position = ckpt.restore(_abstract(_tiny_state(0)))
+    assert int(state.step) == 1 and position == 10
+    assert np.all(np.asarray(state.params["w"]) == 1.0)
+    text = caplog.text
+    assert "3.orbax-checkpoint-tmp-1234" in text and "unreadable checkpoint" in text
+
+
+def _train_tiny(model_dir, **kwargs):
+    args = dict(model_config=get_config("t5_tiny"),
+                data=DataConfig(mixture_or_task_name="synth_all",
+                                task_feature_lengths={"inputs": 32, "targets": 8}, batch_size=8),
+                num_steps=3, checkpoints=CheckpointConfig(period=100, async_save=False),
+                evaluation=EvalConfig(), log_period=1, show_progress=False)
+    args.update(kwargs)
+    return train(str(model_dir), **args)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_saves_nothing(tmp_path):
+    with pytest.raises(T5mtlError, match=r"loss is nan at step 2"):
+        _train_tiny(tmp_path, optimizer=optax.sgd(float("nan")))
+    assert not os.path.isdir(tmp_path / "checkpoints") or \
+        not [d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
+
+
+def test_unknown_task_is_named(tmp_path):
+    with pytest.raises(T5mtlError, match="'synth_nope'"):
+        _train_tiny(tmp_path, data=DataConfig(mixture_or_task_name="synth_nope"))
+
+
+def test_finetune_init_restores_by_name_and_keeps_fresh_patterns(tmp_path):
+    _train_tiny(tmp_path / "pre", optimizer=optax.adamw(1e-2))
+    pre = _flat(t5mtl.load(str(tmp_path / "pre")).params)
+    # Zero learning rate: after one step the params are exactly the init.
+    summary = _train_tiny(tmp_path / "ft", optimizer=optax.sgd(0.0), num_steps=1,
+                          checkpoints=CheckpointConfig(
+                              period=100, async_save=False, init_from=str(tmp_path / "pre"),
+                              init_fresh_patterns=["decoder/logits_dense/.*"]))
+    assert summary["step"] == 1              # the step restarted at 0
+    ft = _flat(t5mtl.load(str(tmp_path / "ft")).params)
+    for k in pre:
+        if k.startswith("decoder/logits_dense"):
+            assert not np.array_equal(ft[k], pre[k]), k
+        else:
+            assert np.array_equal(ft[k], pre[k]), k
+
+
+def test_merge_params_reports_fresh_names_and_shape_mismatch():
+    fresh = {"a": {"w": np.zeros(2)}, "prompt": {"p": np.ones(3)}}
+    merged, kept = merge_params(fresh, {"a": {"w": np.full(2, 5.0)}})
+    assert merged["a"]["w"].tolist() == [5.0, 5.0] and kept == ["prompt/p"]
+    with pytest.raises(T5mtlError, match=r"'a/w' has shape \(3,\)"):
+        merge_params(fresh, {"a": {"w": np.zeros(3)}})
