@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from t5mtl.errors import T5mtlError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gin_file", action="append", default=[], required=True,
@@ -16,16 +18,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def maybe_initialize_distributed() -> None:
-    """Joins a multi-process run when the launcher set T5MTL_COORDINATOR etc."""
+    """Joins a multi-process run when a launcher (tpu_scripts) asked for one.
+
+    T5MTL_DISTRIBUTED=auto: ``jax.distributed.initialize()`` with no
+    arguments; on Cloud TPU VMs (and SLURM, ...) JAX reads the coordinator,
+    process count and index from the environment it runs in.
+    T5MTL_COORDINATOR=host:port with T5MTL_NUM_PROCESSES and
+    T5MTL_PROCESS_ID: explicit values (``tpu_scripts --local N`` on CPU).
+    T5MTL_CPU_COLLECTIVES=gloo selects the CPU collectives for either.
+    """
+    mode = os.environ.get("T5MTL_DISTRIBUTED", "").strip().lower()
     coordinator = os.environ.get("T5MTL_COORDINATOR")
-    if not coordinator:
+    if mode in ("", "0", "off", "none") and not coordinator:
         return
+    if mode not in ("", "auto"):
+        raise T5mtlError(f"T5MTL_DISTRIBUTED={mode!r}; expected 'auto' (or unset with "
+                         f"T5MTL_COORDINATOR)")
     import jax
     if os.environ.get("T5MTL_CPU_COLLECTIVES"):
         jax.config.update("jax_cpu_collectives_implementation",
                           os.environ["T5MTL_CPU_COLLECTIVES"])
-    jax.distributed.initialize(coordinator, int(os.environ["T5MTL_NUM_PROCESSES"]),
-                               int(os.environ["T5MTL_PROCESS_ID"]))
+    if mode == "auto":
+        jax.distributed.initialize()
+        return
+    missing = [k for k in ("T5MTL_COORDINATOR", "T5MTL_NUM_PROCESSES", "T5MTL_PROCESS_ID")
+               if not os.environ.get(k)]
+    if missing:
+        raise T5mtlError(f"multi-process run: {', '.join(missing)} not set (set all three, "
+                         f"or T5MTL_DISTRIBUTED=auto)")
+    try:
+        num_processes = int(os.environ["T5MTL_NUM_PROCESSES"])
+        process_id = int(os.environ["T5MTL_PROCESS_ID"])
+    except ValueError as e:
+        raise T5mtlError(f"T5MTL_NUM_PROCESSES / T5MTL_PROCESS_ID must be integers: {e}") from e
+    jax.distributed.initialize(coordinator, num_processes, process_id)
 
 
 def run(args: argparse.Namespace) -> int:
