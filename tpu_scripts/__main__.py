@@ -1,0 +1,5 @@
+import sys
+
+from tpu_scripts.launch import main
+
+sys.exit(main())
