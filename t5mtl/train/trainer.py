@@ -41,8 +41,12 @@ log = logging.getLogger(__name__)
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """The training data: a seqio task or mixture and how to batch it."""
-    mixture_or_task_name: str = ""
+    """The training data: a seqio task or mixture and how to batch it.
+
+    `mixture_or_task_name` may also be a list of task names: they are mixed
+    at equal rates.
+    """
+    mixture_or_task_name: str | Sequence[str] = ""
     task_feature_lengths: dict = dataclasses.field(
         default_factory=lambda: {"inputs": 64, "targets": 16})
     batch_size: int = 32            # global, over all processes
@@ -88,6 +92,23 @@ def vocabulary_spec(vocab: seqio.Vocabulary) -> dict | None:
         return {"kind": "sentencepiece", "path": os.path.abspath(vocab.sentencepiece_model_file),
                 "extra_ids": vocab.extra_ids}
     return None
+
+
+def resolve_mixture(name_or_names: str | Sequence[str]) -> str:
+    """A registered task/mixture name; a list of task names becomes an
+    equal-rate mixture registered under a name derived from the list."""
+    names = [name_or_names] if isinstance(name_or_names, str) else list(name_or_names)
+    for name in names:
+        try:
+            seqio.get_mixture_or_task(name)
+        except ValueError as e:
+            raise T5mtlError(f"unknown task or mixture {name!r}") from e
+    if isinstance(name_or_names, str):
+        return name_or_names
+    mixture = "equal:" + "+".join(names)
+    if mixture not in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.add(mixture, names, default_rate=1.0)
+    return mixture
 
 
 class _StopFlag:
@@ -137,10 +158,9 @@ def train(model_dir: str, *, model_config: T5Config = gin.REQUIRED,
     evaluation = evaluation or EvalConfig()
     if not data.mixture_or_task_name:
         raise T5mtlError("DataConfig.mixture_or_task_name is empty: name a seqio task or mixture")
-    try:
-        provider = seqio.get_mixture_or_task(data.mixture_or_task_name)
-    except ValueError as e:
-        raise T5mtlError(f"unknown task or mixture {data.mixture_or_task_name!r}") from e
+    data = dataclasses.replace(data, mixture_or_task_name=resolve_mixture(
+        data.mixture_or_task_name))
+    provider = seqio.get_mixture_or_task(data.mixture_or_task_name)
     os.makedirs(model_dir, exist_ok=True)
     model = EncoderDecoderModel(model_config, loss)
     tx = optimizer if optimizer is not None else create_optimizer()
