@@ -15,6 +15,8 @@ TINY_HF = {
                  relative_attention_num_buckets=32, relative_attention_max_distance=128,
                  dropout_rate=0.0),
 }
+# v1.1 style with room for t5mtl's byte vocabulary (359 ids, padded to 384).
+TINY_HF["byte_vocab"] = dict(TINY_HF["v1_1"], vocab_size=384)
 
 
 def make_hf_model(kind: str, directory: str, seed: int = 0):
