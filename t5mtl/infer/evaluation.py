@@ -18,6 +18,20 @@ from t5mtl.models.encoder_decoder import DecodeConfig, EncoderDecoderModel
 
 log = logging.getLogger(__name__)
 
+
+class _QuietSeqioEvaluator(logging.Filter):
+    """Drops two seqio.Evaluator warnings that are expected here: fixed
+    sequence lengths (chosen so each callback compiles once) and no seqio
+    loggers (t5mtl writes the metrics itself)."""
+
+    def filter(self, record):
+        msg = str(record.msg)
+        return not (msg.startswith("Given sequence lengths are longer than necessary")
+                    or msg.startswith("'logger_cls' is empty"))
+
+
+logging.getLogger("absl").addFilter(_QuietSeqioEvaluator())
+
 MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
                   "decoder_loss_weights")
 
