@@ -8,6 +8,11 @@ parse gin before importing this module, or call
 
     import t5mtl.data.registry  # noqa: F401  (registers tasks)
     seqio.get_mixture_or_task("synth_all")
+
+Besides the task modules' base tasks this registers their instruction
+variants ("<task>_zs", "_fs", "_opt", "_cot", "_inv"; t5mtl.data.templates)
+and the built-in mixtures (exmix, ext5_pretrain, flan_mix, synth_seen_train,
+...; t5mtl.data.mixtures).
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import importlib
 
 import seqio
 
-from t5mtl.data import synthetic
+from t5mtl.data import mixtures, synthetic, templates
 
 # Task modules register their tasks on import and expose register(**kwargs).
 TASK_MODULES = (
@@ -23,33 +28,24 @@ TASK_MODULES = (
     "t5mtl.data.superglue",
     "t5mtl.data.squad",
     "t5mtl.data.generation_tasks",
+    "t5mtl.data.pretraining_tasks",
 )
-# Modules another part of the data layer owns; skipped while absent.
-OPTIONAL_TASK_MODULES = ("t5mtl.data.pretraining_tasks",)
-
-
-def _import_optional(name: str):
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name != name:
-            raise
-        return None
 
 
 def register_all(vocabulary: seqio.Vocabulary | None = None, overwrite: bool = False) -> None:
-    """Registers the synthetic suite and the real tasks (again, with overwrite=True).
+    """Registers every built-in task, instruction variant and mixture.
 
-    With `vocabulary`, tasks use it instead of get_vocabulary()'s. The
-    optional pretraining tasks are only imported, not re-registered.
+    With overwrite=True everything is registered again (mixtures hold their
+    Task objects, so they are rebuilt too); with `vocabulary`, tasks use it
+    instead of get_vocabulary()'s.
     """
     synthetic.register_all(vocabulary=vocabulary, overwrite=overwrite)
     for name in TASK_MODULES:
         module = importlib.import_module(name)
         if overwrite:
             module.register(vocabulary=vocabulary, overwrite=True)
+    templates.register_instruction_tasks(vocabulary=vocabulary, overwrite=overwrite)
+    mixtures.register(overwrite=overwrite)
 
 
 register_all()
-for _name in OPTIONAL_TASK_MODULES:
-    _import_optional(_name)

@@ -1,12 +1,16 @@
 """`t5mtl tasks`: list registered tasks and inspect their examples.
 
-    t5mtl tasks list [--category C] [--schema S] [--suite S]
+    t5mtl tasks list [--category C] [--schema S] [--suite S] [--variant V]
     t5mtl tasks show NAME [--split S] [--n N] [--data_dir D]
+    t5mtl tasks show NAME --card
 
 `show` prints a task's metadata, then N raw examples as the source yields
 them (fields before any formatting) and N preprocessed examples: the
 inputs/targets text, token ids and lengths, as a model would receive them
-(trimmed to --inputs_length/--targets_length, with EOS).
+(trimmed to --inputs_length/--targets_length, with EOS). With --card it
+prints only the task's metadata card (category, schema, labels, languages,
+licence, source, homepage, citation, ...) and reads no data. For a mixture
+it prints each task's share of the samples.
 """
 from __future__ import annotations
 
@@ -23,10 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ls.add_argument("--category", help="only tasks of this category")
     ls.add_argument("--schema", help="only tasks of this schema")
     ls.add_argument("--suite", help="only tasks of this suite (synthetic, glue, ...)")
+    ls.add_argument("--variant", help="only instruction variants of this kind (zs, fs, opt, "
+                                      "cot, inv); 'none': only tasks that are not variants")
     show = sub.add_parser("show", help="print raw and preprocessed examples of a task")
     show.add_argument("name", help="task (or mixture) name")
     show.add_argument("--split", help="split to read (default: train if the task has it)")
     show.add_argument("--n", type=int, default=3, help="number of examples (default 3)")
+    show.add_argument("--card", action="store_true",
+                      help="print the task's metadata card only (reads no data)")
     show.add_argument("--data_dir", help="directory holding local datasets "
                                          "(default: gin binding or $T5MTL_DATA_DIR)")
     show.add_argument("--inputs_length", type=int, default=512)
@@ -52,10 +60,11 @@ def _list(args) -> int:
     from t5mtl.data import task_info
 
     infos = task_info.list_task_infos(category=args.category, schema=args.schema,
-                                      suite=args.suite)
+                                      suite=args.suite, variant=args.variant)
     rows = [(i.name, i.category, i.schema, ",".join(i.metrics), i.instruction or i.description)
             for i in infos]
-    unfiltered = args.category is None and args.schema is None and args.suite is None
+    unfiltered = (args.category is None and args.schema is None and args.suite is None
+                  and args.variant is None)
     if unfiltered:  # seqio tasks registered without a TaskInfo
         known = {i.name for i in infos}
         rows += [(n, "-", "-", "-", "(no TaskInfo)")
@@ -86,6 +95,8 @@ def _show(args) -> int:
     if args.data_dir:
         set_data_dir(args.data_dir)
     name = args.name
+    if args.card:
+        return _show_card(name)
     if name in seqio.MixtureRegistry.names():
         return _show_mixture(seqio.get_mixture_or_task(name))
     if name not in seqio.TaskRegistry.names():
@@ -121,6 +132,21 @@ def _show(args) -> int:
             print(f"    {feature}: {_text(text, args.max_chars)}")
             print(f"    {feature} ids ({len(ids)} tokens): "
                   f"[{', '.join(map(str, shown))}{more}]")
+    return 0
+
+
+def _show_card(name: str) -> int:
+    import seqio
+
+    from t5mtl.data import task_info
+
+    if not task_info.has_task_info(name):
+        if name in seqio.MixtureRegistry.names():
+            raise T5mtlError(f"{name!r} is a mixture; cards are for tasks "
+                             f"(`t5mtl tasks show {name}` lists its tasks)")
+        if name in seqio.TaskRegistry.names():
+            raise T5mtlError(f"task {name!r} has no TaskInfo, so no card")
+    print(task_info.format_card(task_info.get_task_info(name)))  # unknown: names close ones
     return 0
 
 
@@ -182,9 +208,10 @@ def _guard(name: str, split: str, fn):
 def _show_mixture(mixture) -> int:
     print(f"mixture {mixture.name}: {len(mixture.tasks)} tasks")
     total = sum(mixture.get_rate(t) for t in mixture.tasks)
+    width = max(32, *(len(t.name) for t in mixture.tasks))
     for t in mixture.tasks:
         rate = mixture.get_rate(t)
-        print(f"  {t.name:32s} rate {rate:g} ({100 * rate / total:.1f}%)")
+        print(f"  {t.name:{width}s} rate {rate:g} ({100 * rate / total:.1f}%)")
     print("show one of its tasks for examples: t5mtl tasks show NAME")
     return 0
 

@@ -49,13 +49,41 @@ def _sign(rng):
             return f"{a} - {b}", "positive" if a > b else "negative"
 
 
+# Rationales for chain of thought.
+
+def _explain_parity(query, answer):
+    return f"the last digit {query[-1]} is {'even' if int(query[-1]) % 2 == 0 else 'odd'}"
+
+
+def _explain_palindrome(query, answer):
+    return f"backwards it reads {query[::-1]}"
+
+
+def _compare(a, b):
+    return f"{a} {'>' if a > b else '<'} {b}"
+
+
+def _explain_greater(query, answer):
+    return _compare(*(int(x) for x in query.split()))
+
+
+def _explain_is_sorted(query, answer):
+    return f"in order the letters are {''.join(sorted(query))}"
+
+
+def _explain_sign(query, answer):
+    return _compare(*(int(x) for x in query.split(" - ")))
+
+
 TASKS = [
     SyntheticTask("parity", CATEGORY, "Is the number even or odd?", _parity,
-                  labels=("even", "odd")),
-    SyntheticTask("palindrome", CATEGORY, "Is it a palindrome?", _palindrome, labels=YES_NO),
-    SyntheticTask("greater", CATEGORY, "Is the first number larger?", _greater, labels=YES_NO),
+                  labels=("even", "odd"), explain=_explain_parity),
+    SyntheticTask("palindrome", CATEGORY, "Is it a palindrome?", _palindrome, labels=YES_NO,
+                  explain=_explain_palindrome),
+    SyntheticTask("greater", CATEGORY, "Is the first number larger?", _greater, labels=YES_NO,
+                  explain=_explain_greater),
     SyntheticTask("is_sorted", CATEGORY, "Are the letters in alphabetical order?", _is_sorted,
-                  labels=YES_NO),
+                  labels=YES_NO, explain=_explain_is_sorted),
     SyntheticTask("sign", CATEGORY, "Is the result positive or negative?", _sign,
-                  labels=("positive", "negative")),
+                  labels=("positive", "negative"), explain=_explain_sign),
 ]

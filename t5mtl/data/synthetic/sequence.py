@@ -37,9 +37,36 @@ def _previous_term(rng):
     return " ".join(map(str, xs)), str(first - step)
 
 
+# Rationales for chain of thought.
+
+def _explain_next(query, answer):
+    xs = [int(x) for x in query.split()]
+    d = xs[1] - xs[0]
+    return f"each step adds {d}, {xs[-1]} + {d} = {xs[-1] + d}"
+
+
+def _explain_previous(query, answer):
+    xs = [int(x) for x in query.split()]
+    d = xs[1] - xs[0]
+    return f"each step adds {d}, {xs[0]} - {d} = {xs[0] - d}"
+
+
+def _explain_missing(query, answer):
+    shown = query.split()
+    i = shown.index("_")
+    j = next(j for j in range(len(shown) - 1) if "_" not in (shown[j], shown[j + 1]))
+    d = int(shown[j + 1]) - int(shown[j])
+    if i > 0:
+        return f"each step adds {d}, {shown[i - 1]} + {d} = {int(shown[i - 1]) + d}"
+    return f"each step adds {d}, {shown[1]} - {d} = {int(shown[1]) - d}"
+
+
 TASKS = [
-    SyntheticTask("next_number", CATEGORY, "Continue the sequence:", _next_number),
-    SyntheticTask("missing_number", CATEGORY, "Fill in the missing number:", _missing_number),
+    SyntheticTask("next_number", CATEGORY, "Continue the sequence:", _next_number,
+                  explain=_explain_next),
+    SyntheticTask("missing_number", CATEGORY, "Fill in the missing number:",
+                  _missing_number, explain=_explain_missing),
     SyntheticTask("count_up", CATEGORY, "Count from the first number to the second:", _count_up),
-    SyntheticTask("previous_term", CATEGORY, "Give the number that comes before:", _previous_term),
+    SyntheticTask("previous_term", CATEGORY, "Give the number that comes before:",
+                  _previous_term, explain=_explain_previous),
 ]
