@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import string
 import zlib
 from typing import Any, Callable, Mapping, Sequence
@@ -257,13 +258,18 @@ def exemplar_pool(spec: InstructionSpec, fields: Sequence[str]) -> ExemplarPool:
     if spec.pool_size < spec.k:
         raise T5mtlError(f"{spec.task_name!r}: pool_size {spec.pool_size} is smaller than "
                          f"k={spec.k}")
-    ds = spec.train_source.get_dataset(split="train", shuffle=False)
-    for prep in spec.raw_preprocessors:
-        ds = seqio.utils.add_kwargs_to_transform(
-            prep, sequence_length=None, output_features=spec.output_features)(ds)
+    if isinstance(spec.train_source, files.PythonSource) and not spec.raw_preprocessors:
+        # Python examples as the tf.data source would yield them, without the graph.
+        examples = itertools.islice(spec.train_source.iter_examples("train"), spec.pool_size)
+    else:
+        ds = spec.train_source.get_dataset(split="train", shuffle=False)
+        for prep in spec.raw_preprocessors:
+            ds = seqio.utils.add_kwargs_to_transform(
+                prep, sequence_length=None, output_features=spec.output_features)(ds)
+        examples = ds.take(spec.pool_size).as_numpy_iterator()
     verbal = dict(zip(spec.label_names, spec.verbalizers))
     rows, seen = [], set()
-    for ex in ds.take(spec.pool_size).as_numpy_iterator():
+    for ex in examples:
         row = [_as_text(ex[f]) for f in fields]
         if spec.label_field:
             i = fields.index(spec.label_field)

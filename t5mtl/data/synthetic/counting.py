@@ -30,7 +30,9 @@ def _count_vowels(rng):
 def _explain_count_letter(query, answer):
     c, s = query.split(" in ")
     pos = [str(i + 1) for i, x in enumerate(s) if x == c]
-    return f"{c} is at positions {', '.join(pos)} of {s}" if pos else f"there is no {c} in {s}"
+    if not pos:
+        return f"there is no {c} in {s}"
+    return f"{c} is at positions {', '.join(pos)} of {s}, {len(pos)} times"
 
 
 def _numbered(items):
