@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("t5mtl.convert.command", "import/export HF T5 checkpoints"),
     "train": ("t5mtl.train.command", "train or finetune a model from gin configs"),
     "eval": ("t5mtl.infer.eval_command", "evaluate a checkpoint on tasks or mixtures"),
+    "fewshot": ("t5mtl.train.fewshot_command", "the K-shot x seeds finetuning protocol"),
     "infer": ("t5mtl.infer.command", "decode text with a trained or converted model"),
     "tasks": ("t5mtl.data.tasks_command", "list and inspect registered tasks"),
 }
