@@ -28,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 RUN_ARGS = [
     "--gin_file=gin/runs/quickstart.gin",
     "--gin.get_config.name='t5_small_cpu'",
+    "--gin.DataConfig.mixture_or_task_name='synth_all'",
     "--gin.train.num_steps=20",
     "--gin.train.log_period=1",
     "--gin.DataConfig.batch_size=32",
