@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num_examples", type=int, default=None)
     parser.add_argument("--step", type=int, default=None)
     parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--levels", choices=["synthetic"], default=None,
+                        help="report the three generalization levels (held-out categories, "
+                             "held-out tasks, held-out instances) of a suite in one table")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
         set_data_dir(args.data_dir)
     gin_config.parse(args.gin_file, args.gin_bindings)
     cfg = EvalConfig()
+    if args.levels:
+        return _run_levels(args, cfg)
     tasks = args.task or list(cfg.tasks)
     if not tasks:
         raise T5mtlError("nothing to evaluate: pass --task NAME or bind EvalConfig.tasks in gin")
@@ -47,4 +52,23 @@ def run(args: argparse.Namespace) -> int:
     logger.write(int(args.step or 0), "eval", flatten_metrics(results))
     logger.close()
     print(format_table(results))
+    return 0
+
+
+def _run_levels(args, cfg) -> int:
+    import json
+    import os
+
+    import t5mtl
+    from t5mtl.models.encoder_decoder import EncoderDecoderModel
+    from t5mtl.mtl.generalization import evaluate_levels, levels_table, synthetic_level_mixtures
+    from t5mtl.train.trainer import DataConfig
+    m = t5mtl.load(args.model_dir, step=args.step)
+    lengths = cfg.task_feature_lengths or DataConfig().task_feature_lengths
+    results = evaluate_levels(EncoderDecoderModel(m.config), m.params,
+                              synthetic_level_mixtures(), lengths, args.split or cfg.split,
+                              args.num_examples or cfg.num_examples, cfg.batch_size)
+    with open(os.path.join(args.model_dir, "generalization_levels.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(levels_table({os.path.basename(os.path.normpath(args.model_dir)): results}))
     return 0
