@@ -256,6 +256,30 @@ def register_generalization_mixtures(
     return names
 
 
+@gin.configurable
+def synthetic_generalization(
+        level: str = "train", prefix: str = "synth",
+        held_out_categories: Union[int, Sequence[str]] = SYNTHETIC_HELDOUT_CATEGORIES,
+        held_out_tasks_per_category: int = SYNTHETIC_HELDOUT_TASKS_PER_CATEGORY,
+        seed: int = SPLIT_SEED, variant_weights: Mapping[str, float] | None = None,
+        eval_variant: str = "zs", cap: int | None = FLAN_CAP) -> str:
+    """Registers the synthetic suite's generalization mixtures; returns one name.
+
+    `level`: "train" (the training mixture) or one of "heldout_categories",
+    "heldout_tasks", "heldout_instances" (evaluation mixtures). For gin:
+
+        DataConfig.mixture_or_task_name = @synthetic_generalization()
+        synthetic_generalization.held_out_categories = ['counting', 'sequence']
+    """
+    if level not in ("train", *SYNTH_EVAL_MIXTURES):
+        raise T5mtlError(f"unknown level {level!r}; choose from train, "
+                         f"{', '.join(SYNTH_EVAL_MIXTURES)}")
+    splits = generalization_splits("synthetic", held_out_categories,
+                                   held_out_tasks_per_category, seed)
+    return register_generalization_mixtures(prefix, splits, variant_weights, eval_variant,
+                                            cap)[level]
+
+
 # ---------------------------------------------------------------- registration
 
 def register(overwrite: bool = False) -> None:

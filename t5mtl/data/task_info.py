@@ -230,11 +230,13 @@ def has_task_info(name: str) -> bool:
 
 
 def list_task_infos(category: str | None = None, schema: str | None = None,
-                    suite: str | None = None, variant: str | None = None) -> list[TaskInfo]:
+                    suite: str | None = None, variant: str | None = None,
+                    variants: bool = False) -> list[TaskInfo]:
     """Registered tasks, sorted by name, optionally filtered.
 
-    `variant` filters instruction variants by kind ("zs", "fs", ...);
-    "none" keeps only tasks that are not variants.
+    Instruction variants (t5mtl.data.templates) are left out unless
+    `variants` is true (all of them) or `variant` names a kind ("zs", "fs",
+    ...: only those); variant="none" is the default, base tasks only.
     """
     if schema is not None and schema not in SCHEMAS:
         raise T5mtlError(f"unknown schema {schema!r}; choose from {SCHEMAS}")
@@ -248,8 +250,9 @@ def list_task_infos(category: str | None = None, schema: str | None = None,
         infos = [i for i in infos if i.schema == schema]
     if suite is not None:
         infos = [i for i in infos if i.suite == suite]
-    if variant is not None:
-        infos = [i for i in infos if i.variant == ("" if variant == "none" else variant)]
+    if variant is not None or not variants:
+        wanted = "" if variant in (None, "none") else variant
+        infos = [i for i in infos if i.variant == wanted]
     return infos
 
 

@@ -1,13 +1,15 @@
 """`t5mtl tasks`: list registered tasks and inspect their examples.
 
-    t5mtl tasks list [--category C] [--schema S] [--suite S] [--variant V]
+    t5mtl tasks list [--category C] [--schema S] [--suite S] [--variants | --variant V]
     t5mtl tasks show NAME [--split S] [--n N] [--data_dir D]
     t5mtl tasks show NAME --card
 
 `show` prints a task's metadata, then N raw examples as the source yields
 them (fields before any formatting) and N preprocessed examples: the
 inputs/targets text, token ids and lengths, as a model would receive them
-(trimmed to --inputs_length/--targets_length, with EOS). With --card it
+(trimmed to --inputs_length/--targets_length, with EOS). `list` shows base
+tasks; --variants adds their instruction variants ("<task>_zs", "_fs", ...),
+--variant V lists only variants of kind V. With --card `show`
 prints only the task's metadata card (category, schema, labels, languages,
 licence, source, homepage, citation, ...) and reads no data. For a mixture
 it prints each task's share of the samples.
@@ -27,8 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ls.add_argument("--category", help="only tasks of this category")
     ls.add_argument("--schema", help="only tasks of this schema")
     ls.add_argument("--suite", help="only tasks of this suite (synthetic, glue, ...)")
+    ls.add_argument("--variants", action="store_true",
+                    help="also list instruction variants (<task>_zs, _fs, _opt, _cot, _inv)")
     ls.add_argument("--variant", help="only instruction variants of this kind (zs, fs, opt, "
-                                      "cot, inv); 'none': only tasks that are not variants")
+                                      "cot, inv)")
     show = sub.add_parser("show", help="print raw and preprocessed examples of a task")
     show.add_argument("name", help="task (or mixture) name")
     show.add_argument("--split", help="split to read (default: train if the task has it)")
@@ -59,22 +63,30 @@ def _list(args) -> int:
     import t5mtl.data.registry  # noqa: F401  (registers tasks)
     from t5mtl.data import task_info
 
+    from t5mtl.data.templates import VARIANTS
+
+    if args.variant is not None and args.variant not in VARIANTS:
+        raise T5mtlError(f"unknown variant {args.variant!r}; choose from {', '.join(VARIANTS)}")
     infos = task_info.list_task_infos(category=args.category, schema=args.schema,
-                                      suite=args.suite, variant=args.variant)
+                                      suite=args.suite, variant=args.variant,
+                                      variants=args.variants)
+    hidden = 0 if args.variant or args.variants else len(task_info.list_task_infos(
+        category=args.category, schema=args.schema, suite=args.suite, variants=True)) - len(infos)
     rows = [(i.name, i.category, i.schema, ",".join(i.metrics), i.instruction or i.description)
             for i in infos]
     unfiltered = (args.category is None and args.schema is None and args.suite is None
                   and args.variant is None)
     if unfiltered:  # seqio tasks registered without a TaskInfo
-        known = {i.name for i in infos}
         rows += [(n, "-", "-", "-", "(no TaskInfo)")
-                 for n in sorted(seqio.TaskRegistry.names()) if n not in known]
+                 for n in sorted(seqio.TaskRegistry.names()) if not task_info.has_task_info(n)]
     header = ("name", "category", "schema", "metrics", "instruction / description")
     widths = [max(len(str(r[k])) for r in [header, *rows]) for k in range(4)]
     for r in [header, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
     cats = sorted({r[1] for r in rows})
     print(f"\n{len(rows)} tasks in {len(cats)} categories: {', '.join(cats)}")
+    if hidden:
+        print(f"and {hidden} instruction variants of them (--variants lists them)")
     if unfiltered:
         mixtures = sorted(seqio.MixtureRegistry.names())
         print(f"mixtures: {', '.join(mixtures) if mixtures else '(none)'}")

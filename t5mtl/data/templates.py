@@ -515,7 +515,7 @@ def register_instruction_tasks(vocabulary: seqio.Vocabulary | None = None,
 def instruction_task_names(variant: str | None = None,
                            base_tasks: Sequence[str] | None = None) -> list[str]:
     """Registered instruction variants (of `base_tasks`, of kind `variant`), sorted."""
-    infos = task_info_lib.list_task_infos(variant=variant)
+    infos = task_info_lib.list_task_infos(variant=variant, variants=True)
     wanted = None if base_tasks is None else set(base_tasks)
     return [i.name for i in infos
             if i.base_task and (wanted is None or i.base_task in wanted)]
