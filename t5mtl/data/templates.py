@@ -32,7 +32,8 @@ evaluated split is train), so the evaluated example is never its own
 exemplar.
 
 Examples keep their raw fields and gain metadata features: `_task_name`,
-`_variant`, `_template_idx` and, for few-shot, `_num_exemplars`.
+`_variant`, `_template_idx` and `_num_exemplars` (0 unless few-shot), so a
+mixture of variants can pass them through (`passthrough_features=`).
 Classification variants answer with each label's verbalizer (e.g. "yes" for
 entailment); their postprocessor maps the answer back to the label before
 the base task's postprocessor and metrics, and a chain-of-thought answer is
@@ -298,8 +299,8 @@ def instruct(dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | None
              spec: InstructionSpec) -> tf.data.Dataset:
     """seqio preprocessor: renders "inputs"/"targets" from raw fields with a template.
 
-    Raw fields pass through; adds _task_name, _variant, _template_idx (and
-    _num_exemplars for few-shot).
+    Raw fields pass through; adds _task_name, _variant, _template_idx and
+    _num_exemplars.
     """
     fields = _string_fields(dataset.element_spec)
     spec.check_fields(fields)
@@ -321,9 +322,10 @@ def instruct(dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | None
         rendered = [(render_tf(t.inputs, out), render_tf(t.targets, out)) for t in spec.templates]
         inputs = tf.gather(tf.stack([r[0] for r in rendered]), idx) + suffix
         targets = tf.gather(tf.stack([r[1] for r in rendered]), idx)
+        used = tf.constant(0, tf.int32)
         if pool is not None:
             inputs, used = _few_shot(inputs, key, idx, pool, spec, suffix, vocab, max_len, salt)
-            out["_num_exemplars"] = used
+        out["_num_exemplars"] = used
         out.update(inputs=inputs, targets=targets, _task_name=tf.constant(spec.task_name),
                    _variant=tf.constant(spec.variant), _template_idx=tf.cast(idx, tf.int32))
         return out

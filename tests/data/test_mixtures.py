@@ -82,17 +82,18 @@ def test_flan_mix_weights_its_variants():
 
 def test_instruction_mixture_reads_its_variants():
     name = mixtures.register_instruction_mixture("mixtest_instruct", ["synth_add", "synth_parity"],
-                                                 {"zs": 1, "opt": 1, "cot": 2})
+                                                 {"zs": 1, "fs": 1, "opt": 1, "cot": 2})
     assert sorted(mixing.mixture_proportions(name)) == [
-        "synth_add_cot", "synth_add_zs", "synth_parity_cot", "synth_parity_opt",
-        "synth_parity_zs"]
+        "synth_add_cot", "synth_add_fs", "synth_add_zs", "synth_parity_cot", "synth_parity_fs",
+        "synth_parity_opt", "synth_parity_zs"]
     ds = seqio.get_mixture_or_task(name).get_dataset(
         {"inputs": 192, "targets": 64}, split="train", shuffle=False, seed=0,
-        passthrough_features=["_task_name", "_variant", "_template_idx"])
+        passthrough_features=["_task_name", "_variant", "_template_idx", "_num_exemplars"])
     exs = list(ds.take(400).as_numpy_iterator())
     variants = [ex["_variant"].decode() for ex in exs]
-    assert abs(variants.count("cot") / 400 - 0.5) < 0.1
+    assert abs(variants.count("cot") / 400 - 0.4) < 0.1
     for ex in exs:
+        assert (ex["_num_exemplars"] > 0) == (ex["_variant"] == b"fs")
         base = task_info.get_task_info(ex["_task_name"].decode()).base_task
         assert base in ("synth_add", "synth_parity") and len(ex["inputs"]) <= 192
 
