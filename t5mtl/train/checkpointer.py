@@ -40,10 +40,7 @@ class TrainCheckpointer:
                            best_mode=best_mode, keep_checkpoints_without_metrics=False)
         self.directory = os.path.join(model_dir, model_dir_lib.CHECKPOINTS)
         self._warn_about_partial_saves()
-        self.manager = model_dir_lib.checkpoint_manager(
-            model_dir, item_handlers={"opt_state": ocp.StandardCheckpointHandler(),
-                                      "progress": ocp.JsonCheckpointHandler()},
-            **options)
+        self.manager = model_dir_lib.checkpoint_manager(model_dir, **options)
 
     def _warn_about_partial_saves(self):
         if not os.path.isdir(self.directory):

@@ -56,8 +56,11 @@ def read_model_json(model_dir: str) -> tuple[T5Config, dict | None]:
 
 def checkpoint_manager(model_dir: str, item_handlers: dict | None = None,
                        **options) -> ocp.CheckpointManager:
-    """The model_dir's CheckpointManager; `params` is always a StandardCheckpoint item."""
-    handlers = {"params": ocp.StandardCheckpointHandler(), **(item_handlers or {})}
+    """The model_dir's CheckpointManager over the items a t5mtl run saves:
+    params and opt_state (StandardCheckpoint) and progress (JSON)."""
+    handlers = {"params": ocp.StandardCheckpointHandler(),
+                "opt_state": ocp.StandardCheckpointHandler(),
+                "progress": ocp.JsonCheckpointHandler(), **(item_handlers or {})}
     return ocp.CheckpointManager(os.path.abspath(os.path.join(model_dir, CHECKPOINTS)),
                                  item_handlers=handlers,
                                  options=ocp.CheckpointManagerOptions(**options))
