@@ -1,0 +1,183 @@
+"""Shared pieces of the benchmarks: the machine, the matmul peak, HF models,
+analytic FLOPs and alternating timers.
+
+Benchmarks compare systems *in one run*, alternating them round by round,
+because this machine's speed drifts by tens of percent between minutes;
+quote the per-round ratios, not absolute numbers from different runs.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def machine_description() -> str:
+    """CPU model, core count and memory, from /proc."""
+    model, flags = platform.processor() or "unknown", ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("unknown", "x86_64", ""):
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags") and not flags:
+                    flags = line
+    except OSError:
+        pass
+    isa = [x for x in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {x}" in flags]
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(f.readline().split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{model}, {os.cpu_count()} cores ({', '.join(isa) or 'no AVX info'}){mem}"
+
+
+def versions() -> str:
+    import jax
+    out = [f"jax {jax.__version__}"]
+    try:
+        import flax
+        out.append(f"flax {flax.__version__}")
+    except ImportError:
+        pass
+    try:
+        import torch
+        import transformers
+        out += [f"torch {torch.__version__}", f"transformers {transformers.__version__}"]
+    except ImportError:
+        pass
+    return ", ".join(out)
+
+
+def measure_matmul_peak(n: int = 2048, reps: int = 5) -> dict[str, float]:
+    """Best-of-`reps` GFLOP/s of an n x n matmul, JAX (XLA) and torch, f32 and bf16.
+
+    The machine's usable peak for MFU is the larger of the two systems'
+    figures for each dtype: a plain matmul is the best case either reaches.
+    """
+    import jax
+    import jax.numpy as jnp
+    out = {}
+    for name, dt in (("float32", jnp.float32), ("bfloat16", jnp.bfloat16)):
+        a = jnp.asarray(jax.random.normal(jax.random.PRNGKey(0), (n, n)), dt)
+        f = jax.jit(lambda x, y: x @ y)
+        f(a, a).block_until_ready()
+        best = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(reps))
+        out[f"jax_{name}"] = 2 * n ** 3 / best / 1e9
+    try:
+        import torch
+    except ImportError:
+        return out
+    for name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        a = torch.randn(n, n).to(dt)
+        a @ a
+        best = min(_timed(lambda: a @ a) for _ in range(reps))
+        out[f"torch_{name}"] = 2 * n ** 3 / best / 1e9
+    return out
+
+
+def peak_for(peaks: dict[str, float], dtype: str) -> float:
+    return max(v for k, v in peaks.items() if k.endswith(dtype))
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def t5_forward_flops(cfg, batch: int, enc_len: int, dec_len: int) -> float:
+    """Matmul FLOPs of one forward pass (multiply-add = 2), attention included.
+
+    Embedding lookups are gathers (no FLOPs); norms, softmax and activations
+    are left out (they are not matmuls). A train step is 3x this (backward
+    = 2x forward), the usual "6 x params x tokens" plus attention.
+    """
+    d, ff, inner = cfg.d_model, cfg.d_ff, cfg.num_heads * cfg.d_kv
+    n_mlp = 3 if cfg.gated else 2
+    mlp = n_mlp * 2 * d * ff
+    enc_layer = enc_len * (4 * 2 * d * inner + mlp) + 2 * 2 * enc_len * enc_len * inner
+    dec_layer = (dec_len * (4 * 2 * d * inner + 2 * 2 * d * inner + mlp)
+                 + enc_len * 2 * 2 * d * inner                     # cross-attention K, V
+                 + 2 * 2 * dec_len * dec_len * inner + 2 * 2 * dec_len * enc_len * inner)
+    logits = dec_len * 2 * d * cfg.vocab_size
+    return batch * (cfg.num_layers * enc_layer + cfg.n_decoder_layers * dec_layer + logits)
+
+
+def build_hf_model(cfg, seed: int = 0):
+    """A random-init HF T5ForConditionalGeneration with `cfg`'s architecture
+    (lm_head untied when the config says so; see DESIGN.md's pitfalls)."""
+    import torch
+    import transformers
+    torch.manual_seed(seed)
+    hf = cfg.to_hf_dict()
+    hf.pop("architectures", None)
+    config = transformers.T5Config(**hf)
+    config.tie_word_embeddings = cfg.tie_word_embeddings   # ignored by the constructor
+    model = transformers.T5ForConditionalGeneration(config)
+    # T5 shares one input embedding between encoder and decoder; with
+    # tie_word_embeddings=False transformers 5.x unties those too.
+    model.encoder.embed_tokens.weight = model.shared.weight
+    model.decoder.embed_tokens.weight = model.shared.weight
+    if not cfg.tie_word_embeddings and \
+            model.lm_head.weight.data_ptr() == model.shared.weight.data_ptr():
+        with torch.no_grad():
+            model.lm_head.weight = torch.nn.Parameter(
+                torch.randn_like(model.shared.weight) * cfg.d_model ** -0.5)
+    if not cfg.tie_word_embeddings:
+        assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
+    n_params = sum(p.numel() for p in model.parameters())      # shared ones once
+    model.t5mtl_num_params = n_params
+    return model
+
+
+class Alternator:
+    """Runs each system's timed block once per round, rotating the order, and
+    keeps the per-round figures (so ratios compare neighbours in time)."""
+
+    def __init__(self, names: list[str]):
+        self.names = list(names)
+        self.rounds: list[dict[str, float]] = []
+
+    def run(self, rounds: int, measure: Callable[[str], float], log=print) -> None:
+        for r in range(rounds):
+            k = r % len(self.names)
+            order = self.names[k:] + self.names[:k]
+            row = {}
+            for name in order:
+                row[name] = measure(name)
+                log(f"    round {r + 1}/{rounds} {name:<22} {row[name]:10.1f}")
+            self.rounds.append(row)
+
+    def median(self, name: str) -> float:
+        return statistics.median(r[name] for r in self.rounds)
+
+    def ratio(self, a: str, b: str) -> float:
+        """Median over rounds of a/b (both in the same round)."""
+        return statistics.median(r[a] / r[b] for r in self.rounds)
+
+    def spread(self, name: str) -> tuple[float, float]:
+        values = [r[name] for r in self.rounds]
+        return min(values), max(values)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM), in MiB.
+
+    Read from /proc/self/status rather than getrusage: ru_maxrss survives
+    fork and exec, so a child of a big parent would report the parent's peak.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")

@@ -1,0 +1,311 @@
+"""Train-step tokens/s and MFU: t5mtl's jitted step against HF PyTorch T5.
+
+  python bench/train_throughput.py                      # the full run (several minutes)
+  python bench/train_throughput.py --quick              # a smoke run (< 1 minute)
+  python bench/train_throughput.py --memory             # also peak RSS per system
+
+For each shape (inputs/targets) and activation dtype it builds, on one CPU
+device, the same random-init T5 (t5_1_1_small by default) in
+
+  t5mtl        t5mtl's train step (make_train_step + jit_train_step, as the
+               trainer builds it; state donated), AdamW (or --optimizer)
+  torch        HF transformers T5ForConditionalGeneration + torch AdamW, stock
+  torch+flush  the same with torch.set_flush_denormal(True) while it runs
+
+and times them round by round, rotating the order (the machine drifts). A
+round times --steps steps of each system after one untimed warm-up step.
+Tokens per step = batch x (inputs + targets), no padding. bfloat16 means
+bfloat16 activations with float32 parameters (t5mtl dtype="bfloat16"; torch
+autocast). MFU = analytic model FLOPs (3 x forward matmul FLOPs, attention
+included) / step time / the matmul peak measured at the start of the run.
+The XLA-counted FLOPs of the compiled step are printed beside the analytic
+count as a check of what the step really computes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # noqa: E402
+
+SYSTEMS = ("t5mtl", "torch", "torch+flush")
+
+
+def make_batch(cfg, batch: int, enc_len: int, dec_len: int, seed: int = 0) -> dict:
+    """Random tokens (no padding) in seqio EncDecFeatureConverter's layout."""
+    import numpy as np
+    rng = np.random.RandomState(seed)
+    enc = rng.randint(2, cfg.vocab_size, size=(batch, enc_len)).astype(np.int32)
+    targets = rng.randint(2, cfg.vocab_size, size=(batch, dec_len)).astype(np.int32)
+    dec_in = np.concatenate([np.zeros((batch, 1), np.int32), targets[:, :-1]], axis=1)
+    return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
+            "decoder_target_tokens": targets,
+            "decoder_loss_weights": np.ones_like(targets, dtype=np.float32)}
+
+
+class T5mtlStep:
+    """t5mtl's train step on one device, built the way the trainer builds it."""
+
+    def __init__(self, cfg, batch: dict, optimizer: str = "adamw", learning_rate: float = 1e-4):
+        import jax
+        from t5mtl.models.encoder_decoder import EncoderDecoderModel
+        from t5mtl.train import losses, partitioning
+        from t5mtl.train.optimizers import create_optimizer
+        from t5mtl.train.train_step import create_train_state, jit_train_step, make_train_step
+        self.jax = jax
+        model = EncoderDecoderModel(cfg)
+        tx = create_optimizer(optimizer, learning_rate=learning_rate)
+        mesh = partitioning.create_mesh((1, 1, 1), jax.devices()[:1])
+        self.state, shardings = create_train_state(
+            model.init_boxed, tx, jax.random.PRNGKey(0), rng=jax.random.PRNGKey(1), mesh=mesh)
+        step = jit_train_step(
+            make_train_step(model.loss_fn, tx, loss_denominator_fn=losses.loss_denominator_fn(
+                normalization=model.loss.normalization)),
+            shardings, partitioning.batch_sharding(mesh), mesh)
+        self.batch = partitioning.host_batch_to_global(batch, mesh)
+        t = time.perf_counter()
+        self.compiled = step.lower(self.state, self.batch).compile()
+        self.compile_s = time.perf_counter() - t
+        cost = self.compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        self.xla_flops = float(cost.get("flops", float("nan")))
+        self.loss = None
+        self.steps(1)                                   # warm-up
+
+    def steps(self, n: int) -> float:
+        t = time.perf_counter()
+        for _ in range(n):
+            self.state, metrics = self.compiled(self.state, self.batch)
+        self.jax.block_until_ready((self.state, metrics))
+        elapsed = time.perf_counter() - t
+        self.loss = float(metrics["loss"])
+        return elapsed
+
+
+class TorchStep:
+    """HF T5ForConditionalGeneration + torch.optim.AdamW, one train step."""
+
+    def __init__(self, cfg, batch: dict, dtype: str, learning_rate: float = 1e-4):
+        import torch
+        self.torch = torch
+        self.model = common.build_hf_model(cfg).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=learning_rate, weight_decay=0.0)
+        self.input_ids = torch.from_numpy(batch["encoder_input_tokens"]).long()
+        self.attention_mask = torch.ones_like(self.input_ids)
+        self.labels = torch.from_numpy(batch["decoder_target_tokens"]).long()
+        self.dtype = dtype
+        self.flush = False
+        self.loss = None
+        self.steps(1)                                   # warm-up (optimizer state)
+
+    def _one(self):
+        torch = self.torch
+        if self.dtype == "bfloat16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = self.model(input_ids=self.input_ids, attention_mask=self.attention_mask,
+                                  labels=self.labels).loss
+        else:
+            loss = self.model(input_ids=self.input_ids, attention_mask=self.attention_mask,
+                              labels=self.labels).loss
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss
+
+    def steps(self, n: int) -> float:
+        torch = self.torch
+        torch.set_flush_denormal(self.flush)
+        try:
+            t = time.perf_counter()
+            for _ in range(n):
+                loss = self._one()
+            elapsed = time.perf_counter() - t
+        finally:
+            torch.set_flush_denormal(False)
+        self.loss = float(loss.detach())
+        return elapsed
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    out = []
+    for item in text.split(","):
+        a, _, b = item.partition("/")
+        out.append((int(a), int(b)))
+    return out
+
+
+def run_case(cfg_name: str, batch_size: int, enc_len: int, dec_len: int, dtype: str,
+             systems: list[str], rounds: int, steps: int, optimizer: str, peaks: dict,
+             log=print) -> dict:
+    from t5mtl.models.configs import get_config
+    cfg = get_config(cfg_name, dtype=dtype, dropout_rate=0.0)
+    batch = make_batch(cfg, batch_size, enc_len, dec_len)
+    tokens = batch_size * (enc_len + dec_len)
+    runners = {}
+    if "t5mtl" in systems:
+        runners["t5mtl"] = T5mtlStep(cfg, batch, optimizer)
+        log(f"  t5mtl compiled in {runners['t5mtl'].compile_s:.1f}s")
+    torch_step = None
+    if any(s.startswith("torch") for s in systems):
+        torch_step = TorchStep(cfg, batch, dtype)
+        for s in systems:
+            if s.startswith("torch"):
+                runners[s] = torch_step
+
+    def measure(name):
+        runner = runners[name]
+        if runner is torch_step:
+            torch_step.flush = name == "torch+flush"
+        return tokens * steps / runner.steps(steps)
+
+    alt = common.Alternator([s for s in systems if s in runners])
+    alt.run(rounds, measure, log=log)
+    model_flops = 3 * common.t5_forward_flops(cfg, batch_size, enc_len, dec_len)
+    peak = common.peak_for(peaks, dtype) * 1e9
+    result = {"model": cfg_name, "batch": batch_size, "inputs": enc_len, "targets": dec_len,
+              "dtype": dtype, "optimizer_t5mtl": optimizer, "tokens_per_step": tokens,
+              "model_flops_per_step": model_flops, "rounds": alt.rounds, "tokens_per_s": {}}
+    for s in alt.names:
+        tps = alt.median(s)
+        result["tokens_per_s"][s] = tps
+        result.setdefault("mfu", {})[s] = model_flops * tps / tokens / peak
+    if "t5mtl" in runners:
+        result["xla_flops_per_step"] = runners["t5mtl"].xla_flops
+        result["t5mtl_compile_s"] = runners["t5mtl"].compile_s
+        result["final_loss_t5mtl"] = runners["t5mtl"].loss
+    if torch_step is not None:
+        result["final_loss_torch"] = torch_step.loss
+    for other in ("torch", "torch+flush"):
+        if "t5mtl" in alt.names and other in alt.names:
+            result.setdefault("ratio", {})[f"t5mtl/{other}"] = alt.ratio("t5mtl", other)
+    return result
+
+
+def format_result(r: dict) -> str:
+    lines = [f"{r['model']} batch {r['batch']} inputs {r['inputs']} targets {r['targets']} "
+             f"{r['dtype']}: {r['tokens_per_step']} tokens/step, model FLOPs/step "
+             f"{r['model_flops_per_step'] / 1e9:.0f} G"
+             + (f", XLA-counted {r['xla_flops_per_step'] / 1e9:.0f} G"
+                if "xla_flops_per_step" in r else "")]
+    for s, tps in r["tokens_per_s"].items():
+        lo, hi = min(x[s] for x in r["rounds"]), max(x[s] for x in r["rounds"])
+        lines.append(f"  {s:<12} {tps:9.1f} tokens/s  (rounds {lo:.0f}..{hi:.0f})  "
+                     f"MFU {100 * r['mfu'][s]:5.1f}%")
+    for k, v in r.get("ratio", {}).items():
+        lines.append(f"  ratio {k:<18} {v:5.2f}x")
+    return "\n".join(lines)
+
+
+def child_main(args) -> int:
+    """--child SYSTEM: one system alone (for its peak RSS)."""
+    from t5mtl.models.configs import get_config
+    (enc_len, dec_len), = parse_shapes(args.shapes)
+    dtype = args.dtypes.split(",")[0]
+    cfg = get_config(args.model, dtype=dtype, dropout_rate=0.0)
+    batch = make_batch(cfg, args.batch, enc_len, dec_len)
+    if args.child == "t5mtl":
+        runner = T5mtlStep(cfg, batch, args.optimizer)
+    else:
+        runner = TorchStep(cfg, batch, dtype)
+        runner.flush = args.child == "torch+flush"
+    seconds = runner.steps(args.steps)
+    print(json.dumps({"tokens_per_s": args.batch * (enc_len + dec_len) * args.steps / seconds,
+                      "peak_rss_mib": common.peak_rss_mib()}))
+    return 0
+
+
+def memory_main(args, log=print) -> list[dict]:
+    """Peak RSS (VmHWM) of each system run alone in a child process: setup,
+    one warm-up step and --steps timed steps, imports included."""
+    results = []
+    for enc_len, dec_len in parse_shapes(args.shapes):
+        for dtype in args.dtypes.split(","):
+            row = {"inputs": enc_len, "targets": dec_len, "dtype": dtype, "peak_rss_mib": {}}
+            for system in ("t5mtl", "torch"):
+                argv = [sys.executable, os.path.abspath(__file__), "--child", system,
+                        "--shapes", f"{enc_len}/{dec_len}", "--dtypes", dtype,
+                        "--batch", str(args.batch), "--model", args.model,
+                        "--steps", str(args.steps), "--optimizer", args.optimizer]
+                proc = subprocess.run(argv, capture_output=True, text=True, cwd=common.ROOT)
+                if proc.returncode:
+                    raise SystemExit(f"memory child {system} failed:\n{proc.stderr[-3000:]}")
+                rss = json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+                row["peak_rss_mib"][system] = rss
+                log(f"  peak RSS {system:<6} {enc_len}/{dec_len} {dtype}: {rss:7.0f} MiB")
+            results.append(row)
+    return results
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[1:]))
+    p.add_argument("--model", default="t5_1_1_small", help="a t5mtl named config")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--shapes", default="512/114,128/32", help="inputs/targets, comma separated")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=2, help="timed steps per system per round")
+    p.add_argument("--optimizer", default="adamw", help="t5mtl's optimizer: adamw or adafactor")
+    p.add_argument("--memory", action="store_true",
+                   help="also run each system alone in a child process for its peak RSS")
+    p.add_argument("--no-throughput", dest="throughput", action="store_false",
+                   help="skip the timed comparison (e.g. with --memory alone)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: t5_small_cpu, 64/16, float32, 2 rounds of 5 steps")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.model, args.shapes, args.dtypes, args.rounds, args.steps = \
+            "t5_small_cpu", "64/16", "float32", 2, 5
+    if args.child:
+        return child_main(args)
+    systems = [s for s in args.systems.split(",") if s]
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        p.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
+
+    print(f"machine: {common.machine_description()}")
+    print(f"versions: {common.versions()}")
+    peaks = {}
+    if args.throughput:
+        peaks = common.measure_matmul_peak(1024 if args.quick else 2048)
+        print("matmul peak (best of 5, GFLOP/s): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
+    results = []
+    start = time.time()
+    for enc_len, dec_len in parse_shapes(args.shapes) if args.throughput else []:
+        for dtype in args.dtypes.split(","):
+            print(f"== {args.model} batch {args.batch} {enc_len}/{dec_len} {dtype}")
+            r = run_case(args.model, args.batch, enc_len, dec_len, dtype, systems, args.rounds,
+                         args.steps, args.optimizer, peaks)
+            print(format_result(r), flush=True)
+            results.append(r)
+    memory = memory_main(args) if args.memory else []
+    print(f"\nsummary ({time.time() - start:.0f}s; ratios are medians of per-round ratios)")
+    for r in results:
+        ratios = ", ".join(f"{k} {v:.2f}x" for k, v in r.get("ratio", {}).items())
+        tps = ", ".join(f"{k} {v:.0f}" for k, v in r["tokens_per_s"].items())
+        print(f"  {r['inputs']}/{r['targets']} {r['dtype']:<8}  tokens/s: {tps};  {ratios}")
+    for m in memory:
+        rss = m["peak_rss_mib"]
+        print(f"  peak RSS {m['inputs']}/{m['targets']} {m['dtype']}: t5mtl {rss['t5mtl']:.0f} "
+              f"MiB, torch {rss['torch']:.0f} MiB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": common.machine_description(), "versions": common.versions(),
+                       "matmul_peak_gflops": peaks, "argv": sys.argv, "results": results,
+                       "memory": memory}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
