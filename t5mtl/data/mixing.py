@@ -129,7 +129,8 @@ def rate_from_count(n: int, cap: int | None = None, temperature: float = 1.0) ->
     return float(capped) ** (1.0 / temperature)
 
 
-def examples_proportional_rate(cap: int | None = FLAN_CAP, split: str = "train") -> ExampleCountRate:
+def examples_proportional_rate(cap: int | None = FLAN_CAP,
+                               split: str = "train") -> ExampleCountRate:
     """rate = min(n, cap): T5's examples-proportional mixing (FLAN: cap 3,000)."""
     return ExampleCountRate(cap=cap, temperature=1.0, split=split)
 

@@ -148,10 +148,6 @@ def cot_answer(text: str) -> str:
 
 # ---------------------------------------------------------------- rendering
 
-def template_fields(template: Template) -> list[str]:
-    return list(template.fields())
-
-
 def _parse(text: str):
     return [(lit, name) for lit, name, _, _ in string.Formatter().parse(text)]
 
