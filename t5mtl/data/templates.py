@@ -511,12 +511,26 @@ def register_instruction_tasks(vocabulary: seqio.Vocabulary | None = None,
 
 
 def instruction_task_names(variant: str | None = None,
-                           base_tasks: Sequence[str] | None = None) -> list[str]:
-    """Registered instruction variants (of `base_tasks`, of kind `variant`), sorted."""
+                           base_tasks: Sequence[str] | None = None,
+                           custom: bool = False) -> list[str]:
+    """Registered instruction variants (of `base_tasks`, of kind `variant`), sorted.
+
+    Only the standard "<base>_<variant>" tasks, unless `custom` (then also
+    variants registered under other names, e.g. with another k or seed).
+    """
     infos = task_info_lib.list_task_infos(variant=variant, variants=True)
     wanted = None if base_tasks is None else set(base_tasks)
+    registered = set(seqio.TaskRegistry.names())
     return [i.name for i in infos
-            if i.base_task and (wanted is None or i.base_task in wanted)]
+            if i.base_task and i.name in registered
+            and (wanted is None or i.base_task in wanted)
+            and (custom or i.name == f"{i.base_task}_{i.variant}")]
+
+
+def remove_instruction_task(name: str) -> None:
+    """Unregisters a variant task and its TaskInfo (no error if absent)."""
+    seqio.TaskRegistry.remove(name)
+    task_info_lib.remove_task_info(name)
 
 
 def answer_options(task: str) -> tuple[str, ...]:

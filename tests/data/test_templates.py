@@ -32,8 +32,19 @@ def _text(ex, key="inputs"):
     return ex[f"{key}_pretokenized"].decode()
 
 
+_REGISTERED = set()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_test_tasks():
+    yield
+    for name in _REGISTERED:
+        templates.remove_instruction_task(name)
+
+
 def _fresh(name, *args, **kwargs):
     """Registers a throw-away variant task (replacing one of the same name)."""
+    _REGISTERED.add(name)
     return templates.register_instruction_task(*args, name=name, overwrite=True, **kwargs)
 
 
@@ -266,7 +277,6 @@ def test_k_larger_than_the_train_split_is_an_error():
     with pytest.raises(T5mtlError, match=r"k=300 exemplars asked, but the train split of "
                                          r"'superglue_cb' has only 250 distinct examples"):
         _examples("superglue_cb_fs_big")
-    seqio.TaskRegistry.remove("superglue_cb_fs_big")
 
 
 def test_other_bad_variants_are_errors():
@@ -278,6 +288,9 @@ def test_other_bad_variants_are_errors():
         templates.register_instruction_task("glue_stsb", "fewshot")
     with pytest.raises(T5mtlError, match="'dialogsum' has no cot templates"):
         templates.register_instruction_task("dialogsum", "cot")
+    _fresh("synth_add_fs_q", "synth_add", "fs", Q_TABLE, k=4)
+    assert "synth_add_fs_q" in templates.instruction_task_names("fs", ["synth_add"], custom=True)
+    assert templates.instruction_task_names("fs", ["synth_add"]) == ["synth_add_fs"]
     with pytest.raises(T5mtlError, match="k must be a positive number of exemplars, got 0"):
         templates.register_instruction_task("synth_add", "fs", k=0, name="synth_add_fs0")
     with pytest.raises(T5mtlError, match="unknown task or mixture 'glue_sst'; did you mean"):
