@@ -1,0 +1,49 @@
+"""Every gin run and mixture file parses, names registered tasks, and binds
+what the trainer needs."""
+import glob
+import os
+
+import gin
+import pytest
+import seqio
+
+from t5mtl import gin_config
+from t5mtl.data.data_dir import set_data_dir
+from t5mtl.errors import T5mtlError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "gin/runs/*.gin"))
+              if not os.path.basename(p).startswith("_"))
+
+
+@pytest.fixture(autouse=True)
+def clean_gin(shared_data_dir):
+    set_data_dir(shared_data_dir)
+    gin.clear_config()
+    yield
+    gin.clear_config()
+    set_data_dir(None)
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_run_file_parses_and_names_registered_data(run):
+    gin_config.parse([run], [])
+    if run.endswith("fewshot_eval.gin"):
+        from t5mtl.train.fewshot import FewShotConfig
+        for task in FewShotConfig().tasks:
+            assert seqio.get_mixture_or_task(task).splits
+        return
+    from t5mtl.train.trainer import DataConfig, EvalConfig, resolve_mixture
+    data = DataConfig()
+    assert seqio.get_mixture_or_task(resolve_mixture(data.mixture_or_task_name))
+    for task in EvalConfig().tasks:
+        assert seqio.get_mixture_or_task(task)
+    assert gin.query_parameter("train.num_steps") > 0
+
+
+def test_unknown_binding_and_missing_file_are_named():
+    with pytest.raises(T5mtlError, match="nope"):
+        gin_config.parse(["gin/runs/quickstart.gin"], ["train.nope = 1"])
+    gin.clear_config()
+    with pytest.raises(T5mtlError, match="gin file 'gin/runs/missing.gin' not found"):
+        gin_config.parse(["gin/runs/missing.gin"], [])
