@@ -140,6 +140,33 @@ def build_hf_model(cfg, seed: int = 0):
     return model
 
 
+def load_t5mtl_init(model, cfg, seed: int = 0) -> None:
+    """Overwrites the HF model's weights with t5mtl's (T5X-style) random init,
+    through t5mtl.convert.hf.export_hf. HF's own random init gives T5 1.1
+    logits in the hundreds (a first loss near 90 instead of ln(vocab)); the
+    saturated softmax then fills the backward pass with denormals."""
+    import tempfile
+
+    import jax
+    import torch
+    from flax import linen as nn
+    from safetensors.torch import load_file
+    from t5mtl.convert.hf import export_hf
+    from t5mtl.models.encoder_decoder import EncoderDecoderModel
+    params = jax.jit(lambda r: nn.unbox(EncoderDecoderModel(cfg).init_boxed(r)))(
+        jax.random.PRNGKey(seed))
+    with tempfile.TemporaryDirectory() as d:
+        export_hf(cfg.replace(dtype="float32"), jax.device_get(params), d + "/m")
+        tensors = load_file(d + "/m/model.safetensors")
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if unexpected or any("embed_tokens" not in k for k in missing):
+        raise RuntimeError(f"t5mtl init does not fit the HF model: missing {missing}, "
+                           f"unexpected {unexpected}")
+    with torch.no_grad():
+        assert torch.equal(model.lm_head.weight, tensors["lm_head.weight"]) \
+            if "lm_head.weight" in tensors else True
+
+
 class Alternator:
     """Runs each system's timed block once per round, rotating the order, and
     keeps the per-round figures (so ratios compare neighbours in time)."""

@@ -1,25 +1,28 @@
 """Train-step tokens/s and MFU: t5mtl's jitted step against HF PyTorch T5.
 
-  python bench/train_throughput.py                      # the full run (several minutes)
+  python bench/train_throughput.py                      # the full run (about half an hour)
   python bench/train_throughput.py --quick              # a smoke run (< 1 minute)
-  python bench/train_throughput.py --memory             # also peak RSS per system
+  python bench/train_throughput.py --memory --no-throughput   # peak RSS per system only
 
 For each shape (inputs/targets) and activation dtype it builds, on one CPU
-device, the same random-init T5 (t5_1_1_small by default) in
+device, one T5 (t5_1_1_small by default) with the same initial weights in
 
   t5mtl        t5mtl's train step (make_train_step + jit_train_step, as the
                trainer builds it; state donated), AdamW (or --optimizer)
   torch        HF transformers T5ForConditionalGeneration + torch AdamW, stock
   torch+flush  the same with torch.set_flush_denormal(True) while it runs
 
-and times them round by round, rotating the order (the machine drifts). A
-round times --steps steps of each system after one untimed warm-up step.
-Tokens per step = batch x (inputs + targets), no padding. bfloat16 means
-bfloat16 activations with float32 parameters (t5mtl dtype="bfloat16"; torch
-autocast). MFU = analytic model FLOPs (3 x forward matmul FLOPs, attention
-included) / step time / the matmul peak measured at the start of the run.
-The XLA-counted FLOPs of the compiled step are printed beside the analytic
-count as a check of what the step really computes.
+(the HF model's weights are imported into t5mtl with t5mtl.convert.hf, and
+the first step's losses are printed side by side as a check), feeds them the
+same sequence of fresh random batches, and times them round by round,
+rotating the order (the machine drifts). A round times --steps steps of each
+system after one untimed warm-up step. Tokens per step = batch x (inputs +
+targets), no padding. bfloat16 means bfloat16 activations with float32
+parameters (t5mtl dtype="bfloat16"; torch autocast). MFU = analytic model
+FLOPs (3 x forward matmul FLOPs, attention included) / step time / the
+matmul peak measured at the start of the run; the XLA-counted FLOPs of the
+compiled step are printed beside the analytic count as a check of what the
+step really computes.
 """
 from __future__ import annotations
 
@@ -49,70 +52,106 @@ def make_batch(cfg, batch: int, enc_len: int, dec_len: int, seed: int = 0) -> di
             "decoder_loss_weights": np.ones_like(targets, dtype=np.float32)}
 
 
-class T5mtlStep:
-    """t5mtl's train step on one device, built the way the trainer builds it."""
+class Batches:
+    """Step k's batch: fresh random tokens (seed k), the same sequence for
+    every system. (Repeating one batch lets the model memorize it; its
+    vanishing probabilities then fill stock torch with denormals.)"""
 
-    def __init__(self, cfg, batch: dict, optimizer: str = "adamw", learning_rate: float = 1e-4):
+    def __init__(self, cfg, batch: int, enc_len: int, dec_len: int):
+        self.args = (cfg, batch, enc_len, dec_len)
+        self.tokens_per_step = batch * (enc_len + dec_len)
+
+    def __call__(self, k: int) -> dict:
+        return make_batch(*self.args, seed=k)
+
+
+def hf_weights_as_t5mtl(model) -> dict:
+    """The HF model's weights as t5mtl params (t5mtl.convert.hf.import_hf)."""
+    import tempfile
+    from t5mtl.convert.hf import import_hf
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        return import_hf(d)[1]
+
+
+class T5mtlStep:
+    """t5mtl's train step on one device, built the way the trainer builds it;
+    `params` (e.g. the HF model's weights) replace the random init."""
+
+    def __init__(self, cfg, batches: Batches, optimizer: str = "adamw",
+                 learning_rate: float = 1e-4, params: dict | None = None):
         import jax
         from t5mtl.models.encoder_decoder import EncoderDecoderModel
         from t5mtl.train import losses, partitioning
         from t5mtl.train.optimizers import create_optimizer
-        from t5mtl.train.train_step import create_train_state, jit_train_step, make_train_step
-        self.jax = jax
+        from t5mtl.train.train_step import (TrainState, create_train_state, jit_train_step,
+                                            make_train_step)
+        self.jax, self.partitioning, self.batches = jax, partitioning, batches
         model = EncoderDecoderModel(cfg)
         tx = create_optimizer(optimizer, learning_rate=learning_rate)
-        mesh = partitioning.create_mesh((1, 1, 1), jax.devices()[:1])
+        self.mesh = partitioning.create_mesh((1, 1, 1), jax.devices()[:1])
         self.state, shardings = create_train_state(
-            model.init_boxed, tx, jax.random.PRNGKey(0), rng=jax.random.PRNGKey(1), mesh=mesh)
+            model.init_boxed, tx, jax.random.PRNGKey(0), rng=jax.random.PRNGKey(1),
+            mesh=self.mesh)
+        if params is not None:
+            params = jax.device_put(params, shardings.params)
+            self.state = TrainState.create(params, tx, self.state.rng)
         step = jit_train_step(
             make_train_step(model.loss_fn, tx, loss_denominator_fn=losses.loss_denominator_fn(
                 normalization=model.loss.normalization)),
-            shardings, partitioning.batch_sharding(mesh), mesh)
-        self.batch = partitioning.host_batch_to_global(batch, mesh)
+            shardings, partitioning.batch_sharding(self.mesh), self.mesh)
         t = time.perf_counter()
-        self.compiled = step.lower(self.state, self.batch).compile()
+        self.compiled = step.lower(self.state, self._batch(0)).compile()
         self.compile_s = time.perf_counter() - t
         cost = self.compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         self.xla_flops = float(cost.get("flops", float("nan")))
+        self.k = 0
         self.loss = None
         self.steps(1)                                   # warm-up
+        self.first_loss = self.loss
+
+    def _batch(self, k):
+        return self.partitioning.host_batch_to_global(self.batches(k), self.mesh)
 
     def steps(self, n: int) -> float:
         t = time.perf_counter()
         for _ in range(n):
-            self.state, metrics = self.compiled(self.state, self.batch)
+            self.state, metrics = self.compiled(self.state, self._batch(self.k))
+            self.k += 1
         self.jax.block_until_ready((self.state, metrics))
         elapsed = time.perf_counter() - t
-        self.loss = float(metrics["loss"])
+        self.loss = float(metrics["cross_entropy"])     # the loss without z-loss, as HF's
         return elapsed
 
 
 class TorchStep:
     """HF T5ForConditionalGeneration + torch.optim.AdamW, one train step."""
 
-    def __init__(self, cfg, batch: dict, dtype: str, learning_rate: float = 1e-4):
+    def __init__(self, model, batches: Batches, dtype: str, learning_rate: float = 1e-4):
         import torch
-        self.torch = torch
-        self.model = common.build_hf_model(cfg).train()
+        self.torch, self.batches = torch, batches
+        self.model = model.train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=learning_rate, weight_decay=0.0)
-        self.input_ids = torch.from_numpy(batch["encoder_input_tokens"]).long()
-        self.attention_mask = torch.ones_like(self.input_ids)
-        self.labels = torch.from_numpy(batch["decoder_target_tokens"]).long()
         self.dtype = dtype
         self.flush = False
+        self.k = 0
         self.loss = None
         self.steps(1)                                   # warm-up (optimizer state)
+        self.first_loss = self.loss
 
     def _one(self):
         torch = self.torch
+        batch = self.batches(self.k)
+        self.k += 1
+        input_ids = torch.from_numpy(batch["encoder_input_tokens"]).long()
+        kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                      labels=torch.from_numpy(batch["decoder_target_tokens"]).long())
         if self.dtype == "bfloat16":
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = self.model(input_ids=self.input_ids, attention_mask=self.attention_mask,
-                                  labels=self.labels).loss
+                loss = self.model(**kwargs).loss
         else:
-            loss = self.model(input_ids=self.input_ids, attention_mask=self.attention_mask,
-                              labels=self.labels).loss
+            loss = self.model(**kwargs).loss
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -142,21 +181,28 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
 
 def run_case(cfg_name: str, batch_size: int, enc_len: int, dec_len: int, dtype: str,
              systems: list[str], rounds: int, steps: int, optimizer: str, peaks: dict,
-             log=print) -> dict:
+             init: str = "t5mtl", log=print) -> dict:
     from t5mtl.models.configs import get_config
     cfg = get_config(cfg_name, dtype=dtype, dropout_rate=0.0)
-    batch = make_batch(cfg, batch_size, enc_len, dec_len)
-    tokens = batch_size * (enc_len + dec_len)
-    runners = {}
-    if "t5mtl" in systems:
-        runners["t5mtl"] = T5mtlStep(cfg, batch, optimizer)
-        log(f"  t5mtl compiled in {runners['t5mtl'].compile_s:.1f}s")
-    torch_step = None
+    batches = Batches(cfg, batch_size, enc_len, dec_len)
+    tokens = batches.tokens_per_step
+    runners, hf_model, torch_step = {}, None, None
     if any(s.startswith("torch") for s in systems):
-        torch_step = TorchStep(cfg, batch, dtype)
+        hf_model = common.build_hf_model(cfg)
+        if init == "t5mtl":
+            common.load_t5mtl_init(hf_model, cfg)
+    if "t5mtl" in systems:
+        params = hf_weights_as_t5mtl(hf_model) if hf_model is not None else None
+        runners["t5mtl"] = T5mtlStep(cfg, batches, optimizer, params=params)
+        log(f"  t5mtl compiled in {runners['t5mtl'].compile_s:.1f}s")
+    if hf_model is not None:
+        torch_step = TorchStep(hf_model, batches, dtype)
         for s in systems:
             if s.startswith("torch"):
                 runners[s] = torch_step
+    if "t5mtl" in runners and torch_step is not None:
+        log(f"  first-step loss (same weights, same batch): t5mtl "
+            f"{runners['t5mtl'].first_loss:.6f}, torch {torch_step.first_loss:.6f}")
 
     def measure(name):
         runner = runners[name]
@@ -169,7 +215,8 @@ def run_case(cfg_name: str, batch_size: int, enc_len: int, dec_len: int, dtype: 
     model_flops = 3 * common.t5_forward_flops(cfg, batch_size, enc_len, dec_len)
     peak = common.peak_for(peaks, dtype) * 1e9
     result = {"model": cfg_name, "batch": batch_size, "inputs": enc_len, "targets": dec_len,
-              "dtype": dtype, "optimizer_t5mtl": optimizer, "tokens_per_step": tokens,
+              "dtype": dtype, "init": init, "optimizer_t5mtl": optimizer,
+              "tokens_per_step": tokens,
               "model_flops_per_step": model_flops, "rounds": alt.rounds, "tokens_per_s": {}}
     for s in alt.names:
         tps = alt.median(s)
@@ -178,9 +225,11 @@ def run_case(cfg_name: str, batch_size: int, enc_len: int, dec_len: int, dtype: 
     if "t5mtl" in runners:
         result["xla_flops_per_step"] = runners["t5mtl"].xla_flops
         result["t5mtl_compile_s"] = runners["t5mtl"].compile_s
-        result["final_loss_t5mtl"] = runners["t5mtl"].loss
+        result["first_loss_t5mtl"] = runners["t5mtl"].first_loss
+        result["last_loss_t5mtl"] = runners["t5mtl"].loss
     if torch_step is not None:
-        result["final_loss_torch"] = torch_step.loss
+        result["first_loss_torch"] = torch_step.first_loss
+        result["last_loss_torch"] = torch_step.loss
     for other in ("torch", "torch+flush"):
         if "t5mtl" in alt.names and other in alt.names:
             result.setdefault("ratio", {})[f"t5mtl/{other}"] = alt.ratio("t5mtl", other)
@@ -208,11 +257,11 @@ def child_main(args) -> int:
     (enc_len, dec_len), = parse_shapes(args.shapes)
     dtype = args.dtypes.split(",")[0]
     cfg = get_config(args.model, dtype=dtype, dropout_rate=0.0)
-    batch = make_batch(cfg, args.batch, enc_len, dec_len)
+    batches = Batches(cfg, args.batch, enc_len, dec_len)
     if args.child == "t5mtl":
-        runner = T5mtlStep(cfg, batch, args.optimizer)
+        runner = T5mtlStep(cfg, batches, args.optimizer)
     else:
-        runner = TorchStep(cfg, batch, dtype)
+        runner = TorchStep(common.build_hf_model(cfg), batches, dtype)
         runner.flush = args.child == "torch+flush"
     seconds = runner.steps(args.steps)
     print(json.dumps({"tokens_per_s": args.batch * (enc_len + dec_len) * args.steps / seconds,
@@ -254,6 +303,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=2, help="timed steps per system per round")
     p.add_argument("--optimizer", default="adamw", help="t5mtl's optimizer: adamw or adafactor")
+    p.add_argument("--init", default="t5mtl", choices=("t5mtl", "hf"),
+                   help="the shared initial weights: t5mtl's T5X-style random init "
+                        "(default) or HF's own random init")
     p.add_argument("--memory", action="store_true",
                    help="also run each system alone in a child process for its peak RSS")
     p.add_argument("--no-throughput", dest="throughput", action="store_false",
@@ -286,7 +338,7 @@ def main(argv=None) -> int:
         for dtype in args.dtypes.split(","):
             print(f"== {args.model} batch {args.batch} {enc_len}/{dec_len} {dtype}")
             r = run_case(args.model, args.batch, enc_len, dec_len, dtype, systems, args.rounds,
-                         args.steps, args.optimizer, peaks)
+                         args.steps, args.optimizer, peaks, args.init)
             print(format_result(r), flush=True)
             results.append(r)
     memory = memory_main(args) if args.memory else []
