@@ -36,12 +36,19 @@ def make_vocabulary(spec: dict | None):
     raise T5mtlError(f"unknown vocabulary kind {kind!r} (byte or sentencepiece)")
 
 
-def _pad(rows: Sequence[Sequence[int]], multiple: int = 8) -> np.ndarray:
-    """Right-pads ragged id lists with 0 to a length rounded up to `multiple`."""
-    length = max(1, max(len(r) for r in rows))
-    length = -(-length // multiple) * multiple
+def pad_ids(rows: Sequence[Sequence[int]], length: int | None = None,
+            multiple: int = 8) -> np.ndarray:
+    """Right-pads ragged id lists with 0 into an int32 array [len(rows), length].
+
+    Without `length`, the longest row rounded up to `multiple` (so nearby
+    lengths share one compiled shape); longer rows are cut to `length`.
+    """
+    if length is None:
+        length = max(1, max(len(r) for r in rows))
+        length = -(-length // multiple) * multiple
     out = np.zeros((len(rows), length), np.int32)
     for i, r in enumerate(rows):
+        r = list(r)[:length]
         out[i, :len(r)] = r
     return out
 
@@ -83,8 +90,8 @@ class Model:
 
     def score(self, inputs, targets) -> np.ndarray:
         """Sum of log p(target token) per example; strings get EOS appended."""
-        enc = _pad(self._ids(inputs, add_eos=True))
-        tgt = _pad(self._ids(targets, add_eos=True))
+        enc = pad_ids(self._ids(inputs, add_eos=True))
+        tgt = pad_ids(self._ids(targets, add_eos=True))
         if enc.shape[0] != tgt.shape[0]:
             raise T5mtlError(f"score got {enc.shape[0]} inputs but {tgt.shape[0]} targets")
         dec_in = np.concatenate([np.zeros_like(tgt[:, :1]), tgt[:, :-1]], axis=1)
@@ -101,7 +108,7 @@ class Model:
         """
         from t5mtl.infer.decoding import compiled_sampler
         texts = [isinstance(x, str) for x in inputs]
-        enc = _pad(self._ids(inputs, add_eos=True))
+        enc = pad_ids(self._ids(inputs, add_eos=True))
         run = compiled_sampler(self.module, int(max_new_tokens), float(temperature), int(top_k),
                                float(top_p), EOS_ID)
         ids = np.asarray(run(self.params, enc, jax.random.PRNGKey(seed)))

@@ -9,7 +9,6 @@ import argparse
 import os
 import shutil
 
-from t5mtl.errors import T5mtlError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,29 +29,19 @@ def hf_to_model_dir(src: str, dst: str, scan_layers: bool = False) -> None:
 
     The directory appears whole or not at all (temporary sibling, then rename).
     """
+    from t5mtl.convert.atomic_dir import atomic_directory
     from t5mtl.convert.hf import hf_vocabulary_spec, import_hf
     from t5mtl.convert.layout import to_layout
     from t5mtl.train.model_dir import save_params, write_model_json
-    if os.path.exists(dst) and os.listdir(dst):
-        raise T5mtlError(f"{dst}: exists and is not empty; refusing to overwrite")
     config, params = import_hf(src)
     config = config.replace(scan_layers=scan_layers)
     vocab = hf_vocabulary_spec(src)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(dst)),
-                       f".{os.path.basename(os.path.abspath(dst))}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_directory(dst) as tmp:
         if vocab:
-            shutil.copy(vocab["path"], os.path.join(_mkdir(tmp), "spiece.model"))
+            shutil.copy(vocab["path"], os.path.join(tmp, "spiece.model"))
             vocab = dict(vocab, path=os.path.join(os.path.abspath(dst), "spiece.model"))
         write_model_json(tmp, config, vocab)
         save_params(tmp, to_layout(params, config), step=0)
-        if os.path.exists(dst):
-            os.rmdir(dst)
-        os.rename(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def model_dir_to_hf(src: str, dst: str, step: int | None = None) -> None:
@@ -60,11 +49,6 @@ def model_dir_to_hf(src: str, dst: str, step: int | None = None) -> None:
     from t5mtl.train.model_dir import read_model_json, restore_params
     config, _ = read_model_json(src)
     export_hf(config, restore_params(src, config, step), dst)
-
-
-def _mkdir(path):
-    os.makedirs(path, exist_ok=True)
-    return path
 
 
 def run(args: argparse.Namespace) -> int:

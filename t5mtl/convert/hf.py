@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Callable, Iterator
 
 import numpy as np
 
+from t5mtl.convert.atomic_dir import atomic_directory
 from t5mtl.errors import T5mtlError
 from t5mtl.models.config import T5Config
 
@@ -177,28 +176,17 @@ def export_hf(cfg: T5Config, params: dict, dst: str) -> None:
     if cfg.scan_layers:
         from t5mtl.convert.layout import unstack_layers
         params = unstack_layers(params, cfg)
-    if os.path.exists(dst) and os.listdir(dst):
-        raise T5mtlError(f"{dst}: exists and is not empty; refusing to overwrite")
     tensors = {}
     for hf_name, path, (_, to_hf) in name_table(cfg):
         tensors[hf_name] = np.asarray(to_hf(np.asarray(_get(params, path), np.float32)))
     # transformers ties these to `shared`; write them so any loader finds them.
     tensors["encoder.embed_tokens.weight"] = tensors["shared.weight"]
     tensors["decoder.embed_tokens.weight"] = tensors["shared.weight"]
-    parent = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".t5mtl-export-", dir=parent)
-    try:
+    with atomic_directory(dst) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
                   os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(cfg.to_hf_dict(), f, indent=2)
-        if os.path.exists(dst):
-            os.rmdir(dst)
-        os.rename(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _get(tree, path):

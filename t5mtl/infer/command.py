@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     import t5mtl
-    from t5mtl.api import _pad
+    from t5mtl.api import pad_ids
     from t5mtl.errors import T5mtlError
     from t5mtl.models.encoder_decoder import DecodeConfig, EncoderDecoderModel
     m = t5mtl.load(args.model_dir, step=args.step)
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           beam_size=args.beam_size, alpha=args.alpha)
     model = EncoderDecoderModel(m.config)
-    enc = _pad(m._ids(args.input, add_eos=True))
+    enc = pad_ids(m._ids(args.input, add_eos=True))
     ids = np.asarray(model.decoder(decode)(m.params, enc, jax.random.PRNGKey(args.seed)))
     for text, row in zip(args.input, ids):
         print(f"{text}\t{m.vocabulary.decode([int(t) for t in row])}")

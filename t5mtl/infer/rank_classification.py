@@ -12,16 +12,9 @@ from typing import Sequence
 import numpy as np
 import seqio
 
+from t5mtl.api import pad_ids
 from t5mtl.errors import T5mtlError
 from t5mtl.models.encoder_decoder import EncoderDecoderModel
-
-
-def _pad_rows(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
-    out = np.zeros((len(rows), length), np.int32)
-    for i, r in enumerate(rows):
-        r = list(r)[:length]
-        out[i, :len(r)] = r
-    return out
 
 
 def option_log_likelihoods(model: EncoderDecoderModel, params, input_ids: Sequence[Sequence[int]],
@@ -36,8 +29,8 @@ def option_log_likelihoods(model: EncoderDecoderModel, params, input_ids: Sequen
         chunk = pairs[start:start + batch_size]
         n = len(chunk)
         chunk = chunk + [chunk[0]] * (batch_size - n)      # fixed shape: one compile
-        enc = _pad_rows([input_ids[i] for i, _ in chunk], enc_len)
-        tgt = _pad_rows([option_ids[j] for _, j in chunk], tgt_len)
+        enc = pad_ids([input_ids[i] for i, _ in chunk], enc_len)
+        tgt = pad_ids([option_ids[j] for _, j in chunk], tgt_len)
         dec_in = np.concatenate([np.zeros_like(tgt[:, :1]), tgt[:, :-1]], axis=1)
         batch = {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
                  "decoder_target_tokens": tgt, "decoder_loss_weights": (tgt > 0).astype(np.int32)}
