@@ -306,6 +306,10 @@ def main(argv=None) -> int:
     p.add_argument("--init", default="t5mtl", choices=("t5mtl", "hf"),
                    help="the shared initial weights: t5mtl's T5X-style random init "
                         "(default) or HF's own random init")
+    p.add_argument("--peak-gflops", type=float, nargs="+", default=None,
+                   metavar=("FLOAT32", "BFLOAT16"),
+                   help="MFU against these peaks instead of the matmul measured at the start "
+                        "(which a busy machine lowers)")
     p.add_argument("--memory", action="store_true",
                    help="also run each system alone in a child process for its peak RSS")
     p.add_argument("--no-throughput", dest="throughput", action="store_false",
@@ -332,6 +336,10 @@ def main(argv=None) -> int:
         peaks = common.measure_matmul_peak(1024 if args.quick else 2048)
         print("matmul peak (best of 5, GFLOP/s): "
               + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
+        if args.peak_gflops:
+            peaks = {"stated_float32": args.peak_gflops[0],
+                     "stated_bfloat16": args.peak_gflops[-1]}
+            print(f"MFU against the stated peak: {args.peak_gflops} GFLOP/s")
     results = []
     start = time.time()
     for enc_len, dec_len in parse_shapes(args.shapes) if args.throughput else []:
