@@ -162,3 +162,35 @@ def test_merge_params_reports_fresh_names_and_shape_mismatch():
     assert merged["a"]["w"].tolist() == [5.0, 5.0] and kept == ["prompt/p"]
     with pytest.raises(T5mtlError, match=r"'a/w' has shape \(3,\)"):
         merge_params(fresh, {"a": {"w": np.zeros(3)}})
+
+
+def test_keep_best_keeps_the_best_metric(tmp_path):
+    ckpt = TrainCheckpointer(str(tmp_path), keep=1, keep_best_metric="eval/t/accuracy",
+                             async_save=False)
+    for step, acc in ((1, 50.0), (2, 90.0), (3, 70.0)):
+        ckpt.save(_tiny_state(step), data_position=step, metrics={"eval/t/accuracy": acc})
+    ckpt.close()
+    steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+    assert steps == [2]
+
+
+def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path):
+    model_dir = str(tmp_path / "run")
+    cmd = _cmd(model_dir)
+    cmd[cmd.index("--gin.train.num_steps=20")] = "--gin.train.num_steps=100000"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    metrics = os.path.join(model_dir, "metrics.jsonl")
+    deadline = time.time() + 300
+    while (not os.path.exists(metrics) or os.path.getsize(metrics) == 0) and \
+            proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    steps = [int(d) for d in os.listdir(os.path.join(model_dir, "checkpoints")) if d.isdigit()]
+    assert steps and max(steps) < 100000
+    rows = [json.loads(line) for line in open(metrics)]
+    # The saved step is where training stopped: at or after the last logged step.
+    assert max(steps) >= max(r["step"] for r in rows if r["split"] == "train")
+    assert f"trained to step {max(steps)}" in out
