@@ -7,6 +7,7 @@ quote the per-round ratios, not absolute numbers from different runs.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -165,6 +166,38 @@ def load_t5mtl_init(model, cfg, seed: int = 0) -> None:
     with torch.no_grad():
         assert torch.equal(model.lm_head.weight, tensors["lm_head.weight"]) \
             if "lm_head.weight" in tensors else True
+
+
+TORCH_SYSTEMS = ("torch", "torch+flush", "torch+flush+1thread")
+
+
+def torch_settings(system: str) -> tuple[bool, int | None]:
+    """(flush denormals?, thread count or None for torch's default) of a
+    torch system name: "torch", "torch+flush", "torch+flush+1thread"."""
+    if system not in TORCH_SYSTEMS:
+        raise ValueError(f"unknown torch system {system!r}; choose from {TORCH_SYSTEMS}")
+    return "+flush" in system, (1 if system.endswith("+1thread") else None)
+
+
+@contextlib.contextmanager
+def torch_mode(flush: bool, threads: int | None):
+    """torch.set_flush_denormal(flush) and set_num_threads(threads) inside
+    the block; stock settings after it.
+
+    One thread is the strongest torch setting on a machine other jobs keep
+    busy: two OpenMP threads on two shared cores wait for each other at
+    every operator (10x slower steps were measured here under load).
+    """
+    import torch
+    default_threads = torch.get_num_threads()
+    torch.set_flush_denormal(flush)
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(default_threads)
 
 
 class Alternator:

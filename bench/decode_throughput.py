@@ -13,6 +13,7 @@ identical weights. Systems:
                one-token steps with the KV cache
   torch        model.generate(do_sample=False, num_beams=1, use_cache=True)
   torch+flush  the same with torch.set_flush_denormal(True)
+  torch+flush+1thread  and torch.set_num_threads(1) (see bench/common.torch_mode)
 
 Neither stops at EOS (t5mtl eos_id=-1, HF eos_token_id=None), so every call
 makes exactly batch x new_tokens tokens; tokens/s counts those and the time
@@ -32,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import common  # noqa: E402
 
-SYSTEMS = ("t5mtl", "torch", "torch+flush")
+SYSTEMS = ("t5mtl",) + common.TORCH_SYSTEMS
 
 
 class T5mtlDecoder:
@@ -70,13 +71,12 @@ class TorchDecoder:
         self.input_ids = torch.from_numpy(enc).long()
         self.attention_mask = torch.ones_like(self.input_ids)
         self.new_tokens = new_tokens
-        self.flush = False
+        self.flush, self.threads = False, None
         self.time(1)                                      # warm-up
 
     def time(self, calls: int) -> float:
         torch = self.torch
-        torch.set_flush_denormal(self.flush)
-        try:
+        with common.torch_mode(self.flush, self.threads):
             t = time.perf_counter()
             with torch.no_grad():
                 for _ in range(calls):
@@ -85,8 +85,6 @@ class TorchDecoder:
                         max_new_tokens=self.new_tokens, do_sample=False, num_beams=1,
                         use_cache=True)
             elapsed = time.perf_counter() - t
-        finally:
-            torch.set_flush_denormal(False)
         self.ids = out[:, 1:].numpy()                     # drop the decoder start token
         return elapsed
 
@@ -137,7 +135,7 @@ def main(argv=None) -> int:
 
     def measure(name):
         if runners[name] is torch_dec:
-            torch_dec.flush = name == "torch+flush"
+            torch_dec.flush, torch_dec.threads = common.torch_settings(name)
         return tokens * args.calls / runners[name].time(args.calls)
 
     print(f"== {args.model} greedy, batch {args.batch}, inputs {args.inputs}, "
@@ -149,11 +147,11 @@ def main(argv=None) -> int:
               "tokens_per_s": {s: alt.median(s) for s in alt.names}, "ratio": {}}
     for s in alt.names:
         lo, hi = alt.spread(s)
-        print(f"  {s:<12} {result['tokens_per_s'][s]:9.1f} tokens/s  (rounds {lo:.0f}..{hi:.0f})")
-    for other in ("torch", "torch+flush"):
+        print(f"  {s:<20} {result['tokens_per_s'][s]:9.1f} tokens/s  (rounds {lo:.0f}..{hi:.0f})")
+    for other in common.TORCH_SYSTEMS:
         if "t5mtl" in alt.names and other in alt.names:
             result["ratio"][f"t5mtl/{other}"] = alt.ratio("t5mtl", other)
-            print(f"  ratio t5mtl/{other:<12} {result['ratio'][f't5mtl/{other}']:5.2f}x")
+            print(f"  ratio t5mtl/{other:<20} {result['ratio'][f't5mtl/{other}']:5.2f}x")
     if "t5mtl" in runners and torch_dec is not None:
         a, b = runners["t5mtl"].ids, torch_dec.ids
         same = float(np.mean(a == b)) if a.shape == b.shape else 0.0

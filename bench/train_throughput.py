@@ -11,6 +11,8 @@ device, one T5 (t5_1_1_small by default) with the same initial weights in
                trainer builds it; state donated), AdamW (or --optimizer)
   torch        HF transformers T5ForConditionalGeneration + torch AdamW, stock
   torch+flush  the same with torch.set_flush_denormal(True) while it runs
+  torch+flush+1thread  and torch.set_num_threads(1): the strongest torch setting
+               when other jobs share the cores (OpenMP threads then stall)
 
 (the HF model's weights are imported into t5mtl with t5mtl.convert.hf, and
 the first step's losses are printed side by side as a check), feeds them the
@@ -37,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import common  # noqa: E402
 
-SYSTEMS = ("t5mtl", "torch", "torch+flush")
+SYSTEMS = ("t5mtl",) + common.TORCH_SYSTEMS
 
 
 def make_batch(cfg, batch: int, enc_len: int, dec_len: int, seed: int = 0) -> dict:
@@ -134,7 +136,7 @@ class TorchStep:
         self.model = model.train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=learning_rate, weight_decay=0.0)
         self.dtype = dtype
-        self.flush = False
+        self.flush, self.threads = False, None
         self.k = 0
         self.loss = None
         self.steps(1)                                   # warm-up (optimizer state)
@@ -158,15 +160,11 @@ class TorchStep:
         return loss
 
     def steps(self, n: int) -> float:
-        torch = self.torch
-        torch.set_flush_denormal(self.flush)
-        try:
+        with common.torch_mode(self.flush, self.threads):
             t = time.perf_counter()
             for _ in range(n):
                 loss = self._one()
             elapsed = time.perf_counter() - t
-        finally:
-            torch.set_flush_denormal(False)
         self.loss = float(loss.detach())
         return elapsed
 
@@ -207,7 +205,7 @@ def run_case(cfg_name: str, batch_size: int, enc_len: int, dec_len: int, dtype: 
     def measure(name):
         runner = runners[name]
         if runner is torch_step:
-            torch_step.flush = name == "torch+flush"
+            torch_step.flush, torch_step.threads = common.torch_settings(name)
         return tokens * steps / runner.steps(steps)
 
     alt = common.Alternator([s for s in systems if s in runners])
@@ -230,7 +228,7 @@ def run_case(cfg_name: str, batch_size: int, enc_len: int, dec_len: int, dtype: 
     if torch_step is not None:
         result["first_loss_torch"] = torch_step.first_loss
         result["last_loss_torch"] = torch_step.loss
-    for other in ("torch", "torch+flush"):
+    for other in common.TORCH_SYSTEMS:
         if "t5mtl" in alt.names and other in alt.names:
             result.setdefault("ratio", {})[f"t5mtl/{other}"] = alt.ratio("t5mtl", other)
     return result
@@ -244,10 +242,10 @@ def format_result(r: dict) -> str:
                 if "xla_flops_per_step" in r else "")]
     for s, tps in r["tokens_per_s"].items():
         lo, hi = min(x[s] for x in r["rounds"]), max(x[s] for x in r["rounds"])
-        lines.append(f"  {s:<12} {tps:9.1f} tokens/s  (rounds {lo:.0f}..{hi:.0f})  "
+        lines.append(f"  {s:<20} {tps:9.1f} tokens/s  (rounds {lo:.0f}..{hi:.0f})  "
                      f"MFU {100 * r['mfu'][s]:5.1f}%")
     for k, v in r.get("ratio", {}).items():
-        lines.append(f"  ratio {k:<18} {v:5.2f}x")
+        lines.append(f"  ratio {k:<26} {v:5.2f}x")
     return "\n".join(lines)
 
 
@@ -262,7 +260,7 @@ def child_main(args) -> int:
         runner = T5mtlStep(cfg, batches, args.optimizer)
     else:
         runner = TorchStep(common.build_hf_model(cfg), batches, dtype)
-        runner.flush = args.child == "torch+flush"
+        runner.flush, runner.threads = common.torch_settings(args.child)
     seconds = runner.steps(args.steps)
     print(json.dumps({"tokens_per_s": args.batch * (enc_len + dec_len) * args.steps / seconds,
                       "peak_rss_mib": common.peak_rss_mib()}))
@@ -349,6 +347,7 @@ def main(argv=None) -> int:
                          args.steps, args.optimizer, peaks, args.init)
             print(format_result(r), flush=True)
             results.append(r)
+            write_json(args, peaks, results, [])
     memory = memory_main(args) if args.memory else []
     print(f"\nsummary ({time.time() - start:.0f}s; ratios are medians of per-round ratios)")
     for r in results:
@@ -359,12 +358,16 @@ def main(argv=None) -> int:
         rss = m["peak_rss_mib"]
         print(f"  peak RSS {m['inputs']}/{m['targets']} {m['dtype']}: t5mtl {rss['t5mtl']:.0f} "
               f"MiB, torch {rss['torch']:.0f} MiB")
+    write_json(args, peaks, results, memory)
+    return 0
+
+
+def write_json(args, peaks, results, memory) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": common.machine_description(), "versions": common.versions(),
                        "matmul_peak_gflops": peaks, "argv": sys.argv, "results": results,
                        "memory": memory}, f, indent=1)
-    return 0
 
 
 if __name__ == "__main__":
