@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num_examples", type=int, default=None)
     parser.add_argument("--step", type=int, default=None)
     parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--rank", action="store_true",
+                        help="also report rank-classification accuracy for classification "
+                             "tasks (each label's log-likelihood, best one wins)")
     parser.add_argument("--levels", choices=["synthetic"], default=None,
                         help="report the three generalization levels (held-out categories, "
                              "held-out tasks, held-out instances) of a suite in one table")
@@ -48,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
         ev = TaskEvaluator(name, lengths, args.split or cfg.split,
                            args.num_examples or cfg.num_examples, cfg.batch_size, cfg.decode)
         results.update(ev.evaluate(model, m.params))
+    if args.rank:
+        _add_rank_accuracy(results, model, m.params, args.split or cfg.split,
+                           args.num_examples or cfg.num_examples, lengths["inputs"])
     logger = MetricsLogger(args.model_dir)
     logger.write(int(args.step or 0), "eval", flatten_metrics(results))
     logger.close()
@@ -72,3 +78,14 @@ def _run_levels(args, cfg) -> int:
         json.dump(results, f, indent=2)
     print(levels_table({os.path.basename(os.path.normpath(args.model_dir)): results}))
     return 0
+
+
+def _add_rank_accuracy(results, model, params, split, num_examples, input_length) -> None:
+    """Adds "rank_accuracy" next to the generative metrics of classification tasks."""
+    from t5mtl.data.task_info import get_task_info, has_task_info
+    from t5mtl.infer.rank_classification import rank_classify
+    for task in results:
+        if has_task_info(task) and get_task_info(task).label_names:
+            results[task]["rank_accuracy"] = rank_classify(
+                model, params, task, get_task_info(task).label_names, split, num_examples,
+                input_length)["accuracy"]
