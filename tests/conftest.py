@@ -11,3 +11,12 @@ def shared_data_dir():
     if not os.path.isdir(SHARED_DATA):
         pytest.fail(f"../shared/data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin_after_test():
+    """CLI commands called in-process parse gin; no binding may leak into the
+    next test (e.g. a run file's learning-rate schedule into optimizer tests)."""
+    yield
+    import gin
+    gin.clear_config()
