@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
 import math
 import os
@@ -297,5 +298,18 @@ def summarize(model_dir: str, summary: dict) -> str:
         lines += ["", score_table(summary["eval"]), ""]
     lines.append(f"checkpoint: {os.path.join(model_dir, model_dir_lib.CHECKPOINTS)}/"
                  f"{summary['step']}")
-    lines.append(f"try it:     t5mtl infer --model_dir {model_dir} --input \"...\"")
+    example = _example_input(sorted(summary["eval"])[0]) if summary["eval"] else "..."
+    lines.append(f"try it:     t5mtl infer --model_dir {model_dir} --input {json.dumps(example)}")
     return "\n".join(lines)
+
+
+def _example_input(task_name: str) -> str:
+    """The first validation input of a task, as text (for the infer hint)."""
+    task = seqio.get_mixture_or_task(task_name)
+    if not isinstance(task, seqio.Task) or "validation" not in task.splits:
+        return "..."
+    ds = task.get_dataset(None, split="validation", shuffle=False, num_epochs=1)
+    for ex in ds.take(1).as_numpy_iterator():
+        if "inputs_pretokenized" in ex:
+            return ex["inputs_pretokenized"].decode()
+    return "..."
