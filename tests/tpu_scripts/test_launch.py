@@ -182,3 +182,49 @@ def test_module_entry_point_runs():
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("gcloud compute tpus tpu-vm create n --zone=z ")
+
+
+# ----------------------------------------------------------------------------
+# The other side: how `t5mtl train` reads what the launchers set
+# ----------------------------------------------------------------------------
+
+@pytest.fixture
+def recorded_initialize(monkeypatch):
+    import jax
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+    for key in ("T5MTL_DISTRIBUTED", "T5MTL_COORDINATOR", "T5MTL_NUM_PROCESSES",
+                "T5MTL_PROCESS_ID", "T5MTL_CPU_COLLECTIVES"):
+        monkeypatch.delenv(key, raising=False)
+    return calls
+
+
+def test_train_joins_as_the_launchers_ask(recorded_initialize, monkeypatch):
+    from t5mtl.train.command import maybe_initialize_distributed
+    maybe_initialize_distributed()                       # nothing set: one process
+    assert recorded_initialize == []
+    monkeypatch.setenv("T5MTL_DISTRIBUTED", "auto")      # TPU: from the TPU metadata
+    maybe_initialize_distributed()
+    assert recorded_initialize == [((), {})]
+    monkeypatch.delenv("T5MTL_DISTRIBUTED")
+    monkeypatch.setenv("T5MTL_COORDINATOR", "127.0.0.1:1234")   # --local
+    monkeypatch.setenv("T5MTL_NUM_PROCESSES", "2")
+    monkeypatch.setenv("T5MTL_PROCESS_ID", "1")
+    maybe_initialize_distributed()
+    assert recorded_initialize[-1] == (("127.0.0.1:1234", 2, 1), {})
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"T5MTL_DISTRIBUTED": "yes"}, "T5MTL_DISTRIBUTED='yes'"),
+    ({"T5MTL_COORDINATOR": "h:1", "T5MTL_NUM_PROCESSES": "2"}, "T5MTL_PROCESS_ID not set"),
+    ({"T5MTL_COORDINATOR": "h:1", "T5MTL_NUM_PROCESSES": "two", "T5MTL_PROCESS_ID": "0"},
+     "must be integers"),
+])
+def test_train_rejects_half_set_environment(recorded_initialize, monkeypatch, env, message):
+    from t5mtl.errors import T5mtlError
+    from t5mtl.train.command import maybe_initialize_distributed
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(T5mtlError, match=message):
+        maybe_initialize_distributed()
+    assert recorded_initialize == []
