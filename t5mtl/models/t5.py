@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from t5mtl.models.config import T5Config
-from t5mtl.models.layers import (MLP, NEG_INF, MultiHeadAttention, RelativePositionBias,
-                                 RMSNorm)
+from t5mtl.models.layers import (MLP, NEG_INF, DenseGeneral, MultiHeadAttention,
+                                 RelativePositionBias, RMSNorm, dense_2d)
 
 
 def _dtype(config: T5Config):
@@ -149,10 +149,8 @@ class Decoder(nn.Module):
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         if cfg.tie_word_embeddings:
             return None, x * (cfg.d_model ** -0.5)
-        logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=jnp.float32, name="logits_dense",
-                          kernel_init=nn.with_logical_partitioning(
-                              nn.initializers.normal(cfg.d_model ** -0.5), ("embed", "vocab")))(
-            x.astype(jnp.float32))
+        logits = DenseGeneral((cfg.vocab_size,), ("embed", "vocab"), cfg.d_model ** -0.5,
+                              name="logits_dense")(x.astype(jnp.float32))
         return logits, None
 
 
@@ -225,7 +223,7 @@ class Transformer(nn.Module):
         logits, tied_out = self.decoder(embedded, encoded, q_pos, k_pos, self_mask, cross_mask,
                                         deterministic, decode, max_decode_length)
         if logits is None:
-            logits = self.token_embedder.attend(tied_out.astype(jnp.float32))
+            logits = dense_2d(tied_out.astype(jnp.float32), self.token_embedder.embedding.T)
         return logits.astype(jnp.float32)
 
     def __call__(self, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids=None,
