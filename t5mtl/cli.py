@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except T5mtlError as e:
-        print(f"t5mtl {argv[0]}: error: {e}", file=sys.stderr)
+        # gin appends "  In call to configurable 'train' (<function ...>)" lines.
+        message = "\n".join(line for line in str(e).splitlines()
+                            if not line.startswith("  In call to configurable "))
+        print(f"t5mtl {argv[0]}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -11,7 +11,8 @@ Each step directory under model_dir/checkpoints holds three items:
 orbax writes a step to a temporary directory and renames it when complete, so
 a save killed midway leaves no step directory that `latest_step` trusts. A
 step directory that still fails to restore (truncated files) is skipped with
-a warning and the previous step is used.
+a warning and the previous step is used. A step written by another model
+or optimizer (other shapes) is an error, raised before anything is written.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from t5mtl.errors import T5mtlError
 from t5mtl.train import model_dir as model_dir_lib
 from t5mtl.train.train_step import TrainState
 
@@ -67,9 +69,18 @@ class TrainCheckpointer:
         """The newest restorable (state, data_position), or None if there is none.
 
         `abstract_state` holds jax.ShapeDtypeStructs with shardings, so the
-        restored arrays land directly in their shards.
+        restored arrays land directly in their shards. A step whose saved
+        shapes do not fit `abstract_state` (another model or optimizer wrote
+        it) raises T5mtlError naming the parameters, before anything is read
+        or written; a step that cannot be read is skipped with a warning.
         """
         for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                metadata = self.manager.item_metadata(step)
+            except Exception as e:  # noqa: BLE001 - any unreadable step is skipped
+                log.warning("skipping unreadable checkpoint %s/%d: %s", self.directory, step, e)
+                continue
+            self._check_fits(step, metadata, abstract_state)
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
                     params=ocp.args.StandardRestore(abstract_state.params),
@@ -87,9 +98,88 @@ class TrainCheckpointer:
             return state, int(progress["data_position"])
         return None
 
+    def _check_fits(self, step: int, metadata, abstract_state: TrainState) -> None:
+        """Raises T5mtlError unless checkpoint `step` holds params and optimizer
+        state of exactly the shapes in `abstract_state`."""
+        where = f"{self.directory}/{step}"
+        model_dir = os.path.dirname(self.directory)
+        advice = (f"Nothing in {model_dir} was changed. Resume it with the model and optimizer "
+                  f"that wrote it, or train in a new --model_dir with "
+                  f"CheckpointConfig.init_from={model_dir!r}")
+        saved = {item: _item_metadata(metadata, item) for item in ("params", "opt_state")}
+        if saved["params"] is None:
+            return          # no params metadata: restore fails and the step is skipped
+        params = leaf_shapes(abstract_state.params)
+        diffs = shape_differences(leaf_shapes(saved["params"]), params)
+        if diffs:
+            more = f"; and {len(diffs) - 5} more" if len(diffs) > 5 else ""
+            raise T5mtlError(f"{where} does not fit this run: {len(diffs)} parameter shape(s) "
+                             f"differ: {'; '.join(diffs[:5])}{more}. {advice}")
+        if saved["opt_state"] is None:
+            raise T5mtlError(f"{where} holds params only (no optimizer state), so there is no "
+                             f"training run to resume. {advice}")
+        saved_opt, opt = leaf_shapes(saved["opt_state"]), leaf_shapes(abstract_state.opt_state)
+        diffs = shape_differences(saved_opt, opt)
+        if diffs:
+            # Name the optimizer's slots ("0/mu", "0/v_row") rather than each array.
+            before, now = _slots(saved_opt, params), _slots(opt, params)
+            detail = (f"its slots are {', '.join(before)} but this run's are {', '.join(now)}"
+                      if before != now else "; ".join(diffs[:5]))
+            raise T5mtlError(f"{where} does not fit this run's optimizer (another optimizer or "
+                             f"another set of frozen parameters wrote it): {detail}. {advice}")
+
     def wait(self):
         self.manager.wait_until_finished()
 
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _item_metadata(metadata, item: str):
+    try:
+        return metadata[item]
+    except (KeyError, TypeError):
+        return None
+
+
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):         # DictKey, GetAttrKey, SequenceKey
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def leaf_shapes(tree) -> dict[str, tuple[int, ...]]:
+    """{"encoder/layers_0/mlp/wi_0/kernel": shape} of arrays, ShapeDtypeStructs
+    or orbax ArrayMetadata. optax's named tuples and orbax's saved dicts of
+    them give the same names ("0/v_row/...")."""
+    return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ()))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _slots(opt_shapes: dict[str, tuple], params: dict[str, tuple]) -> list[str]:
+    """Optimizer-state names with the parameter name cut off: "0/mu", "0/count"."""
+    slots = set()
+    for name in opt_shapes:
+        slot = name
+        for param in params:
+            if name.endswith("/" + param):
+                slot = name[:-len(param) - 1]
+                break
+        slots.add(slot)
+    return sorted(slots)
+
+
+def shape_differences(saved: dict[str, tuple], expected: dict[str, tuple]) -> list[str]:
+    """One line per name whose shape differs or that only one side has."""
+    diffs = []
+    for name in sorted(saved.keys() | expected.keys()):
+        if name not in saved:
+            diffs.append(f"{name!r} {expected[name]} is not in the checkpoint")
+        elif name not in expected:
+            diffs.append(f"{name!r} {saved[name]} is in the checkpoint but not in this run")
+        elif saved[name] != expected[name]:
+            diffs.append(f"{name!r} is {saved[name]} in the checkpoint but {expected[name]} "
+                         f"in this run")
+    return diffs

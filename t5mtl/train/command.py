@@ -63,9 +63,11 @@ def run(args: argparse.Namespace) -> int:
     gin_config.parse(args.gin_file, args.gin_bindings, args.gin_search_path)
     from t5mtl.train.trainer import summarize, train
     import jax
-    if jax.process_index() == 0:
-        gin_config.write_config(args.model_dir)
-    summary = train(model_dir=args.model_dir)
+    # config.gin is written once the model_dir is known to fit this run, so a
+    # refused resume leaves the old run's config.gin as it was.
+    write_config = (lambda: gin_config.write_config(args.model_dir)) \
+        if jax.process_index() == 0 else None
+    summary = train(model_dir=args.model_dir, before_training=write_config)
     if jax.process_index() == 0:
         print(summarize(args.model_dir, summary))
     return 0

@@ -47,27 +47,40 @@ def _flatten(tree, prefix=""):
             yield name, v
 
 
-def merge_params(fresh, source, fresh_patterns: Sequence[str] = (), shardings=None):
+def merge_params(fresh, source, fresh_patterns: Sequence[str] = (), shardings=None,
+                 source_name: str = "the source"):
     """fresh's tree with leaves replaced by source's where names (and shapes) match.
 
     Returns (merged, names of the leaves that kept their fresh value). With
     `shardings` (a tree like `fresh`), taken leaves are placed in those shards.
+    A name in both with different shapes (and no fresh pattern) raises
+    T5mtlError listing every such parameter, before anything is placed.
     """
     patterns = [re.compile(p) for p in fresh_patterns]
     src = dict(_flatten(source))
-    kept_fresh = []
+    leaves = jax.tree_util.tree_flatten_with_path(fresh)[0]
+    names = ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in leaves]
+    take = {name for name in names
+            if name in src and not any(p.fullmatch(name) for p in patterns)}
+    mismatched = [(f"{name!r} has shape {tuple(src[name].shape)} in the source but "
+                   f"{tuple(leaf.shape)} in this model")
+                  for name, (_, leaf) in zip(names, leaves)
+                  if name in take and tuple(src[name].shape) != tuple(leaf.shape)]
+    if mismatched:
+        more = f"; and {len(mismatched) - 5} more" if len(mismatched) > 5 else ""
+        raise T5mtlError(
+            f"init_from {source_name}: {len(mismatched)} parameter shape(s) differ from this "
+            f"model: {'; '.join(mismatched[:5])}{more}. Use the model config the source was "
+            f"trained with, or list the parameters to start fresh in "
+            f"CheckpointConfig.init_fresh_patterns (regexes)")
+    kept_fresh = [name for name in names if name not in take]
     shardings = shardings if shardings is not None else jax.tree.map(lambda _: None, fresh)
 
     def pick(path, leaf, sharding):
         name = "/".join(str(getattr(k, "key", k)) for k in path)
-        if name not in src or any(p.fullmatch(name) for p in patterns):
-            kept_fresh.append(name)
+        if name not in take:
             return leaf
-        value = src[name]
-        if tuple(value.shape) != tuple(leaf.shape):
-            raise T5mtlError(f"init_from: parameter {name!r} has shape {tuple(value.shape)} "
-                             f"in the source but {tuple(leaf.shape)} in this model")
-        value = np.asarray(value, leaf.dtype)
+        value = np.asarray(src[name], leaf.dtype)
         return value if sharding is None else jax.device_put(value, sharding)
     merged = jax.tree_util.tree_map_with_path(pick, fresh, shardings)
     return merged, kept_fresh
@@ -78,7 +91,8 @@ def init_params_from(state, shardings, tx, config: T5Config, path: str,
     """A new TrainState (step 0, fresh optimizer state) with params from `path`."""
     import jax.numpy as jnp
     source = load_source_params(path, config)
-    params, kept_fresh = merge_params(state.params, source, fresh_patterns, shardings.params)
+    params, kept_fresh = merge_params(state.params, source, fresh_patterns, shardings.params,
+                                      source_name=repr(path))
     if kept_fresh:
         log.warning("init_from %s: %d parameters start fresh: %s", path, len(kept_fresh),
                     ", ".join(kept_fresh[:10]) + (" ..." if len(kept_fresh) > 10 else ""))

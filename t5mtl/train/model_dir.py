@@ -54,6 +54,25 @@ def read_model_json(model_dir: str) -> tuple[T5Config, dict | None]:
     return T5Config.from_dict(payload["config"]), payload.get("vocabulary")
 
 
+# The T5Config fields that say which function the parameters compute. A run
+# may resume a model_dir with other dropout, dtype or remat settings, not with
+# other values of these.
+ARCHITECTURE_FIELDS = (
+    "vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers", "num_decoder_layers",
+    "feed_forward_proj", "tie_word_embeddings", "relative_attention_num_buckets",
+    "relative_attention_max_distance", "layer_norm_epsilon", "scan_layers")
+
+
+def architecture_differences(saved: T5Config, new: T5Config) -> list[str]:
+    """ "field is X in model.json but Y in this run", for each architecture field
+    that differs (num_decoder_layers=None counts as num_layers)."""
+    def value(config, field):
+        return config.n_decoder_layers if field == "num_decoder_layers" else getattr(config, field)
+    return [f"{field} is {value(saved, field)!r} in model.json but {value(new, field)!r} in "
+            f"this run" for field in ARCHITECTURE_FIELDS
+            if value(saved, field) != value(new, field)]
+
+
 def checkpoint_manager(model_dir: str, item_handlers: dict | None = None,
                        **options) -> ocp.CheckpointManager:
     """The model_dir's CheckpointManager over the items a t5mtl run saves:

@@ -5,7 +5,8 @@ resume from the latest checkpoint (data position included), or finetuning
 init from another model directory / HF checkpoint; the jitted, donated train
 step over the mesh; metrics to TensorBoard and metrics.jsonl; periodic
 seqio evaluation; orbax checkpoints (async, keep-N or keep-best, and one on
-SIGTERM); a readable summary at the end.
+SIGTERM); a readable summary at the end. A model_dir holding another
+model's or optimizer's checkpoints is refused before anything in it changes.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import math
 import os
 import signal
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import gin
 import jax
@@ -135,6 +136,20 @@ class _StopFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def _check_same_architecture(model_dir: str, config: T5Config, latest_step: int | None) -> None:
+    """Raises T5mtlError if model_dir holds checkpoints of another architecture."""
+    if latest_step is None or not model_dir_lib.is_model_dir(model_dir):
+        return
+    saved, _ = model_dir_lib.read_model_json(model_dir)
+    diffs = model_dir_lib.architecture_differences(saved, config)
+    if diffs:
+        raise T5mtlError(
+            f"{model_dir} holds checkpoints (latest: step {latest_step}) of another model: "
+            f"{'; '.join(diffs)}. Nothing in {model_dir} was changed. Resume it with the model "
+            f"config in its model.json, or train in a new --model_dir with "
+            f"CheckpointConfig.init_from={model_dir!r}")
+
+
 def _tokens(batch) -> int:
     return int(np.sum(batch["encoder_input_tokens"] > 0) + np.sum(batch["decoder_target_tokens"] > 0))
 
@@ -144,14 +159,19 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
 
 
-@gin.configurable(denylist=["model_dir"])
+@gin.configurable(denylist=["model_dir", "before_training"])
 def train(model_dir: str, *, model_config: T5Config = gin.REQUIRED,
           data: DataConfig = gin.REQUIRED, num_steps: int = gin.REQUIRED,
           optimizer=None, loss: LossConfig | None = None,
           checkpoints: CheckpointConfig | None = None, evaluation: EvalConfig | None = None,
           mesh_shape: Sequence[int] = (-1, 1, 1), num_microbatches: int = 1,
-          log_period: int = 10, seed: int = 0, show_progress: bool = True) -> dict:
+          log_period: int = 10, seed: int = 0, show_progress: bool = True,
+          before_training: Callable[[], None] | None = None) -> dict:
     """Trains `model_config` on `data` for `num_steps` steps in `model_dir`.
+
+    `before_training` is called once the model_dir is known to fit this run
+    (resumed, initialized or fresh), before this run writes anything into it;
+    `t5mtl train` writes config.gin there.
 
     Returns a summary: {"step", "loss", "eval": {task: {metric: value}}}.
     """
@@ -176,14 +196,25 @@ def train(model_dir: str, *, model_config: T5Config = gin.REQUIRED,
                              best_mode=checkpoints.best_mode, async_save=checkpoints.async_save)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             state, shardings)
-    restored = ckpt.restore(abstract)
-    data_position = 0
-    if restored is not None:
-        state, data_position = restored
-        print(f"resumed from {ckpt.directory}/{int(state.step)} (data position {data_position})")
-    elif checkpoints.init_from:
-        state = init_params_from(state, shardings, tx, model_config, checkpoints.init_from,
-                                 checkpoints.init_fresh_patterns, mesh, rules)
+    try:
+        # A model_dir that holds another model's checkpoints is an error
+        # before anything in it is touched (resuming would fail, and starting
+        # over would overwrite its model.json and, keep-N, its checkpoints).
+        _check_same_architecture(model_dir, model_config, ckpt.latest_step())
+        restored = ckpt.restore(abstract)
+        data_position = 0
+        if restored is not None:
+            state, data_position = restored
+            print(f"resumed from {ckpt.directory}/{int(state.step)} "
+                  f"(data position {data_position})")
+        elif checkpoints.init_from:
+            state = init_params_from(state, shardings, tx, model_config, checkpoints.init_from,
+                                     checkpoints.init_fresh_patterns, mesh, rules)
+    except BaseException:
+        ckpt.close()
+        raise
+    if before_training is not None:
+        before_training()
     if jax.process_index() == 0:
         vocab = provider.output_features["targets"].vocabulary
         model_dir_lib.write_model_json(model_dir, model_config, vocabulary_spec(vocab))

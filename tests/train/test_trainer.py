@@ -194,3 +194,91 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path):
     # The saved step is where training stopped: at or after the last logged step.
     assert max(steps) >= max(r["step"] for r in rows if r["split"] == "train")
     assert f"trained to step {max(steps)}" in out
+
+
+# A tiny run through `t5mtl train`, in-process (config.gin included).
+TINY_ARGS = [
+    "--gin_file=gin/runs/quickstart.gin",
+    "--gin.get_config.name='t5_tiny'",
+    "--gin.DataConfig.mixture_or_task_name='synth_parity'",
+    "--gin.DataConfig.task_feature_lengths={'inputs': 32, 'targets': 8}",
+    "--gin.DataConfig.batch_size=8",
+    "--gin.EvalConfig.tasks=[]",
+    "--gin.train.num_steps=2",
+    "--gin.train.log_period=1",
+    "--gin.train.show_progress=False",
+    "--gin.CheckpointConfig.period=1",
+    "--gin.CheckpointConfig.async_save=False",
+]
+
+
+def _files(model_dir):
+    """relative path -> sha256 of every file under model_dir."""
+    import hashlib
+    out = {}
+    for root, _, files in os.walk(model_dir):
+        for f in files:
+            path = os.path.join(root, f)
+            out[os.path.relpath(path, model_dir)] = hashlib.sha256(open(path, "rb").read()
+                                                                  ).hexdigest()
+    return out
+
+
+def _cli_train(model_dir, *extra):
+    import gin
+    from t5mtl import cli
+    gin.clear_config()
+    return cli.main(["train", f"--model_dir={model_dir}", *TINY_ARGS, *extra])
+
+
+def test_incompatible_checkpoint_is_refused_and_left_intact(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    run = str(tmp_path / "run")
+    assert _cli_train(run) == 0
+    before = _files(run)
+    assert {"checkpoints/1/commit_success.txt", "checkpoints/2/commit_success.txt",
+            "model.json", "config.gin", "metrics.jsonl"} <= before.keys()
+    capsys.readouterr()
+
+    # Resuming with another architecture: the differing model.json field.
+    assert _cli_train(run, "--gin.get_config.d_model=96", "--gin.train.num_steps=4") == 2
+    err = capsys.readouterr().err
+    assert f"t5mtl train: error: {run} holds checkpoints (latest: step 2) of another model: " \
+           f"d_model is 64 in model.json but 96 in this run. Nothing in {run} was changed" in err
+    assert _files(run) == before
+
+    # Same architecture, other optimizer (AdamW's state vs Adafactor's): the
+    # checkpoint's saved shapes name what differs.
+    assert _cli_train(run, "--gin.create_optimizer.name='adamw'",
+                      "--gin.train.num_steps=4") == 2
+    err = capsys.readouterr().err
+    assert (f"t5mtl train: error: {run}/checkpoints/2 does not fit this run's optimizer "
+            f"(another optimizer or another set of frozen parameters wrote it): its slots are "
+            f"0/count, 0/v, 0/v_col, 0/v_row, 2/count but this run's are 0/count, 0/mu, 0/nu, "
+            f"2/count. Nothing in {run} was changed") in err
+    assert _files(run) == before
+
+    # Without model.json the checkpoint's parameter shapes still catch it.
+    os.rename(os.path.join(run, "model.json"), str(tmp_path / "model.json"))
+    with pytest.raises(T5mtlError, match=r"checkpoints/2 does not fit this run: 50 parameter "
+                       r"shape\(s\) differ: 'decoder/decoder_norm/scale' is \(64,\) in the "
+                       r"checkpoint but \(96,\) in this run"):
+        _train_tiny(run, model_config=get_config("t5_tiny", d_model=96))
+    os.rename(str(tmp_path / "model.json"), os.path.join(run, "model.json"))
+    assert _files(run) == before
+
+    # Finetuning init from it into another shape, without fresh patterns.
+    ft = str(tmp_path / "ft")
+    assert _cli_train(ft, "--gin.get_config.d_model=96",
+                      f"--gin.CheckpointConfig.init_from='{run}'") == 2
+    err = capsys.readouterr().err
+    assert (f"t5mtl train: error: init_from '{run}': 50 parameter shape(s) differ from this "
+            f"model: 'decoder/decoder_norm/scale' has shape (64,) in the source but (96,) in "
+            f"this model") in err
+    assert "CheckpointConfig.init_fresh_patterns" in err
+    assert _files(run) == before
+    assert not [d for d in os.listdir(os.path.join(ft, "checkpoints")) if d.isdigit()]
+    assert not os.path.exists(os.path.join(ft, "model.json"))
+
+    # The refused runs changed nothing, and the checkpoint still loads.
+    assert t5mtl.load(run).config.d_model == 64
