@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from t5mtl.models.attention import dot_product_attention
+
 # A large finite negative number rather than -inf, so that a fully masked
 # row (padding) gives a uniform softmax instead of NaN.
 NEG_INF = -1e10
@@ -153,8 +155,10 @@ class MultiHeadAttention(nn.Module):
     is_cross: bool = False
 
     @nn.compact
-    def __call__(self, x_q, x_kv, bias, *, deterministic: bool, decode: bool = False,
+    def __call__(self, x_q, x_kv, bias, mask, *, deterministic: bool, decode: bool = False,
                  max_decode_length: int | None = None):
+        """bias: relative-position bias or None; mask: additive 0 / NEG_INF; both
+        broadcast against [batch, heads, q, k]."""
         d_model = x_q.shape[-1]
         inner = self.num_heads * self.d_kv
         proj = lambda name, std: DenseGeneral((self.num_heads, self.d_kv),
@@ -178,12 +182,15 @@ class MultiHeadAttention(nn.Module):
         query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
         key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
         value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key,
-                            preferred_element_type=jnp.float32)
-        scores = scores + bias
-        weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+        if deterministic or self.dropout_rate == 0.0:
+            out = dot_product_attention(query, key, value, bias, mask)
+        else:   # dropout on the attention weights: plain autodiff
+            scores = jnp.einsum("bqhd,bkhd->bhqk", query, key,
+                                preferred_element_type=jnp.float32)
+            scores = scores + mask if bias is None else scores + bias + mask
+            weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+            weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
+            out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
         return DenseGeneral((d_model,), ("heads", "kv", "embed"), inner ** -0.5, 2, self.dtype,
                             name="out")(out)
 

@@ -33,7 +33,7 @@ def _dtype(config: T5Config):
 
 
 def _mask_to_bias(mask):
-    """bool [b, q, k] -> additive float32 [b, 1, q, k]."""
+    """bool [b or 1, q or 1, k] -> additive float32 [b or 1, 1, q or 1, k]."""
     return jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)[:, None]
 
 
@@ -42,12 +42,12 @@ class EncoderLayer(nn.Module):
     deterministic: bool
 
     @nn.compact
-    def __call__(self, x, bias):
+    def __call__(self, x, bias, mask):
         cfg, dt = self.config, _dtype(self.config)
         drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
         h = RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_attention_layer_norm")(x)
         h = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dt, name="attention")(
-            h, h, bias, deterministic=self.deterministic)
+            h, h, bias, mask, deterministic=self.deterministic)
         x = x + drop(h)
         h = RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_mlp_layer_norm")(x)
         x = x + drop(MLP(cfg.d_ff, cfg.gated, cfg.dropout_rate, dt, name="mlp")(
@@ -62,19 +62,19 @@ class DecoderLayer(nn.Module):
     max_decode_length: int | None = None
 
     @nn.compact
-    def __call__(self, x, encoded, self_bias, cross_bias):
+    def __call__(self, x, encoded, self_bias, self_mask, cross_mask):
         cfg, dt = self.config, _dtype(self.config)
         drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
         h = RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_self_attention_layer_norm")(x)
         h = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dt,
                                name="self_attention")(
-            h, h, self_bias, deterministic=self.deterministic, decode=self.decode,
+            h, h, self_bias, self_mask, deterministic=self.deterministic, decode=self.decode,
             max_decode_length=self.max_decode_length)
         x = x + drop(h)
         h = RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_cross_attention_layer_norm")(x)
         h = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dt, is_cross=True,
                                name="encoder_decoder_attention")(
-            h, encoded, cross_bias, deterministic=self.deterministic, decode=self.decode)
+            h, encoded, None, cross_mask, deterministic=self.deterministic, decode=self.decode)
         x = x + drop(h)
         h = RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_mlp_layer_norm")(x)
         x = x + drop(MLP(cfg.d_ff, cfg.gated, cfg.dropout_rate, dt, name="mlp")(
@@ -116,14 +116,15 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, embedded, positions, attention_mask, deterministic: bool):
-        """embedded [b, l, d]; positions [b, l]; attention_mask bool [b, l, l]."""
+        """embedded [b, l, d]; positions [b, l]; attention_mask bool [b, l or 1, l]."""
         cfg = self.config
         bias = RelativePositionBias(cfg.relative_attention_num_buckets,
                                     cfg.relative_attention_max_distance, cfg.num_heads,
                                     bidirectional=True, name="relpos_bias")(positions, positions)
-        bias = bias + _mask_to_bias(attention_mask)
+        mask = _mask_to_bias(attention_mask)
         x = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
-        x = _stack(EncoderLayer, cfg, cfg.num_layers, 1, deterministic=deterministic)(x, bias)
+        x = _stack(EncoderLayer, cfg, cfg.num_layers, 2, deterministic=deterministic)(
+            x, bias, mask)
         x = RMSNorm(cfg.layer_norm_epsilon, _dtype(cfg), name="encoder_norm")(x)
         return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -139,12 +140,10 @@ class Decoder(nn.Module):
                                     cfg.relative_attention_max_distance, cfg.num_heads,
                                     bidirectional=False, name="relpos_bias")(
             query_positions, key_positions)
-        self_bias = bias + _mask_to_bias(self_mask)
-        cross_bias = _mask_to_bias(cross_mask)
         x = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
-        x = _stack(DecoderLayer, cfg, cfg.n_decoder_layers, 3, deterministic=deterministic,
+        x = _stack(DecoderLayer, cfg, cfg.n_decoder_layers, 4, deterministic=deterministic,
                    decode=decode, max_decode_length=max_decode_length)(
-            x, encoded, self_bias, cross_bias)
+            x, encoded, bias, _mask_to_bias(self_mask), _mask_to_bias(cross_mask))
         x = RMSNorm(cfg.layer_norm_epsilon, _dtype(cfg), name="decoder_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         if cfg.tie_word_embeddings:
@@ -162,6 +161,9 @@ def _segments(tokens, segment_ids):
 
 
 def _positions(tokens, positions):
+    # Per-example positions even for unpacked rows: a [1, heads, l, l] position
+    # bias would save memory, but reducing its gradient over the batch in every
+    # layer is slower on CPU than one scatter of the per-example gradient.
     if positions is None:
         return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
     return positions
@@ -186,7 +188,7 @@ class Transformer(nn.Module):
         pos = _positions(encoder_input_tokens, encoder_positions)
         if encoder_segment_ids is None:
             # Unpacked: every query may look at every real (non-pad) key.
-            mask = jnp.broadcast_to(seg[:, None, :] > 0, seg.shape[:1] + seg.shape[1:] * 2)
+            mask = seg[:, None, :] > 0                                  # [b, 1, l]
         else:
             mask = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
         embedded = self.token_embedder(encoder_input_tokens)
@@ -203,17 +205,15 @@ class Transformer(nn.Module):
         b, q_len = decoder_input_tokens.shape
         if decode:
             q_pos = decoder_positions
-            k_pos = jnp.broadcast_to(jnp.arange(max_decode_length, dtype=jnp.int32),
-                                     (b, max_decode_length))
-            self_mask = k_pos[:, None, :] <= q_pos[:, :, None]
-            cross_mask = jnp.broadcast_to(enc_seg[:, None, :] > 0, (b, q_len, enc_seg.shape[1]))
+            k_pos = jnp.arange(max_decode_length, dtype=jnp.int32)[None]
+            self_mask = k_pos[:, None, :] <= q_pos[:, :, None]          # [b, 1, max]
+            cross_mask = enc_seg[:, None, :] > 0
         else:
             q_pos = k_pos = _positions(decoder_input_tokens, decoder_positions)
             idx = jnp.arange(q_len)
-            self_mask = jnp.broadcast_to(idx[None, :, None] >= idx[None, None, :], (b, q_len, q_len))
+            self_mask = idx[None, :, None] >= idx[None, None, :]        # [1, q, q]
             if decoder_segment_ids is None:
-                cross_mask = jnp.broadcast_to(enc_seg[:, None, :] > 0,
-                                              (b, q_len, enc_seg.shape[1]))
+                cross_mask = enc_seg[:, None, :] > 0                    # [b, 1, k]
             else:
                 self_mask = self_mask & (decoder_segment_ids[:, :, None]
                                          == decoder_segment_ids[:, None, :])
