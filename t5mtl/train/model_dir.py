@@ -102,8 +102,13 @@ def restore_params(model_dir: str, config: T5Config, step: int | None = None):
             raise T5mtlError(f"{model_dir}: no checkpoint under {CHECKPOINTS}/")
         saved_scanned = _saved_is_scanned(mngr, step)
         layout_cfg = config.replace(scan_layers=saved_scanned)
+        # Onto this process's first device whatever the saving run's devices
+        # were (orbax would otherwise insist on the saved topology, e.g. a
+        # checkpoint written by 2 processes would not load in 1).
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree_util.tree_map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), param_shapes(layout_cfg))
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+            param_shapes(layout_cfg))
         try:
             restored = mngr.restore(step, args=ocp.args.Composite(
                 params=ocp.args.StandardRestore(abstract)))

@@ -282,3 +282,117 @@ def test_incompatible_checkpoint_is_refused_and_left_intact(tmp_path, capsys, mo
 
     # The refused runs changed nothing, and the checkpoint still loads.
     assert t5mtl.load(run).config.d_model == 64
+
+
+def _children(pid):
+    """{T5MTL_PROCESS_ID: pid} of the processes `pid` started (Linux /proc)."""
+    kids = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+            if int(stat.rsplit(")", 1)[1].split()[1]) != pid:
+                continue
+            env = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        for var in env:
+            if var.startswith(b"T5MTL_PROCESS_ID="):
+                kids[int(var.split(b"=", 1)[1])] = int(entry)
+    return kids
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the processes in /proc")
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
+    """`tpu_scripts train --local 2` (2 processes x 1 CPU device, gloo); SIGTERM
+    to process 1 only, mid-run. Both must leave the loop at the same step and
+    save that checkpoint together (before the fix, process 1 stopped alone
+    and both hung in the next collective until the launcher's timeout)."""
+    model_dir = str(tmp_path / "run")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    for key in ("T5MTL_COORDINATOR", "T5MTL_DISTRIBUTED", "T5MTL_NUM_PROCESSES",
+                "T5MTL_PROCESS_ID"):
+        env.pop(key, None)
+    args = [a for a in TINY_ARGS if not a.startswith(("--gin.train.num_steps",
+                                                        "--gin.CheckpointConfig.period",
+                                                        "--gin.CheckpointConfig.async"))]
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "tpu_scripts", "train", "--local", "2", "--devices-per-process",
+         "1", "--timeout", "240", "--", *args, "--gin.train.num_steps=100000",
+         "--gin.CheckpointConfig.period=100000", f"--model_dir={model_dir}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    kids = {}
+    try:
+        metrics = os.path.join(model_dir, "metrics.jsonl")
+        deadline = time.time() + 180
+        while (not os.path.exists(metrics) or os.path.getsize(metrics) == 0) and \
+                launcher.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        kids = _children(launcher.pid)
+        assert sorted(kids) == [0, 1], (kids, launcher.poll())
+        os.kill(kids[1], signal.SIGTERM)
+        out, _ = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:         # a hang: stop the trainers, then the launcher
+            for pid in (kids or _children(launcher.pid)).values():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            launcher.kill()
+            launcher.communicate()
+    assert launcher.returncode == 0, out[-4000:]
+    assert "[launcher] exit codes: [0] 0, [1] 0" in out
+    stops = {}
+    for line in out.splitlines():
+        if "all processes save a checkpoint at step" in line:
+            stops[line[:3]] = int(line.rsplit("step ", 1)[1].split()[0])
+    assert sorted(stops) == ["[0]", "[1]"] and stops["[0]"] == stops["[1]"], out[-4000:]
+    step = stops["[0]"]
+    assert f"[0] trained to step {step}" in out
+    steps = [int(d) for d in os.listdir(os.path.join(model_dir, "checkpoints")) if d.isdigit()]
+    assert steps == [step] and 0 < step < 100000
+    progress = json.load(open(os.path.join(model_dir, "checkpoints", str(step), "progress",
+                                           "metadata")))
+    assert progress["step"] == step
+    assert t5mtl.load(model_dir).params           # the checkpoint restores
+
+
+def test_stop_flag_agreement_mechanism(monkeypatch):
+    """One process: the Python handler and no collective at all. Several: JAX's
+    preemption sync point (no Python handler, which would replace the
+    notifier jax.distributed installed), or, with the preemption service
+    disabled, the handler's flag all-gathered every step."""
+    from jax.experimental import multihost_utils
+    from t5mtl.train.trainer import _StopFlag
+
+    def no_collective(*args):
+        raise AssertionError("a single process must not synchronize")
+    monkeypatch.setattr(multihost_utils, "process_allgather", no_collective)
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", no_collective)
+    with _StopFlag() as stop:
+        assert not stop.reached(0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.reached(1) and stop.set
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+    seen = []
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point",
+                        lambda step: seen.append(step) or step == 3)
+    handler = signal.getsignal(signal.SIGTERM)
+    with _StopFlag() as stop:
+        assert signal.getsignal(signal.SIGTERM) is handler
+        assert [stop.reached(s) for s in range(4)] == [False, False, False, True]
+    assert seen == [-1, 0, 1, 2, 3]
+
+    def disabled(step):
+        raise RuntimeError("Preemption sync manager has not been initialized")
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", disabled)
+    other_process = [False, True]                  # process 1 gets SIGTERM before step 2
+    monkeypatch.setattr(multihost_utils, "process_allgather",
+                        lambda flag: np.array([bool(flag), other_process.pop(0)]))
+    with _StopFlag() as stop:
+        assert [stop.reached(s) for s in range(2)] == [False, True]
