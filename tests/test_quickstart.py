@@ -23,14 +23,20 @@ At step 150 the other tasks score: first_word 78.1, count_words 57.8,
 greater 57.8, sort_letters 53.1, lookup_value 32.8, add_one 12.5,
 uppercase 7.8, double_letters 1.6, reverse_letters 0.0.
 
-The test asks for a mean of at least 28 and parity of at least 65. An
+That table predates the attention rewrite of commit c822e52 (a hand-written
+VJP: the same math, other rounding). After it, step 150 gave mean 36.9 and
+parity 71.9 (first_word 76.6, count_words 57.8, greater 56.2, sort_letters
+50.0, lookup_value 29.7, add_one 14.1, uppercase 9.4, double_letters 3.1,
+reverse_letters 0.0): rounding alone moves parity by ~3 points here.
+
+The test asks for a mean of at least 28 and parity of at least 62. An
 untrained model (num_steps=1: mean 0.0, parity 0.0) fails both, and so does
 a model that only learned the output format and guesses labels (steps 25 to
 100: mean <= 23.1, parity <= 58); a constant answer scores about 50 on
-parity. The margins (about 10 points on each, and 25 steps of training
-behind schedule still pass) absorb numerical drift between CPUs and
-library versions. 64 examples put a binomial standard error of ~5.4 points
-on parity at 75%.
+parity, and a fair coin reaches 62.5 on 64 examples 3% of the time. The
+margins (about 9 points on each; 25 steps behind schedule still pass)
+absorb numerical drift between CPUs and library versions. 64 examples put a
+binomial standard error of ~5.6 points on parity at 72%.
 
 Time: 71 s as a pytest on that machine while another job kept one core
 busy (load average ~3); about 25 s of it is fixed (imports, init, compiling
@@ -44,7 +50,7 @@ from t5mtl import cli
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 150
 MIN_MEAN_ACCURACY = 28.0
-MIN_PARITY_ACCURACY = 65.0
+MIN_PARITY_ACCURACY = 62.0
 QUICKSTART_TASKS = ["synth_first_word", "synth_lookup_value", "synth_uppercase",
                     "synth_reverse_letters", "synth_double_letters", "synth_parity",
                     "synth_greater", "synth_count_words", "synth_sort_letters", "synth_add_one"]
