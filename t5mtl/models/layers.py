@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from t5mtl.models.attention import dot_product_attention
+from t5mtl.models.ffn_output import activation, activation_dense
 
 # A large finite negative number rather than -inf, so that a fully masked
 # row (padding) gives a uniform softmax instead of NaN.
@@ -73,6 +74,22 @@ class RMSNorm(nn.Module):
         return (y * scale).astype(self.dtype)
 
 
+class _MLPOutput(nn.Module):
+    """act(pre) @ wo through the recomputing VJP (t5mtl.models.ffn_output)."""
+    d_model: int
+    gated: bool
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, pre):
+        d_ff = pre[0].shape[-1]
+        kernel = self.param("kernel", _init(d_ff ** -0.5, ("mlp", "embed")),
+                            (d_ff, self.d_model), jnp.float32)
+        flat = tuple(p.reshape(-1, d_ff) for p in pre)
+        out = activation_dense(self.gated, flat, kernel.astype(self.dtype))
+        return out.reshape(pre[0].shape[:-1] + (self.d_model,))
+
+
 class MLP(nn.Module):
     """ReLU (T5 1.0) or gated-GELU (T5 1.1) feed-forward block."""
     d_ff: int
@@ -86,12 +103,13 @@ class MLP(nn.Module):
         dense = lambda feats, axes, std, name: DenseGeneral((feats,), axes, std, 1, self.dtype,
                                                             name=name)
         if self.gated:
-            h = (jax.nn.gelu(dense(self.d_ff, ("embed", "mlp"), d_model ** -0.5, "wi_0")(x),
-                             approximate=True)
-                 * dense(self.d_ff, ("embed", "mlp"), d_model ** -0.5, "wi_1")(x))
+            pre = (dense(self.d_ff, ("embed", "mlp"), d_model ** -0.5, "wi_0")(x),
+                   dense(self.d_ff, ("embed", "mlp"), d_model ** -0.5, "wi_1")(x))
         else:
-            h = jax.nn.relu(dense(self.d_ff, ("embed", "mlp"), d_model ** -0.5, "wi")(x))
-        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+            pre = (dense(self.d_ff, ("embed", "mlp"), d_model ** -0.5, "wi")(x),)
+        if deterministic or self.dropout_rate == 0.0:
+            return _MLPOutput(d_model, self.gated, self.dtype, name="wo")(pre)
+        h = nn.with_logical_constraint(activation(self.gated, pre), ("batch", "length", "mlp"))
         h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
         return dense(d_model, ("mlp", "embed"), self.d_ff ** -0.5, "wo")(h)
 
