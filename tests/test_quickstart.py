@@ -27,7 +27,10 @@ That table predates the attention rewrite of commit c822e52 (a hand-written
 VJP: the same math, other rounding). After it, step 150 gave mean 36.9 and
 parity 71.9 (first_word 76.6, count_words 57.8, greater 56.2, sort_letters
 50.0, lookup_value 29.7, add_one 14.1, uppercase 9.4, double_letters 3.1,
-reverse_letters 0.0): rounding alone moves parity by ~3 points here.
+reverse_letters 0.0): rounding alone moves parity by ~3 points here. After
+the later attention and feed-forward VJP commits (probabilities recomputed
+from saved log-normalizers) step 150 gave the first table's numbers again:
+mean 37.7, parity 75.0. The full quickstart then reached 85.3 at step 600.
 
 The test asks for a mean of at least 28 and parity of at least 62. An
 untrained model (num_steps=1: mean 0.0, parity 0.0) fails both, and so does
