@@ -7,6 +7,7 @@ quote the per-round ratios, not absolute numbers from different runs.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
@@ -141,6 +142,15 @@ def build_hf_model(cfg, seed: int = 0):
     return model
 
 
+def import_hf_model(model):
+    """(T5Config, params) of an HF model, through save_pretrained + import_hf."""
+    import tempfile
+    from t5mtl.convert.hf import import_hf
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        return import_hf(d)
+
+
 def load_t5mtl_init(model, cfg, seed: int = 0) -> None:
     """Overwrites the HF model's weights with t5mtl's (T5X-style) random init,
     through t5mtl.convert.hf.export_hf. HF's own random init gives T5 1.1
@@ -241,3 +251,26 @@ def peak_rss_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def argument_parser(doc: str, systems: tuple[str, ...]) -> argparse.ArgumentParser:
+    """A benchmark's parser (help from its docstring) with the shared flags."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(doc.splitlines()[1:]))
+    p.add_argument("--model", default="t5_1_1_small", help="a t5mtl named config")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--systems", default=",".join(systems))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--json", default=None, help="write the results here")
+    return p
+
+
+def selected_systems(parser: argparse.ArgumentParser, text: str,
+                     systems: tuple[str, ...]) -> list[str]:
+    """--systems as a list; an unknown name is a usage error."""
+    chosen = [s for s in text.split(",") if s]
+    unknown = set(chosen) - set(systems)
+    if unknown:
+        parser.error(f"unknown systems {sorted(unknown)}; choose from {systems}")
+    return chosen

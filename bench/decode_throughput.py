@@ -22,11 +22,9 @@ compared as a check that they decode the same model.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -90,36 +88,24 @@ class TorchDecoder:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[1:]))
-    p.add_argument("--model", default="t5_1_1_small", help="a t5mtl named config")
-    p.add_argument("--batch", type=int, default=8)
+    p = common.argument_parser(__doc__, SYSTEMS)
     p.add_argument("--inputs", type=int, default=512)
     p.add_argument("--new_tokens", type=int, default=64)
-    p.add_argument("--systems", default=",".join(SYSTEMS))
-    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--calls", type=int, default=2, help="timed generate calls per system per round")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: t5_small_cpu, inputs 64, 16 new tokens, 2 rounds")
-    p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     if args.quick:
         args.model, args.inputs, args.new_tokens, args.rounds = "t5_small_cpu", 64, 16, 2
-    systems = [s for s in args.systems.split(",") if s]
-    if set(systems) - set(SYSTEMS):
-        p.error(f"unknown systems {sorted(set(systems) - set(SYSTEMS))}; choose from {SYSTEMS}")
+    systems = common.selected_systems(p, args.systems, SYSTEMS)
 
     import numpy as np
-    from t5mtl.convert.hf import import_hf
     from t5mtl.models.configs import get_config
     print(f"machine: {common.machine_description()}")
     print(f"versions: {common.versions()}")
     cfg = get_config(args.model, dropout_rate=0.0)
     hf_model = common.build_hf_model(cfg)
-    with tempfile.TemporaryDirectory() as d:
-        hf_model.save_pretrained(d)
-        cfg_imported, params = import_hf(d)
+    cfg_imported, params = common.import_hf_model(hf_model)
     enc = np.random.RandomState(0).randint(2, cfg.vocab_size, size=(args.batch, args.inputs))
     enc = enc.astype(np.int32)
 

@@ -67,15 +67,6 @@ class Batches:
         return make_batch(*self.args, seed=k)
 
 
-def hf_weights_as_t5mtl(model) -> dict:
-    """The HF model's weights as t5mtl params (t5mtl.convert.hf.import_hf)."""
-    import tempfile
-    from t5mtl.convert.hf import import_hf
-    with tempfile.TemporaryDirectory() as d:
-        model.save_pretrained(d)
-        return import_hf(d)[1]
-
-
 class T5mtlStep:
     """t5mtl's train step on one device, built the way the trainer builds it;
     `params` (e.g. the HF model's weights) replace the random init."""
@@ -190,7 +181,7 @@ def run_case(cfg_name: str, batch_size: int, enc_len: int, dec_len: int, dtype: 
         if init == "t5mtl":
             common.load_t5mtl_init(hf_model, cfg)
     if "t5mtl" in systems:
-        params = hf_weights_as_t5mtl(hf_model) if hf_model is not None else None
+        params = common.import_hf_model(hf_model)[1] if hf_model is not None else None
         runners["t5mtl"] = T5mtlStep(cfg, batches, optimizer, params=params)
         log(f"  t5mtl compiled in {runners['t5mtl'].compile_s:.1f}s")
     if hf_model is not None:
@@ -290,15 +281,9 @@ def memory_main(args, log=print) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[1:]))
-    p.add_argument("--model", default="t5_1_1_small", help="a t5mtl named config")
-    p.add_argument("--batch", type=int, default=8)
+    p = common.argument_parser(__doc__, SYSTEMS)
     p.add_argument("--shapes", default="512/114,128/32", help="inputs/targets, comma separated")
     p.add_argument("--dtypes", default="float32,bfloat16")
-    p.add_argument("--systems", default=",".join(SYSTEMS))
-    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=2, help="timed steps per system per round")
     p.add_argument("--optimizer", default="adamw", help="t5mtl's optimizer: adamw or adafactor")
     p.add_argument("--init", default="t5mtl", choices=("t5mtl", "hf"),
@@ -314,7 +299,6 @@ def main(argv=None) -> int:
                    help="skip the timed comparison (e.g. with --memory alone)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: t5_small_cpu, 64/16, float32, 2 rounds of 5 steps")
-    p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -322,10 +306,7 @@ def main(argv=None) -> int:
             "t5_small_cpu", "64/16", "float32", 2, 5
     if args.child:
         return child_main(args)
-    systems = [s for s in args.systems.split(",") if s]
-    unknown = set(systems) - set(SYSTEMS)
-    if unknown:
-        p.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
+    systems = common.selected_systems(p, args.systems, SYSTEMS)
 
     print(f"machine: {common.machine_description()}")
     print(f"versions: {common.versions()}")
