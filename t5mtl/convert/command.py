@@ -10,7 +10,6 @@ import os
 import shutil
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     direction = parser.add_mutually_exclusive_group(required=True)
     direction.add_argument("--from", dest="from_format", choices=["hf"],

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5mtl.models.attention import dot_product_attention
+from t5mtl.models.attention import attention_scores, dot_product_attention
 from t5mtl.models.ffn_output import activation, activation_dense
 
 # A large finite negative number rather than -inf, so that a fully masked
@@ -203,9 +203,7 @@ class MultiHeadAttention(nn.Module):
         if deterministic or self.dropout_rate == 0.0:
             out = dot_product_attention(query, key, value, bias, mask)
         else:   # dropout on the attention weights: plain autodiff
-            scores = jnp.einsum("bqhd,bkhd->bhqk", query, key,
-                                preferred_element_type=jnp.float32)
-            scores = scores + mask if bias is None else scores + bias + mask
+            scores = attention_scores(query, key, bias, mask)
             weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
             weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
             out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)

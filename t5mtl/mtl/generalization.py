@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Mapping
 
 import numpy as np
-import seqio
 
 from t5mtl.infer.evaluation import TaskEvaluator
 from t5mtl.models.encoder_decoder import EncoderDecoderModel
@@ -63,7 +62,3 @@ def levels_table(results_by_model: Mapping[str, Mapping[str, dict]]) -> str:
     lines += [label.ljust(width) + "  " + "  ".join(c.rjust(col) for c in cells)
               for label, cells in rows]
     return "\n".join(lines)
-
-
-def tasks_of(mixture: str) -> list[str]:
-    return sorted(t.name for t in seqio.get_mixture_or_task(mixture).get_subtasks())
