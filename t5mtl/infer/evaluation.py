@@ -118,3 +118,22 @@ def format_table(results: Mapping[str, Mapping[str, float]],
                  for c in columns]
         lines.append("  ".join([task.ljust(width)] + cells))
     return "\n".join(lines)
+
+
+def score_table(results: dict) -> str:
+    """Per task: category, metric, score and chance (classification tasks)."""
+    from t5mtl.data.task_info import get_task_info, has_task_info
+    rows = []
+    for task in sorted(results):
+        info = get_task_info(task) if has_task_info(task) else None
+        for metric, value in sorted(results[task].items()):
+            chance = (f"{100.0 / len(info.label_names):.1f}"
+                      if info is not None and info.label_names else "-")
+            rows.append((task, info.category if info else "-", metric, f"{value:.1f}", chance))
+    scores = [v for m in results.values() for v in m.values()]
+    rows.append(("mean", "", "", f"{sum(scores) / len(scores):.1f}", ""))
+    head = ("task", "category", "metric", "score", "chance")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(5)]
+    fmt = lambda r: "  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                              for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([fmt(head)] + [fmt(r) for r in rows])
