@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -274,3 +278,58 @@ def selected_systems(parser: argparse.ArgumentParser, text: str,
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}; choose from {systems}")
     return chosen
+
+
+# -- each system in its own process -------------------------------------------
+
+REPLY = "@bench "   # marks the protocol's lines on a child's stdout
+
+
+class ChildSystem:
+    """A benchmarked system in its own Python process, driven over pipes.
+
+    Systems in separate processes share nothing but the cores: neither
+    allocator settings (`import t5mtl` keeps freed memory, t5mtl/host_memory.py;
+    the torch children run with glibc's defaults, T5MTL_HOST_MALLOC=system)
+    nor heap fragmentation nor thread pools leak from one into the other, and
+    each child's VmHWM is its own peak memory. `argv` starts a benchmark in
+    its `--serve` mode (`serve` below); `request` sends one JSON command and
+    returns the JSON reply.
+    """
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None):
+        self.argv = argv
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=self._stderr, text=True, cwd=ROOT,
+                                      env={**os.environ, **(env or {})})
+        self.info = self._reply()
+
+    def _reply(self) -> dict:
+        for line in self._proc.stdout:
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY):])
+        self._proc.wait()
+        self._stderr.seek(0)
+        raise RuntimeError(f"benchmark child {' '.join(self.argv[-8:])} exited with "
+                           f"{self._proc.returncode}:\n{self._stderr.read()[-3000:]}")
+
+    def request(self, **command) -> dict:
+        self._proc.stdin.write(json.dumps(command) + "\n")
+        self._proc.stdin.flush()
+        return self._reply()
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            self._proc.wait()
+        self._stderr.close()
+
+
+def serve(info: dict, handle: Callable[[dict], dict]) -> int:
+    """A child's side of ChildSystem: reports `info`, then answers each JSON
+    command on stdin with `handle(command)` until stdin closes."""
+    print(REPLY + json.dumps(info), flush=True)
+    for line in sys.stdin:
+        print(REPLY + json.dumps(handle(json.loads(line))), flush=True)
+    return 0

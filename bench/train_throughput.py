@@ -4,8 +4,10 @@
   python bench/train_throughput.py --quick              # a smoke run (< 1 minute)
   python bench/train_throughput.py --memory --no-throughput   # peak RSS per system only
 
-For each shape (inputs/targets) and activation dtype it builds, on one CPU
-device, one T5 (t5_1_1_small by default) with the same initial weights in
+For each shape (inputs/targets) and activation dtype it starts, each in its
+own process (bench.common.ChildSystem: nothing but the cores is shared, and
+the torch process keeps glibc's stock malloc settings), one T5
+(t5_1_1_small by default) with the same initial weights in
 
   t5mtl        t5mtl's train step (make_train_step + jit_train_step, as the
                trainer builds it; state donated), AdamW (or --optimizer)
@@ -14,8 +16,9 @@ device, one T5 (t5_1_1_small by default) with the same initial weights in
   torch+flush+1thread  and torch.set_num_threads(1): the strongest torch setting
                when other jobs share the cores (OpenMP threads then stall)
 
-(the HF model's weights are imported into t5mtl with t5mtl.convert.hf, and
-the first step's losses are printed side by side as a check), feeds them the
+(t5mtl's random init, exported into the HF model with t5mtl.convert.hf; with
+--init hf, HF's init imported into t5mtl; the first step's losses are
+printed side by side as a check), feeds them the
 same sequence of fresh random batches, and times them round by round,
 rotating the order (the machine drifts). A round times --steps steps of each
 system after one untimed warm-up step. Tokens per step = batch x (inputs +
@@ -31,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -168,57 +170,70 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
     return out
 
 
+def _serve_argv(system: str, cfg_name: str, batch_size: int, enc_len: int, dec_len: int,
+                dtype: str, optimizer: str, init: str) -> list[str]:
+    return [sys.executable, os.path.abspath(__file__), "--serve", system, "--model", cfg_name,
+            "--batch", str(batch_size), "--shapes", f"{enc_len}/{dec_len}", "--dtypes", dtype,
+            "--optimizer", optimizer, "--init", init]
+
+
+def start_system(system: str, *case) -> common.ChildSystem:
+    """"t5mtl" or "torch" in its own process (bench.common.ChildSystem); the
+    torch process keeps glibc's stock malloc settings."""
+    env = {"T5MTL_HOST_MALLOC": "system"} if system == "torch" else {}
+    return common.ChildSystem(_serve_argv(system, *case), env=env)
+
+
 def run_case(cfg_name: str, batch_size: int, enc_len: int, dec_len: int, dtype: str,
              systems: list[str], rounds: int, steps: int, optimizer: str, peaks: dict,
              init: str = "t5mtl", log=print) -> dict:
     from t5mtl.models.configs import get_config
     cfg = get_config(cfg_name, dtype=dtype, dropout_rate=0.0)
-    batches = Batches(cfg, batch_size, enc_len, dec_len)
-    tokens = batches.tokens_per_step
-    runners, hf_model, torch_step = {}, None, None
-    if any(s.startswith("torch") for s in systems):
-        hf_model = common.build_hf_model(cfg)
-        if init == "t5mtl":
-            common.load_t5mtl_init(hf_model, cfg)
-    if "t5mtl" in systems:
-        params = common.import_hf_model(hf_model)[1] if hf_model is not None else None
-        runners["t5mtl"] = T5mtlStep(cfg, batches, optimizer, params=params)
-        log(f"  t5mtl compiled in {runners['t5mtl'].compile_s:.1f}s")
-    if hf_model is not None:
-        torch_step = TorchStep(hf_model, batches, dtype)
-        for s in systems:
-            if s.startswith("torch"):
-                runners[s] = torch_step
-    if "t5mtl" in runners and torch_step is not None:
-        log(f"  first-step loss (same weights, same batch): t5mtl "
-            f"{runners['t5mtl'].first_loss:.6f}, torch {torch_step.first_loss:.6f}")
+    tokens = batch_size * (enc_len + dec_len)
+    case = (cfg_name, batch_size, enc_len, dec_len, dtype, optimizer, init)
+    children = {}
+    try:
+        if "t5mtl" in systems:
+            children["t5mtl"] = start_system("t5mtl", *case)
+            log(f"  t5mtl compiled in {children['t5mtl'].info['compile_s']:.1f}s")
+        if any(s in common.TORCH_SYSTEMS for s in systems):
+            children["torch"] = start_system("torch", *case)
+        if len(children) == 2:
+            log(f"  first-step loss (same weights, same batch): t5mtl "
+                f"{children['t5mtl'].info['first_loss']:.6f}, torch "
+                f"{children['torch'].info['first_loss']:.6f}")
+        last = {}
 
-    def measure(name):
-        runner = runners[name]
-        if runner is torch_step:
-            torch_step.flush, torch_step.threads = common.torch_settings(name)
-        return tokens * steps / runner.steps(steps)
+        def measure(name):
+            child = children["t5mtl" if name == "t5mtl" else "torch"]
+            reply = child.request(system=name, steps=steps)
+            last[name] = reply
+            return tokens * steps / reply["seconds"]
 
-    alt = common.Alternator([s for s in systems if s in runners])
-    alt.run(rounds, measure, log=log)
+        alt = common.Alternator(systems)
+        alt.run(rounds, measure, log=log)
+    finally:
+        for child in children.values():
+            child.close()
     model_flops = 3 * common.t5_forward_flops(cfg, batch_size, enc_len, dec_len)
     peak = common.peak_for(peaks, dtype) * 1e9
     result = {"model": cfg_name, "batch": batch_size, "inputs": enc_len, "targets": dec_len,
               "dtype": dtype, "init": init, "optimizer_t5mtl": optimizer,
               "tokens_per_step": tokens,
-              "model_flops_per_step": model_flops, "rounds": alt.rounds, "tokens_per_s": {}}
+              "model_flops_per_step": model_flops, "rounds": alt.rounds, "tokens_per_s": {},
+              "peak_rss_mib": {}}
     for s in alt.names:
         tps = alt.median(s)
         result["tokens_per_s"][s] = tps
         result.setdefault("mfu", {})[s] = model_flops * tps / tokens / peak
-    if "t5mtl" in runners:
-        result["xla_flops_per_step"] = runners["t5mtl"].xla_flops
-        result["t5mtl_compile_s"] = runners["t5mtl"].compile_s
-        result["first_loss_t5mtl"] = runners["t5mtl"].first_loss
-        result["last_loss_t5mtl"] = runners["t5mtl"].loss
-    if torch_step is not None:
-        result["first_loss_torch"] = torch_step.first_loss
-        result["last_loss_torch"] = torch_step.loss
+        result["peak_rss_mib"][s] = last[s]["peak_rss_mib"]
+    for name, child in children.items():
+        result[f"first_loss_{name}"] = child.info["first_loss"]
+    for s in alt.names:
+        result.setdefault("last_loss", {})[s] = last[s]["loss"]
+    if "t5mtl" in children:
+        result["xla_flops_per_step"] = children["t5mtl"].info["xla_flops"]
+        result["t5mtl_compile_s"] = children["t5mtl"].info["compile_s"]
     for other in common.TORCH_SYSTEMS:
         if "t5mtl" in alt.names and other in alt.names:
             result.setdefault("ratio", {})[f"t5mtl/{other}"] = alt.ratio("t5mtl", other)
@@ -240,22 +255,38 @@ def format_result(r: dict) -> str:
     return "\n".join(lines)
 
 
-def child_main(args) -> int:
-    """--child SYSTEM: one system alone (for its peak RSS)."""
+def serve_main(args) -> int:
+    """--serve t5mtl|torch: one system in this process, stepped on command
+    (bench.common.serve); each reply has the step time, the loss and VmHWM."""
+    import t5mtl  # noqa: F401  (first: its host-memory setting precedes jax's threads)
     from t5mtl.models.configs import get_config
     (enc_len, dec_len), = parse_shapes(args.shapes)
     dtype = args.dtypes.split(",")[0]
     cfg = get_config(args.model, dtype=dtype, dropout_rate=0.0)
     batches = Batches(cfg, args.batch, enc_len, dec_len)
-    if args.child == "t5mtl":
-        runner = T5mtlStep(cfg, batches, args.optimizer)
+    if args.serve == "t5mtl":
+        params = None       # t5mtl's own init (seed 0): what load_t5mtl_init gives torch
+        if args.init == "hf":
+            params = common.import_hf_model(common.build_hf_model(cfg))[1]
+        runner = T5mtlStep(cfg, batches, args.optimizer, params=params)
+        info = {"compile_s": runner.compile_s, "xla_flops": runner.xla_flops}
+    elif args.serve == "torch":
+        model = common.build_hf_model(cfg)
+        if args.init == "t5mtl":
+            common.load_t5mtl_init(model, cfg)
+        runner = TorchStep(model, batches, dtype)
+        info = {}
     else:
-        runner = TorchStep(common.build_hf_model(cfg), batches, dtype)
-        runner.flush, runner.threads = common.torch_settings(args.child)
-    seconds = runner.steps(args.steps)
-    print(json.dumps({"tokens_per_s": args.batch * (enc_len + dec_len) * args.steps / seconds,
-                      "peak_rss_mib": common.peak_rss_mib()}))
-    return 0
+        raise SystemExit(f"--serve {args.serve!r}: expected t5mtl or torch")
+    info["first_loss"] = runner.first_loss
+
+    def handle(command):
+        if args.serve == "torch":
+            runner.flush, runner.threads = common.torch_settings(command["system"])
+        seconds = runner.steps(command["steps"])
+        return {"seconds": seconds, "loss": runner.loss, "peak_rss_mib": common.peak_rss_mib()}
+
+    return common.serve(info, handle)
 
 
 def memory_main(args, log=print) -> list[dict]:
@@ -266,14 +297,12 @@ def memory_main(args, log=print) -> list[dict]:
         for dtype in args.dtypes.split(","):
             row = {"inputs": enc_len, "targets": dec_len, "dtype": dtype, "peak_rss_mib": {}}
             for system in ("t5mtl", "torch"):
-                argv = [sys.executable, os.path.abspath(__file__), "--child", system,
-                        "--shapes", f"{enc_len}/{dec_len}", "--dtypes", dtype,
-                        "--batch", str(args.batch), "--model", args.model,
-                        "--steps", str(args.steps), "--optimizer", args.optimizer]
-                proc = subprocess.run(argv, capture_output=True, text=True, cwd=common.ROOT)
-                if proc.returncode:
-                    raise SystemExit(f"memory child {system} failed:\n{proc.stderr[-3000:]}")
-                rss = json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+                child = start_system(system, args.model, args.batch, enc_len, dec_len, dtype,
+                                     args.optimizer, args.init)
+                try:
+                    rss = child.request(system=system, steps=args.steps)["peak_rss_mib"]
+                finally:
+                    child.close()
                 row["peak_rss_mib"][system] = rss
                 log(f"  peak RSS {system:<6} {enc_len}/{dec_len} {dtype}: {rss:7.0f} MiB")
             results.append(row)
@@ -299,13 +328,13 @@ def main(argv=None) -> int:
                    help="skip the timed comparison (e.g. with --memory alone)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: t5_small_cpu, 64/16, float32, 2 rounds of 5 steps")
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.model, args.shapes, args.dtypes, args.rounds, args.steps = \
             "t5_small_cpu", "64/16", "float32", 2, 5
-    if args.child:
-        return child_main(args)
+    if args.serve:
+        return serve_main(args)
     systems = common.selected_systems(p, args.systems, SYSTEMS)
 
     print(f"machine: {common.machine_description()}")
