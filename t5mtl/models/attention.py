@@ -1,14 +1,17 @@
 """Unscaled dot-product attention with a hand-written backward pass.
 
 T5 attention is ``softmax(q k^T + bias + mask) v`` with no 1/sqrt(d) factor.
-Autodiff of that expression keeps the scores and the probabilities of every
-layer for the backward pass: at 8 x 512 tokens that is 48 MiB per tensor per
-layer, the largest part of the train step's peak memory. The custom VJP below
-keeps only each row's log-normalizer and recomputes the probabilities in the
-backward pass with one fused matmul + exp (as FlashAttention does), and uses
-the identity ``sum_k dP * P = sum_d dO * O`` for the softmax gradient. On the
-2-core CPU this cuts the compiled step's temporary memory by ~430 MiB
-(docs/performance.md).
+Autodiff of that expression keeps both the scores and the probabilities of
+every layer for the backward pass (at 8 x 512 tokens, 48 MiB per tensor per
+layer). The custom VJP below keeps only the probabilities and uses the
+identity ``sum_k dP * P = sum_d dO * O`` for the softmax gradient, so the
+backward pass needs neither the scores nor a [b, h, q, k] reduction.
+
+Recomputing the probabilities in the backward pass from each row's
+log-normalizer (as FlashAttention does) would save another ~420 MiB at
+8 x 512 tokens, but costs a matmul and an exp per layer: the train step is
+~7% slower on the 2-core CPU, and t5mtl's peak memory is below HF PyTorch's
+either way (docs/performance.md).
 
 Shapes: q [b, q, h, d], k and v [b, k, h, d]; ``bias`` and ``mask`` broadcast
 against [b, h, q, k]. ``bias`` (the relative-position bias) gets a gradient
@@ -48,26 +51,26 @@ def _forward(q, k, v, bias, mask):
     log_z = jax.nn.logsumexp(s, axis=-1, keepdims=True)          # [b, h, q, 1]
     p = jnp.exp(s - log_z)
     out = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v)
-    return out, (q, k, v, log_z, out, bias, mask)
+    return out, (q, k, v, p, out, bias, mask)
 
 
 def _sum_to_shape(x, shape):
-    """Sums x over the axes where `shape` has size 1 (a broadcast's transpose)."""
+    """Sums x over the axes where `shape` has size 1 (a broadcast's transpose).
+
+    A bias shared by the batch ([1, h, q, k]) gets its gradient summed over
+    the batch as a ones-vector matmul: as a reduction, XLA CPU merges the
+    sums of all layers into one slow fusion that keeps every layer's
+    [b, h, q, k] gradient alive until the end of the backward pass."""
     axes = tuple(i for i, (n, m) in enumerate(zip(shape, x.shape)) if n == 1 and m != 1)
+    if axes == (0,):
+        ones = jnp.ones((x.shape[0],), x.dtype)
+        return jnp.einsum("b,b...->...", ones, x)[None]
     return jnp.sum(x, axis=axes, keepdims=True).astype(x.dtype) if axes else x
 
 
 def _backward(residuals, d_out):
-    q, k, v, log_z, out, bias, mask = residuals
+    q, k, v, p, out, bias, mask = residuals
     dt = v.dtype
-    # Recompute the probabilities from the saved row log-normalizers: one
-    # fused matmul + exp instead of keeping a [b, h, q, k] tensor per layer.
-    # The recomputation is made to depend on the incoming cotangent (adding 0 x
-    # one of its elements). Otherwise XLA CPU merges it with the forward's
-    # identical expression (its optimization barriers are expanded away before
-    # CSE) and keeps the forward's tensor alive after all.
-    q = q + jnp.zeros((), q.dtype) * d_out[(0,) * d_out.ndim].astype(q.dtype)
-    p = jnp.exp(attention_scores(q, k, bias, mask) - log_z)
     d_v = jnp.einsum("bhqk,bqhd->bkhd", p.astype(dt), d_out)
     d_p = jnp.einsum("bqhd,bkhd->bhqk", d_out, v, preferred_element_type=jnp.float32)
     # sum_k dP * P == sum_d dO * O: a [b, q, h, d] reduction instead of [b, h, q, k].

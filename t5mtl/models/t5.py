@@ -161,12 +161,13 @@ def _segments(tokens, segment_ids):
 
 
 def _positions(tokens, positions):
-    # Per-example positions even for unpacked rows: a [1, heads, l, l] position
-    # bias would save memory, but reducing its gradient over the batch in every
-    # layer is slower on CPU than one scatter of the per-example gradient.
-    if positions is None:
-        return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-    return positions
+    """Token positions [1, l] for the relative-position bias: indices, as in
+    flaxformer and HF. `positions` (per-segment positions of packed rows) is
+    not needed: within a segment, index differences equal position
+    differences, and the mask removes every pair across segments. One bias
+    for the whole batch keeps it out of the per-example attention tensors."""
+    del positions
+    return jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
 
 
 class Transformer(nn.Module):
