@@ -155,27 +155,30 @@ def import_hf_model(model):
         return import_hf(d)
 
 
-def load_t5mtl_init(model, cfg, seed: int = 0) -> None:
-    """Overwrites the HF model's weights with t5mtl's (T5X-style) random init,
-    through t5mtl.convert.hf.export_hf. HF's own random init gives T5 1.1
-    logits in the hundreds (a first loss near 90 instead of ln(vocab)); the
-    saturated softmax then fills the backward pass with denormals."""
-    import tempfile
-
+def save_t5mtl_init(cfg, directory: str, seed: int = 0) -> str:
+    """Writes t5mtl's (T5X-style) random init as an HF model.safetensors, through
+    t5mtl.convert.hf.export_hf; returns its path (for `load_hf_weights`). HF's
+    own random init gives T5 1.1 logits in the hundreds (a first loss near 90
+    instead of ln(vocab)); the saturated softmax then fills the backward pass
+    with denormals."""
     import jax
-    import torch
     from flax import linen as nn
-    from safetensors.torch import load_file
     from t5mtl.convert.hf import export_hf
     from t5mtl.models.encoder_decoder import EncoderDecoderModel
     params = jax.jit(lambda r: nn.unbox(EncoderDecoderModel(cfg).init_boxed(r)))(
         jax.random.PRNGKey(seed))
-    with tempfile.TemporaryDirectory() as d:
-        export_hf(cfg.replace(dtype="float32"), jax.device_get(params), d + "/m")
-        tensors = load_file(d + "/m/model.safetensors")
+    export_hf(cfg.replace(dtype="float32"), jax.device_get(params), directory + "/init")
+    return directory + "/init/model.safetensors"
+
+
+def load_hf_weights(model, path: str) -> None:
+    """Loads `save_t5mtl_init`'s file into the HF model (torch only, no jax)."""
+    import torch
+    from safetensors.torch import load_file
+    tensors = load_file(path)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if unexpected or any("embed_tokens" not in k for k in missing):
-        raise RuntimeError(f"t5mtl init does not fit the HF model: missing {missing}, "
+        raise RuntimeError(f"{path} does not fit the HF model: missing {missing}, "
                            f"unexpected {unexpected}")
     with torch.no_grad():
         assert torch.equal(model.lm_head.weight, tensors["lm_head.weight"]) \

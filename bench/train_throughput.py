@@ -32,9 +32,11 @@ step really computes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -170,18 +172,26 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def _serve_argv(system: str, cfg_name: str, batch_size: int, enc_len: int, dec_len: int,
-                dtype: str, optimizer: str, init: str) -> list[str]:
-    return [sys.executable, os.path.abspath(__file__), "--serve", system, "--model", cfg_name,
+def start_system(system: str, cfg_name: str, batch_size: int, enc_len: int, dec_len: int,
+                 dtype: str, optimizer: str, init: str, init_file: str | None = None
+                 ) -> common.ChildSystem:
+    """"t5mtl" or "torch" in its own process (bench.common.ChildSystem). The
+    torch process keeps glibc's stock malloc settings and runs no jax: with
+    --init t5mtl it loads `init_file` (bench.common.save_t5mtl_init)."""
+    argv = [sys.executable, os.path.abspath(__file__), "--serve", system, "--model", cfg_name,
             "--batch", str(batch_size), "--shapes", f"{enc_len}/{dec_len}", "--dtypes", dtype,
             "--optimizer", optimizer, "--init", init]
-
-
-def start_system(system: str, *case) -> common.ChildSystem:
-    """"t5mtl" or "torch" in its own process (bench.common.ChildSystem); the
-    torch process keeps glibc's stock malloc settings."""
+    if system == "torch" and init_file:
+        argv += ["--init-file", init_file]
     env = {"T5MTL_HOST_MALLOC": "system"} if system == "torch" else {}
-    return common.ChildSystem(_serve_argv(system, *case), env=env)
+    return common.ChildSystem(argv, env=env)
+
+
+@contextlib.contextmanager
+def init_file_for(cfg, init: str):
+    """t5mtl's random init as an HF file for the torch process (--init t5mtl)."""
+    with tempfile.TemporaryDirectory() as d:
+        yield common.save_t5mtl_init(cfg, d) if init == "t5mtl" else None
 
 
 def run_case(cfg_name: str, batch_size: int, enc_len: int, dec_len: int, dtype: str,
@@ -197,7 +207,8 @@ def run_case(cfg_name: str, batch_size: int, enc_len: int, dec_len: int, dtype: 
             children["t5mtl"] = start_system("t5mtl", *case)
             log(f"  t5mtl compiled in {children['t5mtl'].info['compile_s']:.1f}s")
         if any(s in common.TORCH_SYSTEMS for s in systems):
-            children["torch"] = start_system("torch", *case)
+            with init_file_for(cfg, init) as init_file:
+                children["torch"] = start_system("torch", *case, init_file)
         if len(children) == 2:
             log(f"  first-step loss (same weights, same batch): t5mtl "
                 f"{children['t5mtl'].info['first_loss']:.6f}, torch "
@@ -265,15 +276,15 @@ def serve_main(args) -> int:
     cfg = get_config(args.model, dtype=dtype, dropout_rate=0.0)
     batches = Batches(cfg, args.batch, enc_len, dec_len)
     if args.serve == "t5mtl":
-        params = None       # t5mtl's own init (seed 0): what load_t5mtl_init gives torch
+        params = None       # t5mtl's own init (seed 0): what save_t5mtl_init gives torch
         if args.init == "hf":
             params = common.import_hf_model(common.build_hf_model(cfg))[1]
         runner = T5mtlStep(cfg, batches, args.optimizer, params=params)
         info = {"compile_s": runner.compile_s, "xla_flops": runner.xla_flops}
     elif args.serve == "torch":
         model = common.build_hf_model(cfg)
-        if args.init == "t5mtl":
-            common.load_t5mtl_init(model, cfg)
+        if args.init_file:
+            common.load_hf_weights(model, args.init_file)
         runner = TorchStep(model, batches, dtype)
         info = {}
     else:
@@ -297,8 +308,9 @@ def memory_main(args, log=print) -> list[dict]:
         for dtype in args.dtypes.split(","):
             row = {"inputs": enc_len, "targets": dec_len, "dtype": dtype, "peak_rss_mib": {}}
             for system in ("t5mtl", "torch"):
+                # HF's init for torch: the same memory, and no jax in its process.
                 child = start_system(system, args.model, args.batch, enc_len, dec_len, dtype,
-                                     args.optimizer, args.init)
+                                     args.optimizer, "t5mtl" if system == "t5mtl" else "hf")
                 try:
                     rss = child.request(system=system, steps=args.steps)["peak_rss_mib"]
                 finally:
@@ -329,6 +341,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: t5_small_cpu, 64/16, float32, 2 rounds of 5 steps")
     p.add_argument("--serve", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--init-file", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.model, args.shapes, args.dtypes, args.rounds, args.steps = \
