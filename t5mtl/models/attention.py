@@ -48,8 +48,8 @@ def dot_product_attention(q, k, v, bias, mask):
 
 def _forward(q, k, v, bias, mask):
     s = attention_scores(q, k, bias, mask)
-    log_z = jax.nn.logsumexp(s, axis=-1, keepdims=True)          # [b, h, q, 1]
-    p = jnp.exp(s - log_z)
+    e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+    p = e * (1.0 / jnp.sum(e, axis=-1, keepdims=True))
     out = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v)
     return out, (q, k, v, p, out, bias, mask)
 
