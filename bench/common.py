@@ -292,10 +292,9 @@ class ChildSystem:
     """A benchmarked system in its own Python process, driven over pipes.
 
     Systems in separate processes share nothing but the cores: neither
-    allocator settings (`import t5mtl` keeps freed memory, t5mtl/host_memory.py;
-    the torch children run with glibc's defaults, T5MTL_HOST_MALLOC=system)
-    nor heap fragmentation nor thread pools leak from one into the other, and
-    each child's VmHWM is its own peak memory. `argv` starts a benchmark in
+    allocator settings (`system_environment`) nor heap state nor thread pools
+    leak from one into the other, and each child's VmHWM is its own peak
+    memory. `argv` starts a benchmark in
     its `--serve` mode (`serve` below); `request` sends one JSON command and
     returns the JSON reply.
     """
@@ -305,7 +304,7 @@ class ChildSystem:
         self._stderr = tempfile.TemporaryFile(mode="w+")
         self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=self._stderr, text=True, cwd=ROOT,
-                                      env={**os.environ, **(env or {})})
+                                      env=env if env is not None else dict(os.environ))
         self.info = self._reply()
 
     def _reply(self) -> dict:
@@ -327,6 +326,16 @@ class ChildSystem:
             self._proc.stdin.close()
             self._proc.wait()
         self._stderr.close()
+
+
+def system_environment(system: str) -> dict[str, str]:
+    """The environment a benchmarked system runs in: t5mtl's is the one the
+    `t5mtl` command gives itself (glibc huge pages for XLA's buffers,
+    t5mtl/host_memory.py); every other system gets this process's, stock."""
+    if system == "t5mtl":
+        from t5mtl.host_memory import huge_page_environment
+        return huge_page_environment() or dict(os.environ)
+    return dict(os.environ)
 
 
 def serve(info: dict, handle: Callable[[dict], dict]) -> int:

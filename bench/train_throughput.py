@@ -175,16 +175,16 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
 def start_system(system: str, cfg_name: str, batch_size: int, enc_len: int, dec_len: int,
                  dtype: str, optimizer: str, init: str, init_file: str | None = None
                  ) -> common.ChildSystem:
-    """"t5mtl" or "torch" in its own process (bench.common.ChildSystem). The
-    torch process keeps glibc's stock malloc settings and runs no jax: with
-    --init t5mtl it loads `init_file` (bench.common.save_t5mtl_init)."""
+    """"t5mtl" or "torch" in its own process (bench.common.ChildSystem). t5mtl's
+    gets the environment `t5mtl train` runs in (huge pages for XLA's buffers,
+    t5mtl/host_memory.py); torch's keeps glibc's stock settings and runs no
+    jax: with --init t5mtl it loads `init_file` (bench.common.save_t5mtl_init)."""
     argv = [sys.executable, os.path.abspath(__file__), "--serve", system, "--model", cfg_name,
             "--batch", str(batch_size), "--shapes", f"{enc_len}/{dec_len}", "--dtypes", dtype,
             "--optimizer", optimizer, "--init", init]
     if system == "torch" and init_file:
         argv += ["--init-file", init_file]
-    env = {"T5MTL_HOST_MALLOC": "system"} if system == "torch" else {}
-    return common.ChildSystem(argv, env=env)
+    return common.ChildSystem(argv, env=common.system_environment(system))
 
 
 @contextlib.contextmanager
@@ -269,7 +269,6 @@ def format_result(r: dict) -> str:
 def serve_main(args) -> int:
     """--serve t5mtl|torch: one system in this process, stepped on command
     (bench.common.serve); each reply has the step time, the loss and VmHWM."""
-    import t5mtl  # noqa: F401  (first: its host-memory setting precedes jax's threads)
     from t5mtl.models.configs import get_config
     (enc_len, dec_len), = parse_shapes(args.shapes)
     dtype = args.dtypes.split(",")[0]
