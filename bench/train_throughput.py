@@ -18,12 +18,16 @@ the torch process keeps glibc's stock malloc settings), one T5
 
 (t5mtl's random init, exported into the HF model with t5mtl.convert.hf; with
 --init hf, HF's init imported into t5mtl; the first step's losses are
-printed side by side as a check), feeds them the
-same sequence of fresh random batches, and times them round by round,
-rotating the order (the machine drifts). A round times --steps steps of each
-system after one untimed warm-up step. Tokens per step = batch x (inputs +
-targets), no padding. bfloat16 means bfloat16 activations with float32
-parameters (t5mtl dtype="bfloat16"; torch autocast). MFU = analytic model
+printed side by side as a check), feeds them the same sequence of fresh
+random batches, and times them round by round, rotating the order (the
+machine drifts). In each round every system first runs --settle-steps
+untimed steps, then --steps timed ones: the first steps after another system
+ran pay for page faults that a training run, alone on the machine, does not
+(on this KVM guest, pages another process has just used and freed cost t5mtl
+~2.8 s of kernel page clearing in its first step and ~0.5 s in its second).
+Tokens per step = batch x (inputs + targets), no padding. bfloat16 means
+bfloat16 activations with float32 parameters (t5mtl dtype="bfloat16"; torch
+autocast). MFU = analytic model
 FLOPs (3 x forward matmul FLOPs, attention included) / step time / the
 matmul peak measured at the start of the run; the XLA-counted FLOPs of the
 compiled step are printed beside the analytic count as a check of what the
@@ -196,7 +200,7 @@ def init_file_for(cfg, init: str):
 
 def run_case(cfg_name: str, batch_size: int, enc_len: int, dec_len: int, dtype: str,
              systems: list[str], rounds: int, steps: int, optimizer: str, peaks: dict,
-             init: str = "t5mtl", log=print) -> dict:
+             init: str = "t5mtl", settle_steps: int = 2, log=print) -> dict:
     from t5mtl.models.configs import get_config
     cfg = get_config(cfg_name, dtype=dtype, dropout_rate=0.0)
     tokens = batch_size * (enc_len + dec_len)
@@ -217,7 +221,7 @@ def run_case(cfg_name: str, batch_size: int, enc_len: int, dec_len: int, dtype: 
 
         def measure(name):
             child = children["t5mtl" if name == "t5mtl" else "torch"]
-            reply = child.request(system=name, steps=steps)
+            reply = child.request(system=name, steps=steps, settle_steps=settle_steps)
             last[name] = reply
             return tokens * steps / reply["seconds"]
 
@@ -230,7 +234,7 @@ def run_case(cfg_name: str, batch_size: int, enc_len: int, dec_len: int, dtype: 
     peak = common.peak_for(peaks, dtype) * 1e9
     result = {"model": cfg_name, "batch": batch_size, "inputs": enc_len, "targets": dec_len,
               "dtype": dtype, "init": init, "optimizer_t5mtl": optimizer,
-              "tokens_per_step": tokens,
+              "tokens_per_step": tokens, "steps": steps, "settle_steps": settle_steps,
               "model_flops_per_step": model_flops, "rounds": alt.rounds, "tokens_per_s": {},
               "peak_rss_mib": {}}
     for s in alt.names:
@@ -293,6 +297,8 @@ def serve_main(args) -> int:
     def handle(command):
         if args.serve == "torch":
             runner.flush, runner.threads = common.torch_settings(command["system"])
+        if command.get("settle_steps", 0):
+            runner.steps(command["settle_steps"])
         seconds = runner.steps(command["steps"])
         return {"seconds": seconds, "loss": runner.loss, "peak_rss_mib": common.peak_rss_mib()}
 
@@ -325,6 +331,8 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default="512/114,128/32", help="inputs/targets, comma separated")
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--steps", type=int, default=2, help="timed steps per system per round")
+    p.add_argument("--settle-steps", type=int, default=2,
+                   help="untimed steps before them in each round (see above)")
     p.add_argument("--optimizer", default="adamw", help="t5mtl's optimizer: adamw or adafactor")
     p.add_argument("--init", default="t5mtl", choices=("t5mtl", "hf"),
                    help="the shared initial weights: t5mtl's T5X-style random init "
@@ -366,7 +374,7 @@ def main(argv=None) -> int:
         for dtype in args.dtypes.split(","):
             print(f"== {args.model} batch {args.batch} {enc_len}/{dec_len} {dtype}")
             r = run_case(args.model, args.batch, enc_len, dec_len, dtype, systems, args.rounds,
-                         args.steps, args.optimizer, peaks, args.init)
+                         args.steps, args.optimizer, peaks, args.init, args.settle_steps)
             print(format_result(r), flush=True)
             results.append(r)
             write_json(args, peaks, results, [])
