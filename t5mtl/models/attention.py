@@ -3,15 +3,16 @@
 T5 attention is ``softmax(q k^T + bias + mask) v`` with no 1/sqrt(d) factor.
 Autodiff of that expression keeps both the scores and the probabilities of
 every layer for the backward pass (at 8 x 512 tokens, 48 MiB per tensor per
-layer). The custom VJP below keeps only the probabilities and uses the
-identity ``sum_k dP * P = sum_d dO * O`` for the softmax gradient, so the
-backward pass needs neither the scores nor a [b, h, q, k] reduction.
+layer). The custom VJP below keeps one of them at most and uses the identity
+``sum_k dP * P = sum_d dO * O`` for the softmax gradient, so the backward
+pass needs no [b, h, q, k] reduction:
 
-Recomputing the probabilities in the backward pass from each row's
-log-normalizer (as FlashAttention does) would save another ~420 MiB at
-8 x 512 tokens, but costs a matmul and an exp per layer: the train step is
-~7% slower on the 2-core CPU, and t5mtl's peak memory is below HF PyTorch's
-either way (docs/performance.md).
+* float32 activations keep the probabilities: on the 2-core CPU the train
+  step is ~7% faster than recomputing them, and t5mtl's peak memory stays
+  below HF PyTorch's (docs/performance.md);
+* narrower activations (bfloat16) keep only each row's log-normalizer and
+  recompute the probabilities with one fused matmul + exp in the backward
+  pass, as FlashAttention does (~420 MiB less at 8 x 512 tokens).
 
 Shapes: q [b, q, h, d], k and v [b, k, h, d]; ``bias`` and ``mask`` broadcast
 against [b, h, q, k]. ``bias`` (the relative-position bias) gets a gradient
@@ -46,12 +47,23 @@ def dot_product_attention(q, k, v, bias, mask):
     return _forward(q, k, v, bias, mask)[0]
 
 
+def keeps_probabilities(dtype) -> bool:
+    """Which residual the backward pass gets: the probabilities themselves for
+    float32 activations (fastest), each row's log-normalizer for narrower
+    ones (the probabilities are then recomputed: a [b, h, q, k] float32
+    tensor per layer would cost more memory than the bfloat16 model saves)."""
+    return jnp.dtype(dtype) == jnp.float32
+
+
 def _forward(q, k, v, bias, mask):
     s = attention_scores(q, k, bias, mask)
-    e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
-    p = e * (1.0 / jnp.sum(e, axis=-1, keepdims=True))
+    row_max = jnp.max(s, axis=-1, keepdims=True)
+    e = jnp.exp(s - row_max)
+    z = jnp.sum(e, axis=-1, keepdims=True)
+    p = e * (1.0 / z)
     out = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v)
-    return out, (q, k, v, p, out, bias, mask)
+    kept = p if keeps_probabilities(v.dtype) else row_max + jnp.log(z)   # [b, h, q, 1]
+    return out, (q, k, v, kept, out, bias, mask)
 
 
 def _sum_to_shape(x, shape):
@@ -69,8 +81,18 @@ def _sum_to_shape(x, shape):
 
 
 def _backward(residuals, d_out):
-    q, k, v, p, out, bias, mask = residuals
+    q, k, v, kept, out, bias, mask = residuals
     dt = v.dtype
+    if keeps_probabilities(dt):
+        p = kept
+    else:
+        # Recompute the probabilities from the row log-normalizers. The
+        # recomputation is made to depend on the incoming cotangent (adding 0 x
+        # one of its elements): otherwise XLA CPU merges it with the forward's
+        # identical expression (its optimization barriers are expanded away
+        # before CSE) and keeps the forward's tensor alive after all.
+        q = q + jnp.zeros((), q.dtype) * d_out[(0,) * d_out.ndim].astype(q.dtype)
+        p = jnp.exp(attention_scores(q, k, bias, mask) - kept)
     d_v = jnp.einsum("bhqk,bqhd->bkhd", p.astype(dt), d_out)
     d_p = jnp.einsum("bqhd,bkhd->bhqk", d_out, v, preferred_element_type=jnp.float32)
     # sum_k dP * P == sum_d dO * O: a [b, q, h, d] reduction instead of [b, h, q, k].

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from t5mtl.models import attention
 from t5mtl.models.attention import attention_reference, dot_product_attention
 from t5mtl.models.layers import NEG_INF
 
@@ -19,8 +20,13 @@ def _inputs(b=2, q=5, k=7, h=3, d=4, bias_batch=1, mask_q=1, dtype=jnp.float32):
     return qs, ks, vs.astype(dtype), bias, mask, arr(b, q, h, d).astype(dtype)
 
 
+@pytest.mark.parametrize("keep_probabilities", [True, False])
 @pytest.mark.parametrize("bias_batch,mask_q", [(1, 1), (2, 1), (2, 5), (1, 5)])
-def test_values_and_gradients_match_autodiff(bias_batch, mask_q):
+def test_values_and_gradients_match_autodiff(bias_batch, mask_q, keep_probabilities,
+                                              monkeypatch):
+    # Both residual strategies (probabilities kept, or recomputed from the
+    # row log-normalizers as for bfloat16) give autodiff's gradients.
+    monkeypatch.setattr(attention, "keeps_probabilities", lambda dtype: keep_probabilities)
     q, k, v, bias, mask, ct = _inputs(bias_batch=bias_batch, mask_q=mask_q)
 
     def loss(fn, q, k, v, bias):
