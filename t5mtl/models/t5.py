@@ -14,8 +14,10 @@ Parameter tree (unscanned; with `scan_layers` the `layers_i` become one
   decoder/decoder_norm/scale
   decoder/logits_dense/kernel                      [embed, vocab] (untied only)
 
-Packed rows: segment ids (0 = padding) and per-segment positions build the
-masks and the relative positions, so different segments never see each other.
+Packed rows: segment ids (0 = padding) build the masks, so different segments
+never see each other. Outside incremental decoding the relative positions are
+token indices (one bias for the batch): within a segment they differ exactly
+as the per-segment positions do, so `*_positions` inputs are not needed.
 """
 from __future__ import annotations
 
