@@ -118,7 +118,7 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, embedded, positions, attention_mask, deterministic: bool):
-        """embedded [b, l, d]; positions [b, l]; attention_mask bool [b, l or 1, l]."""
+        """embedded [b, l, d]; positions [b or 1, l]; attention_mask bool [b, l or 1, l]."""
         cfg = self.config
         bias = RelativePositionBias(cfg.relative_attention_num_buckets,
                                     cfg.relative_attention_max_distance, cfg.num_heads,
@@ -162,13 +162,12 @@ def _segments(tokens, segment_ids):
     return segment_ids
 
 
-def _positions(tokens, positions):
-    """Token positions [1, l] for the relative-position bias: indices, as in
-    flaxformer and HF. `positions` (per-segment positions of packed rows) is
-    not needed: within a segment, index differences equal position
-    differences, and the mask removes every pair across segments. One bias
-    for the whole batch keeps it out of the per-example attention tensors."""
-    del positions
+def _token_indices(tokens):
+    """Positions [1, l] for the relative-position bias: token indices, as in
+    flaxformer and HF. Packed rows' per-segment positions are not needed:
+    within a segment, index differences equal position differences, and the
+    mask removes every pair across segments. One bias for the whole batch
+    keeps it out of the per-example attention tensors."""
     return jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
 
 
@@ -187,8 +186,9 @@ class Transformer(nn.Module):
 
     def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
                deterministic: bool = True):
+        del encoder_positions       # the bias uses token indices (_token_indices)
         seg = _segments(encoder_input_tokens, encoder_segment_ids)
-        pos = _positions(encoder_input_tokens, encoder_positions)
+        pos = _token_indices(encoder_input_tokens)
         if encoder_segment_ids is None:
             # Unpacked: every query may look at every real (non-pad) key.
             mask = seg[:, None, :] > 0                                  # [b, 1, l]
@@ -212,7 +212,7 @@ class Transformer(nn.Module):
             self_mask = k_pos[:, None, :] <= q_pos[:, :, None]          # [b, 1, max]
             cross_mask = enc_seg[:, None, :] > 0
         else:
-            q_pos = k_pos = _positions(decoder_input_tokens, decoder_positions)
+            q_pos = k_pos = _token_indices(decoder_input_tokens)
             idx = jnp.arange(q_len)
             self_mask = idx[None, :, None] >= idx[None, None, :]        # [1, q, q]
             if decoder_segment_ids is None:
