@@ -294,9 +294,8 @@ class ChildSystem:
     Systems in separate processes share nothing but the cores: neither
     allocator settings (`system_environment`) nor heap state nor thread pools
     leak from one into the other, and each child's VmHWM is its own peak
-    memory. `argv` starts a benchmark in
-    its `--serve` mode (`serve` below); `request` sends one JSON command and
-    returns the JSON reply.
+    memory. `argv` starts a benchmark in its `--serve` mode (`serve` below);
+    `request` sends one JSON command and returns the JSON reply.
     """
 
     def __init__(self, argv: list[str], env: dict[str, str] | None = None):

@@ -27,11 +27,10 @@ ran pay for page faults that a training run, alone on the machine, does not
 ~2.8 s of kernel page clearing in its first step and ~0.5 s in its second).
 Tokens per step = batch x (inputs + targets), no padding. bfloat16 means
 bfloat16 activations with float32 parameters (t5mtl dtype="bfloat16"; torch
-autocast). MFU = analytic model
-FLOPs (3 x forward matmul FLOPs, attention included) / step time / the
-matmul peak measured at the start of the run; the XLA-counted FLOPs of the
-compiled step are printed beside the analytic count as a check of what the
-step really computes.
+autocast). MFU = analytic model FLOPs (3 x forward matmul FLOPs, attention
+included) / step time / the matmul peak measured at the start of the run;
+the XLA-counted FLOPs of the compiled step are printed beside the analytic
+count as a check of what the step really computes.
 """
 from __future__ import annotations
 
