@@ -38,13 +38,14 @@ def load_source_params(path: str, config: T5Config):
     return to_layout(params, src_config.replace(scan_layers=config.scan_layers))
 
 
-def _flatten(tree, prefix=""):
-    for k, v in tree.items():
-        name = f"{prefix}/{k}" if prefix else k
-        if isinstance(v, dict):
-            yield from _flatten(v, name)
-        else:
-            yield name, v
+def _path_name(path) -> str:
+    """"encoder/layers_0/mlp/wi_0/kernel" for a key path into a params dict."""
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def _named_leaves(tree) -> dict:
+    return {_path_name(path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def merge_params(fresh, source, fresh_patterns: Sequence[str] = (), shardings=None,
@@ -57,14 +58,12 @@ def merge_params(fresh, source, fresh_patterns: Sequence[str] = (), shardings=No
     T5mtlError listing every such parameter, before anything is placed.
     """
     patterns = [re.compile(p) for p in fresh_patterns]
-    src = dict(_flatten(source))
-    leaves = jax.tree_util.tree_flatten_with_path(fresh)[0]
-    names = ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in leaves]
-    take = {name for name in names
+    src, own = _named_leaves(source), _named_leaves(fresh)
+    take = {name for name in own
             if name in src and not any(p.fullmatch(name) for p in patterns)}
     mismatched = [(f"{name!r} has shape {tuple(src[name].shape)} in the source but "
                    f"{tuple(leaf.shape)} in this model")
-                  for name, (_, leaf) in zip(names, leaves)
+                  for name, leaf in own.items()
                   if name in take and tuple(src[name].shape) != tuple(leaf.shape)]
     if mismatched:
         more = f"; and {len(mismatched) - 5} more" if len(mismatched) > 5 else ""
@@ -73,11 +72,11 @@ def merge_params(fresh, source, fresh_patterns: Sequence[str] = (), shardings=No
             f"model: {'; '.join(mismatched[:5])}{more}. Use the model config the source was "
             f"trained with, or list the parameters to start fresh in "
             f"CheckpointConfig.init_fresh_patterns (regexes)")
-    kept_fresh = [name for name in names if name not in take]
+    kept_fresh = [name for name in own if name not in take]
     shardings = shardings if shardings is not None else jax.tree.map(lambda _: None, fresh)
 
     def pick(path, leaf, sharding):
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        name = _path_name(path)
         if name not in take:
             return leaf
         value = np.asarray(src[name], leaf.dtype)
