@@ -10,16 +10,19 @@ mask) at the train step's three attention shapes: encoder self-attention
 self-attention (targets x targets). The compiled function returns the output
 as well as the gradients, as the train step does (otherwise XLA recomputes
 P V inside the backward pass). GFLOP/s counts the six matmuls (2 forward,
-4 backward). Results: docs/performance.md ("Attention").
+4 backward). Like `t5mtl train`, the script first restarts itself with
+huge pages for XLA's buffers (t5mtl/host_memory.py). Results:
+docs/performance.md ("Attention is where the remaining time is").
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # noqa: E402
 
 
 def measure(batch: int, heads: int, d_kv: int, q_len: int, k_len: int, repeats: int) -> dict:
@@ -41,11 +44,8 @@ def measure(batch: int, heads: int, d_kv: int, q_len: int, k_len: int, repeats: 
     args = (q, k, v, bias, ct)
     compiled = jax.jit(fwd_bwd).lower(*args).compile()
     jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t)
+    times = [common.timed(lambda: jax.block_until_ready(compiled(*args)))
+             for _ in range(repeats)]
     flops = 6 * 2 * batch * heads * q_len * k_len * d_kv
     best = min(times)
     return {"q": q_len, "k": k_len, "best_ms": 1e3 * best,
@@ -53,6 +53,9 @@ def measure(batch: int, heads: int, d_kv: int, q_len: int, k_len: int, repeats: 
 
 
 def main(argv=None) -> int:
+    if argv is None:
+        from t5mtl.host_memory import reexec_with_huge_pages
+        reexec_with_huge_pages()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--heads", type=int, default=6)

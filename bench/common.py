@@ -77,7 +77,7 @@ def measure_matmul_peak(n: int = 2048, reps: int = 5) -> dict[str, float]:
         a = jnp.asarray(jax.random.normal(jax.random.PRNGKey(0), (n, n)), dt)
         f = jax.jit(lambda x, y: x @ y)
         f(a, a).block_until_ready()
-        best = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(reps))
+        best = min(timed(lambda: f(a, a).block_until_ready()) for _ in range(reps))
         out[f"jax_{name}"] = 2 * n ** 3 / best / 1e9
     try:
         import torch
@@ -86,7 +86,7 @@ def measure_matmul_peak(n: int = 2048, reps: int = 5) -> dict[str, float]:
     for name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
         a = torch.randn(n, n).to(dt)
         a @ a
-        best = min(_timed(lambda: a @ a) for _ in range(reps))
+        best = min(timed(lambda: a @ a) for _ in range(reps))
         out[f"torch_{name}"] = 2 * n ** 3 / best / 1e9
     return out
 
@@ -95,7 +95,7 @@ def peak_for(peaks: dict[str, float], dtype: str) -> float:
     return max(v for k, v in peaks.items() if k.endswith(dtype))
 
 
-def _timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[], object]) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
