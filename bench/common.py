@@ -217,6 +217,29 @@ def torch_mode(flush: bool, threads: int | None):
         torch.set_num_threads(default_threads)
 
 
+def settle(step: Callable[[], float], best: float, min_steps: int, max_steps: int,
+           tolerance: float) -> tuple[list[float], float]:
+    """Untimed steps until a benchmarked process is back at its steady speed.
+
+    Runs `step` (one step, returns its seconds) at least `min_steps` times,
+    then until a step is within `tolerance` (a fraction) of `best`, the
+    fastest step the system has made so far, and at most
+    max(min_steps, max_steps) times. Returns the step times and the updated
+    best. Why a fixed count is not enough: on a KVM guest with free page
+    reporting, memory a process freed before it sat idle (while the other
+    system ran) goes back to the host, and its next steps fault it in again
+    at several times the cost (docs/performance.md, "Settling").
+    """
+    times: list[float] = []
+    while len(times) < max(min_steps, max_steps):
+        t = step()
+        times.append(t)
+        best = min(best, t)
+        if len(times) >= min_steps and t <= best * (1.0 + tolerance):
+            break
+    return times, best
+
+
 class Alternator:
     """Runs each system's timed block once per round, rotating the order, and
     keeps the per-round figures (so ratios compare neighbours in time)."""

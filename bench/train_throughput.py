@@ -20,11 +20,15 @@ the torch process keeps glibc's stock malloc settings), one T5
 --init hf, HF's init imported into t5mtl; the first step's losses are
 printed side by side as a check), feeds them the same sequence of fresh
 random batches, and times them round by round, rotating the order (the
-machine drifts). In each round every system first runs --settle-steps
-untimed steps, then --steps timed ones: the first steps after another system
-ran pay for page faults that a training run, alone on the machine, does not
-(on this KVM guest, pages another process has just used and freed cost t5mtl
-~2.8 s of kernel page clearing in its first step and ~0.5 s in its second).
+machine drifts). In each round every system first runs untimed steps until
+it is back at its steady speed (at least --settle-steps, then until a step is
+within --settle-tolerance of the fastest it has made, at most --settle-max;
+bench.common.settle), then --steps timed ones. The first steps after a
+system sat idle pay for page faults that a training run does not: on this
+KVM guest, memory a process freed and left unused for a few seconds goes
+back to the host (virtio-balloon free page reporting), and t5mtl's first
+512/114 step after the other system's turn takes 4.5-5.9 s instead of 2.6 s,
+its next ones up to 4.2 s.
 Tokens per step = batch x (inputs + targets), no padding. bfloat16 means
 bfloat16 activations with float32 parameters (t5mtl dtype="bfloat16"; torch
 autocast). MFU = analytic model FLOPs (3 x forward matmul FLOPs, attention
@@ -199,7 +203,11 @@ def init_file_for(cfg, init: str):
 
 def run_case(cfg_name: str, batch_size: int, enc_len: int, dec_len: int, dtype: str,
              systems: list[str], rounds: int, steps: int, optimizer: str, peaks: dict,
-             init: str = "t5mtl", settle_steps: int = 2, log=print) -> dict:
+             init: str = "t5mtl", settle: tuple[int, int, float] = (2, 8, 0.10),
+             log=print) -> dict:
+    """One shape and dtype: the systems side by side, `rounds` rounds. `settle`
+    is (min steps, max steps, tolerance) of each round's untimed steps
+    (bench.common.settle)."""
     from t5mtl.models.configs import get_config
     cfg = get_config(cfg_name, dtype=dtype, dropout_rate=0.0)
     tokens = batch_size * (enc_len + dec_len)
@@ -216,12 +224,16 @@ def run_case(cfg_name: str, batch_size: int, enc_len: int, dec_len: int, dtype: 
             log(f"  first-step loss (same weights, same batch): t5mtl "
                 f"{children['t5mtl'].info['first_loss']:.6f}, torch "
                 f"{children['torch'].info['first_loss']:.6f}")
-        last = {}
+        last, settled = {}, {}
 
         def measure(name):
             child = children["t5mtl" if name == "t5mtl" else "torch"]
-            reply = child.request(system=name, steps=steps, settle_steps=settle_steps)
+            reply = child.request(system=name, steps=steps, settle_steps=settle[0],
+                                  settle_max=settle[1], settle_tolerance=settle[2])
             last[name] = reply
+            settled.setdefault(name, []).append(len(reply["settle_s"]))
+            log(f"    {name} settled in {len(reply['settle_s'])} steps: "
+                + " ".join(f"{t:.2f}" for t in reply["settle_s"]) + " s")
             return tokens * steps / reply["seconds"]
 
         alt = common.Alternator(systems)
@@ -233,7 +245,8 @@ def run_case(cfg_name: str, batch_size: int, enc_len: int, dec_len: int, dtype: 
     peak = common.peak_for(peaks, dtype) * 1e9
     result = {"model": cfg_name, "batch": batch_size, "inputs": enc_len, "targets": dec_len,
               "dtype": dtype, "init": init, "optimizer_t5mtl": optimizer,
-              "tokens_per_step": tokens, "steps": steps, "settle_steps": settle_steps,
+              "tokens_per_step": tokens, "steps": steps, "settle": list(settle),
+              "settle_steps_taken": settled,
               "model_flops_per_step": model_flops, "rounds": alt.rounds, "tokens_per_s": {},
               "peak_rss_mib": {}}
     for s in alt.names:
@@ -293,13 +306,20 @@ def serve_main(args) -> int:
         raise SystemExit(f"--serve {args.serve!r}: expected t5mtl or torch")
     info["first_loss"] = runner.first_loss
 
+    fastest = {}      # each system's fastest step so far (the torch systems share a process)
+
     def handle(command):
         if args.serve == "torch":
             runner.flush, runner.threads = common.torch_settings(command["system"])
-        if command.get("settle_steps", 0):
-            runner.steps(command["settle_steps"])
+        system = command["system"]
+        settled, fastest[system] = common.settle(
+            lambda: runner.steps(1), fastest.get(system, float("inf")),
+            command.get("settle_steps", 0), command.get("settle_max", 0),
+            command.get("settle_tolerance", 0.0))
         seconds = runner.steps(command["steps"])
-        return {"seconds": seconds, "loss": runner.loss, "peak_rss_mib": common.peak_rss_mib()}
+        fastest[system] = min(fastest[system], seconds / command["steps"])
+        return {"seconds": seconds, "loss": runner.loss, "peak_rss_mib": common.peak_rss_mib(),
+                "settle_s": settled}
 
     return common.serve(info, handle)
 
@@ -331,7 +351,13 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--steps", type=int, default=2, help="timed steps per system per round")
     p.add_argument("--settle-steps", type=int, default=2,
-                   help="untimed steps before them in each round (see above)")
+                   help="untimed steps before them in each round, at least (see above)")
+    p.add_argument("--settle-max", type=int, default=8,
+                   help="untimed steps at most: after --settle-steps, a system keeps "
+                        "stepping until a step is within --settle-tolerance of its fastest "
+                        "so far (--settle-max equal to --settle-steps: a fixed count)")
+    p.add_argument("--settle-tolerance", type=float, default=0.10,
+                   help="how close to its fastest step a settled step is (a fraction)")
     p.add_argument("--optimizer", default="adamw", help="t5mtl's optimizer: adamw or adafactor")
     p.add_argument("--init", default="t5mtl", choices=("t5mtl", "hf"),
                    help="the shared initial weights: t5mtl's T5X-style random init "
@@ -373,7 +399,8 @@ def main(argv=None) -> int:
         for dtype in args.dtypes.split(","):
             print(f"== {args.model} batch {args.batch} {enc_len}/{dec_len} {dtype}")
             r = run_case(args.model, args.batch, enc_len, dec_len, dtype, systems, args.rounds,
-                         args.steps, args.optimizer, peaks, args.init, args.settle_steps)
+                         args.steps, args.optimizer, peaks, args.init,
+                         (args.settle_steps, args.settle_max, args.settle_tolerance))
             print(format_result(r), flush=True)
             results.append(r)
             write_json(args, peaks, results, [])
