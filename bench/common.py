@@ -338,6 +338,10 @@ class ChildSystem:
         raise RuntimeError(f"benchmark child {' '.join(self.argv[-8:])} exited with "
                            f"{self._proc.returncode}:\n{self._stderr.read()[-3000:]}")
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def request(self, **command) -> dict:
         self._proc.stdin.write(json.dumps(command) + "\n")
         self._proc.stdin.flush()
