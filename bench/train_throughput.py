@@ -27,7 +27,7 @@ bench.common.settle), then --steps timed ones. The first steps after a
 system sat idle pay for page faults that a training run does not: on this
 KVM guest, memory a process freed and left unused for a few seconds goes
 back to the host (virtio-balloon free page reporting), and t5mtl's first
-512/114 step after the other system's turn takes 4.5-5.9 s instead of 2.6 s,
+512/114 step after the other system's turn takes 5.1-5.6 s instead of 2.6 s,
 its next ones up to 4.2 s.
 Tokens per step = batch x (inputs + targets), no padding. bfloat16 means
 bfloat16 activations with float32 parameters (t5mtl dtype="bfloat16"; torch
