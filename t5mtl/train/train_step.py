@@ -146,11 +146,27 @@ def make_train_step(loss_fn: LossFn,
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = losses.finalize_metrics(metrics)
-        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["grad_norm"] = grad_norm(grads)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 
     return train_step
+
+
+def grad_norm(grads: Any) -> jax.Array:
+    """The global L2 norm of a gradient tree, for the ``grad_norm`` metric.
+
+    Each leaf passes through an optimization barrier first. Without it, XLA
+    shares the norm's squares with the optimizer's (Adam's second moment
+    squares the same gradient), so it writes every squared gradient out to
+    memory and splits the update into more passes: on the 2-core CPU, AdamW
+    plus the plain norm took 80-89 ms for t5_1_1_small's 77M parameters,
+    against 51 ms without the norm and 59 ms with it behind the barriers
+    (docs/performance.md). One barrier per leaf, not one for the tree, so
+    that no leaf waits for the last gradient of the backward pass.
+    """
+    leaves = [jax.lax.optimization_barrier(g) for g in jax.tree.leaves(grads)]
+    return optax.tree.norm(leaves)
 
 
 # ----------------------------------------------------------------------------

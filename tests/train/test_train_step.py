@@ -120,6 +120,21 @@ def test_grad_accumulation_equals_one_batch(name):
     assert int(acc_state.step) == 1
 
 
+def test_grad_norm_metric_is_the_norm_of_the_gradient():
+    params = jax.tree.map(jnp.asarray, toy.nn.unbox(toy.init_params(jax.random.PRNGKey(0))))
+    batch = {k: jnp.asarray(v) for k, v in toy.make_batch(7).items()}
+    _, metrics = _one_step(optax.adamw(1e-3), 1, batch, params)
+    # The same loss, normalized as the step normalizes it, differentiated directly.
+    denominator = losses.loss_denominator_fn("weights")(batch)
+    ref_batch = dict(batch, **{train_step.LOSS_DENOMINATOR_KEY: denominator})
+    grads = jax.grad(lambda p: toy.loss_fn(p, ref_batch, None)[0])(params)
+    expected = np.sqrt(sum(np.sum(np.square(np.asarray(g, np.float64)))
+                           for g in jax.tree.leaves(grads)))
+    assert expected > 0
+    np.testing.assert_allclose(metrics["grad_norm"], expected, rtol=1e-5)
+    assert float(train_step.grad_norm({"a": jnp.array([3.0]), "b": {"c": jnp.array([[4.0]])}})) == 5.0
+
+
 def test_microbatches_must_divide_the_batch():
     params = toy.nn.unbox(toy.init_params(jax.random.PRNGKey(0)))
     batch = {k: jnp.asarray(v) for k, v in toy.make_batch(0).items()}
