@@ -54,8 +54,8 @@ def measure(batch: int, heads: int, d_kv: int, q_len: int, k_len: int, repeats: 
 
 def main(argv=None) -> int:
     if argv is None:
-        from t5mtl.host_memory import reexec_with_huge_pages
-        reexec_with_huge_pages()
+        from t5mtl.host_memory import reexec_with_malloc_policy
+        reexec_with_malloc_policy()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--heads", type=int, default=6)

@@ -356,11 +356,11 @@ class ChildSystem:
 
 def system_environment(system: str) -> dict[str, str]:
     """The environment a benchmarked system runs in: t5mtl's is the one the
-    `t5mtl` command gives itself (glibc huge pages for XLA's buffers,
+    `t5mtl` command gives itself (glibc's malloc policy for XLA's buffers,
     t5mtl/host_memory.py); every other system gets this process's, stock."""
     if system == "t5mtl":
-        from t5mtl.host_memory import huge_page_environment
-        return huge_page_environment() or dict(os.environ)
+        from t5mtl.host_memory import malloc_environment
+        return malloc_environment() or dict(os.environ)
     return dict(os.environ)
 
 

@@ -88,8 +88,9 @@ class T5mtlStep:
         from t5mtl.models.encoder_decoder import EncoderDecoderModel
         from t5mtl.train import losses, partitioning
         from t5mtl.train.optimizers import create_optimizer
+        from t5mtl import host_memory
         from t5mtl.train.train_step import (TrainState, create_train_state, jit_train_step,
-                                            make_train_step)
+                                            make_train_step, one_step_in_flight)
         self.jax, self.partitioning, self.batches = jax, partitioning, batches
         model = EncoderDecoderModel(cfg)
         tx = create_optimizer(optimizer, learning_rate=learning_rate)
@@ -110,6 +111,9 @@ class T5mtlStep:
         cost = self.compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         self.xla_flops = float(cost.get("flops", float("nan")))
+        # As the trainer runs them: one step at a time under the keep malloc policy.
+        self.serial = one_step_in_flight(self.mesh)
+        self.release_wait = host_memory.ReleaseWait(self.serial)
         self.k = 0
         self.loss = None
         self.steps(1)                                   # warm-up
@@ -121,7 +125,11 @@ class T5mtlStep:
     def steps(self, n: int) -> float:
         t = time.perf_counter()
         for _ in range(n):
-            self.state, metrics = self.compiled(self.state, self._batch(self.k))
+            batch = self._batch(self.k)
+            if self.serial:
+                self.jax.block_until_ready(self.state)
+                self.release_wait()
+            self.state, metrics = self.compiled(self.state, batch)
             self.k += 1
         self.jax.block_until_ready((self.state, metrics))
         elapsed = time.perf_counter() - t

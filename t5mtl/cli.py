@@ -58,9 +58,10 @@ def _build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Na
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         # The process's entry point (not a call from Python): restart once with
-        # huge pages for XLA's per-step buffers (t5mtl/host_memory.py).
-        from t5mtl.host_memory import reexec_with_huge_pages
-        reexec_with_huge_pages()
+        # the malloc policy that keeps XLA's per-step buffers resident
+        # (t5mtl/host_memory.py).
+        from t5mtl.host_memory import reexec_with_malloc_policy
+        reexec_with_malloc_policy()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, args = _build_parser(argv)
     if args is None:

@@ -1,60 +1,149 @@
-"""Host memory: back XLA's large per-step buffers with transparent huge pages.
+"""Host memory: glibc malloc policies for XLA's large per-step buffers.
 
 XLA's CPU runtime allocates each executable's temporary buffer (about 2.4 GB
 for a t5_1_1_small train step at 8 x 512 tokens) with malloc on every call.
-glibc serves a request that big with a fresh mmap and unmaps it on free, so
-every step page-faults its whole working set back in, 4 KiB at a time: about
-645k minor faults and 1 s of kernel time per step on the 2-core benchmark
-machine, and the step runs ~1.2x slower (docs/performance.md).
+By default glibc serves a request that big with a fresh mmap and unmaps it on
+free, so every step page-faults its whole working set back in: about 645k
+minor faults and 1 s of kernel time per step on the 2-core benchmark machine
+(docs/performance.md). T5MTL_HOST_MALLOC chooses one of three policies:
 
-glibc's `glibc.malloc.hugetlb=1` tunable makes malloc ask for transparent huge
-pages (madvise) on the memory it maps: 2 MiB pages, 512x fewer faults, and the
-memory still goes back to the kernel on free. (Keeping freed memory in the
-heap instead, with mallopt, removes the faults too, but under asynchronous
-dispatch the heap fragments and grew to 2.7x the peak.) Tunables are read
-only when a process starts, so `t5mtl` (the CLI) re-executes itself once with
-the tunable added to GLIBC_TUNABLES. In Python or a notebook, start the
-interpreter with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` to get the same.
+* ``huge_pages`` (the default): ``hugetlb=1``. Memory still goes back to the
+  kernel on free, but in 2 MiB pages: ~20k faults and ~0.2 s of kernel time
+  per 512/114 step (~1.2x faster than ``system``).
+* ``keep`` (opt-in): malloc never maps or unmaps large blocks itself
+  (``mmap_max=0``), never returns freed memory to the kernel
+  (``trim_threshold``), serves every thread from one heap (``arena_max=1``, so
+  the block a step frees is found again by the next step whatever thread
+  asks), and backs the heap with huge pages (``hugetlb=1``). After the first
+  steps a train step faults no page at all, so its time no longer depends on
+  what the kernel or the hypervisor did with freed memory meanwhile: on a VM
+  with free page reporting, memory freed between steps is sometimes handed
+  to the host, and the step that faults it back in takes +0.35 s at 128/32
+  (every few steps) or up to +3 s after a pause. The process keeps its peak
+  footprint, and two steps' buffers must not overlap, or the heap fragments
+  (it grew to 9.4 GB instead of 4 GB): under this policy the trainer runs one
+  step at a time on CPU
+  (t5mtl.train.train_step.one_step_in_flight) and waits for `ReleaseWait` before
+  each dispatch. It is opt-in because it holds the process at its peak and
+  puts every thread on one malloc arena, which has not been measured on
+  accelerator hosts feeding tf.data pipelines.
+* ``system``: glibc's own settings.
 
-T5MTL_HOST_MALLOC=system keeps glibc's defaults. Elsewhere (macOS, musl), or
-when GLIBC_TUNABLES already sets glibc.malloc.hugetlb, nothing changes.
+Tunables are read only when a process starts, so `t5mtl` (the CLI)
+re-executes itself once with them added to GLIBC_TUNABLES. In Python or a
+notebook, start the interpreter with the value `malloc_environment()` gives.
+Elsewhere (macOS, musl), or when GLIBC_TUNABLES already sets any
+``glibc.malloc`` tunable, nothing changes.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import sys
-from typing import Mapping
+import time
+from typing import Callable, Mapping
 
 ENV_VAR = "T5MTL_HOST_MALLOC"
-TUNABLE = "glibc.malloc.hugetlb=1"
+DEFAULT = "huge_pages"
+POLICIES: dict[str, tuple[str, ...]] = {
+    "keep": ("glibc.malloc.hugetlb=1", "glibc.malloc.arena_max=1", "glibc.malloc.mmap_max=0",
+             f"glibc.malloc.trim_threshold={1 << 40}"),
+    "huge_pages": ("glibc.malloc.hugetlb=1",),
+    "system": (),
+}
 
 
-def _choice(environ: Mapping[str, str]) -> str:
-    choice = environ.get(ENV_VAR, "huge_pages")
-    if choice not in ("huge_pages", "system"):
-        raise ValueError(f"{ENV_VAR}={choice!r}: expected 'huge_pages' (the default) or "
-                         f"'system' (glibc's own malloc settings)")
+def policy(environ: Mapping[str, str] = os.environ) -> str:
+    """The T5MTL_HOST_MALLOC policy; a value that is not one is an error."""
+    choice = environ.get(ENV_VAR, DEFAULT)
+    if choice not in POLICIES:
+        raise ValueError(f"{ENV_VAR}={choice!r}: expected one of {', '.join(POLICIES)} "
+                         f"(default {DEFAULT!r})")
     return choice
 
 
-def huge_page_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str] | None:
-    """`environ` plus the glibc tunable, or None where it does not apply: not
-    glibc, T5MTL_HOST_MALLOC=system, or GLIBC_TUNABLES already choosing."""
-    if _choice(environ) == "system" or platform.libc_ver()[0] != "glibc":
-        return None
-    tunables = environ.get("GLIBC_TUNABLES", "")
-    if "glibc.malloc.hugetlb" in tunables:
-        return None
-    return {**environ, "GLIBC_TUNABLES": ":".join(t for t in (tunables, TUNABLE) if t)}
+def tunables(name: str) -> str:
+    """The GLIBC_TUNABLES value of a policy ("" for ``system``)."""
+    return ":".join(POLICIES[name])
 
 
-def reexec_with_huge_pages() -> None:
-    """Replaces this process with the same command line plus the tunable
+def malloc_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str] | None:
+    """`environ` plus the policy's glibc tunables, or None where nothing
+    changes: not glibc, the ``system`` policy, or GLIBC_TUNABLES already
+    setting a glibc.malloc tunable (the user's, or the ones a re-exec added)."""
+    added = tunables(policy(environ))
+    current = environ.get("GLIBC_TUNABLES", "")
+    if not added or platform.libc_ver()[0] != "glibc" or "glibc.malloc." in current:
+        return None
+    return {**environ, "GLIBC_TUNABLES": ":".join(t for t in (current, added) if t)}
+
+
+def reexec_with_malloc_policy() -> None:
+    """Replaces this process with the same command line plus the tunables
     (same pid, same open files); returns only where nothing needs to change.
     Call it first thing in a program's entry point, never from a library."""
-    env = huge_page_environment()
+    env = malloc_environment()
     if env is not None:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
+
+
+def keeps_freed_memory(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether this process started with the ``keep`` policy's tunables."""
+    current = environ.get("GLIBC_TUNABLES", "").split(":")
+    return platform.libc_ver()[0] == "glibc" and all(t in current for t in POLICIES["keep"])
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def heap_bytes_in_use() -> Callable[[], int] | None:
+    """A function giving the bytes malloc has handed out and not yet had
+    back (glibc's mallinfo2), or None without glibc >= 2.33."""
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    return lambda: fn().uordblks
+
+
+class ReleaseWait:
+    """Before each dispatch, waits until the previous step's temporary
+    buffer is back in the heap.
+
+    XLA marks a step's outputs ready before its runtime frees the step's
+    temporary buffer (~10 ms later for t5_1_1_small at 8 x 512; 5-35 ms for
+    the quickstart's 190 MB buffer while tf.data threads share the cores), so
+    a loop that dispatches as soon as the outputs are ready makes the next
+    step allocate its buffer beside the old one: under the ``keep`` policy
+    the heap then fragments and grows. Each call polls mallinfo2 until the
+    bytes in use are back to where they were at the previous dispatch, plus
+    `slack_bytes`. A buffer smaller than the slack is not waited for: its
+    overlap costs little memory, and waiting for the quickstart's made it 13%
+    slower. After `timeout_s` the new level becomes the baseline (a
+    checkpoint's host copies, say) instead of being waited for again. Does
+    nothing unless `enabled` (the ``keep`` policy, one step in flight).
+    """
+
+    def __init__(self, enabled: bool, slack_bytes: int = 256 << 20, timeout_s: float = 0.2):
+        self.in_use = heap_bytes_in_use() if enabled else None
+        self.slack_bytes, self.timeout_s = slack_bytes, timeout_s
+        self.baseline: int | None = None
+        self.waited_s = 0.0
+
+    def __call__(self) -> None:
+        if self.in_use is None:
+            return
+        start = time.perf_counter()
+        if self.baseline is not None:
+            while (self.in_use() > self.baseline + self.slack_bytes
+                   and time.perf_counter() - start < self.timeout_s):
+                time.sleep(0.0002)
+        self.waited_s += time.perf_counter() - start
+        self.baseline = self.in_use()

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from t5mtl import host_memory
 from t5mtl.errors import T5mtlError
 from t5mtl.train import losses, partitioning
 
@@ -160,9 +161,9 @@ def grad_norm(grads: Any) -> jax.Array:
     shares the norm's squares with the optimizer's (Adam's second moment
     squares the same gradient), so it writes every squared gradient out to
     memory and splits the update into more passes: on the 2-core CPU, AdamW
-    plus the plain norm took 80-89 ms for t5_1_1_small's 77M parameters,
-    against 51 ms without the norm and 59 ms with it behind the barriers
-    (docs/performance.md). One barrier per leaf, not one for the tree, so
+    plus the plain norm took 83-89 ms (medians) for t5_1_1_small's 77M
+    parameters, against 51-56 ms without the norm and 60 ms with it behind
+    the barriers (docs/performance.md). One barrier per leaf, not one for the tree, so
     that no leaf waits for the last gradient of the backward pass.
     """
     leaves = [jax.lax.optimization_barrier(g) for g in jax.tree.leaves(grads)]
@@ -250,3 +251,15 @@ def jit_train_step(step_fn: Callable[[TrainState, Batch], tuple[TrainState, Metr
     run.lower = lower
     run.jitted = jitted
     return run
+
+
+def one_step_in_flight(mesh: Mesh) -> bool:
+    """Whether a loop should run one step at a time (wait for a step's
+    outputs, then `host_memory.ReleaseWait`, before dispatching the next):
+    on CPU meshes in a process started with the ``keep`` malloc policy
+    (t5mtl/host_memory.py). Under that policy two steps' XLA temporary
+    buffers (gigabytes each) alive at once fragment the heap; on CPU the
+    devices are the host's own cores, so asynchronous dispatch would only
+    overlap the loop's Python with the step."""
+    return (all(d.platform == "cpu" for d in mesh.devices.flat)
+            and host_memory.keeps_freed_memory())

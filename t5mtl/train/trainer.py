@@ -25,6 +25,7 @@ import jax
 import numpy as np
 import seqio
 
+from t5mtl import host_memory
 from t5mtl.errors import T5mtlError
 from t5mtl.infer.evaluation import TaskEvaluator, flatten_metrics, score_table
 from t5mtl.models.config import T5Config
@@ -35,7 +36,8 @@ from t5mtl.train.checkpointer import TrainCheckpointer
 from t5mtl.train.init_from import init_params_from
 from t5mtl.train.metrics_writer import MetricsLogger
 from t5mtl.train.optimizers import create_optimizer
-from t5mtl.train.train_step import create_train_state, jit_train_step, make_train_step
+from t5mtl.train.train_step import (create_train_state, jit_train_step, make_train_step,
+                                    one_step_in_flight)
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +295,8 @@ def train(model_dir: str, *, model_config: T5Config = gin.REQUIRED,
         return results
 
     start_step = int(jax.device_get(state.step))
+    serial = one_step_in_flight(mesh)
+    release_wait = host_memory.ReleaseWait(serial)    # keep policy: see one_step_in_flight
     history, eval_results, last_loss = [], {}, float("nan")
     tokens, t0 = 0, time.time()
     bar = _progress(start_step, num_steps, show_progress)
@@ -305,7 +309,11 @@ def train(model_dir: str, *, model_config: T5Config = gin.REQUIRED,
                 raise T5mtlError(f"{data.mixture_or_task_name!r} ran out of data at step {step}")
             data_position += 1
             tokens += _tokens(batch) * num_shards
-            state, metrics = step_fn(state, partitioning.host_batch_to_global(batch, mesh))
+            batch = partitioning.host_batch_to_global(batch, mesh)
+            if serial:
+                jax.block_until_ready(state)
+                release_wait()
+            state, metrics = step_fn(state, batch)
             step += 1
             history.append(metrics)
             if step % log_period == 0 or step == num_steps:

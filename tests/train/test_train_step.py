@@ -132,7 +132,8 @@ def test_grad_norm_metric_is_the_norm_of_the_gradient():
                            for g in jax.tree.leaves(grads)))
     assert expected > 0
     np.testing.assert_allclose(metrics["grad_norm"], expected, rtol=1e-5)
-    assert float(train_step.grad_norm({"a": jnp.array([3.0]), "b": {"c": jnp.array([[4.0]])}})) == 5.0
+    tree = {"a": jnp.array([3.0]), "b": {"c": jnp.array([[4.0]])}}
+    assert float(train_step.grad_norm(tree)) == 5.0
 
 
 def test_microbatches_must_divide_the_batch():
@@ -167,3 +168,17 @@ def test_jitted_step_donates_state_and_derives_dropout_keys():
     assert int(state.step) == 2 and set(metrics) >= {"loss", "accuracy", "grad_norm"}
     base = jax.random.key_data(jax.random.key(5))
     assert seen == [np.asarray(jax.random.fold_in(base, i)).tolist() for i in range(2)]
+
+
+def test_one_step_in_flight_only_on_cpu_meshes_under_the_keep_policy(monkeypatch):
+    import types
+    from t5mtl import host_memory
+    cpu_mesh = partitioning.create_mesh((1, 1, 1), jax.devices("cpu")[:1])
+    tpu = types.SimpleNamespace(platform="tpu")
+    fake = types.SimpleNamespace(devices=np.array([[[tpu, tpu]]], dtype=object))
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")      # the default policy
+    assert not train_step.one_step_in_flight(cpu_mesh)
+    monkeypatch.setenv("GLIBC_TUNABLES", host_memory.tunables("keep"))
+    glibc = host_memory.platform.libc_ver()[0] == "glibc"
+    assert train_step.one_step_in_flight(cpu_mesh) == glibc
+    assert not train_step.one_step_in_flight(fake)

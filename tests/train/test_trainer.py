@@ -396,3 +396,20 @@ def test_stop_flag_agreement_mechanism(monkeypatch):
                         lambda flag: np.array([bool(flag), other_process.pop(0)]))
     with _StopFlag() as stop:
         assert [stop.reached(s) for s in range(2)] == [False, True]
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_on_cpu_under_the_keep_policy_the_loop_waits_for_each_step(tmp_path, monkeypatch, keep):
+    """One step in flight (t5mtl.train.train_step.one_step_in_flight) under
+    the keep malloc policy: the loop blocks on the state the previous step
+    returned, once per step; by default it dispatches asynchronously."""
+    from t5mtl import host_memory
+    from t5mtl.train import trainer
+    monkeypatch.setattr(host_memory, "keeps_freed_memory", lambda *a: keep)
+    waited = []
+    real = jax.block_until_ready
+    monkeypatch.setattr(trainer.jax, "block_until_ready",
+                        lambda x: waited.append(int(real(x).step)) or x)
+    summary = _train_tiny(tmp_path, num_steps=3)
+    assert summary["step"] == 3
+    assert waited == ([0, 1, 2] if keep else [])
