@@ -58,8 +58,8 @@ def _build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Na
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         # The process's entry point (not a call from Python): restart once with
-        # the malloc policy that keeps XLA's per-step buffers resident
-        # (t5mtl/host_memory.py).
+        # the glibc malloc policy for XLA's per-step buffers (T5MTL_HOST_MALLOC,
+        # t5mtl/host_memory.py).
         from t5mtl.host_memory import reexec_with_malloc_policy
         reexec_with_malloc_policy()
     argv = list(sys.argv[1:] if argv is None else argv)

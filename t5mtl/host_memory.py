@@ -22,9 +22,8 @@ minor faults and 1 s of kernel time per step on the 2-core benchmark machine
   (every few steps) or up to +3 s after a pause. The process keeps its peak
   footprint, and two steps' buffers must not overlap, or the heap fragments
   (it grew to 9.4 GB instead of 4 GB): under this policy the trainer runs one
-  step at a time on CPU
-  (t5mtl.train.train_step.one_step_in_flight) and waits for `ReleaseWait` before
-  each dispatch. It is opt-in because it holds the process at its peak and
+  step at a time on CPU (t5mtl.train.train_step.one_step_in_flight) and
+  waits for `ReleaseWait` before each dispatch. It is opt-in because it holds the process at its peak and
   puts every thread on one malloc arena, which has not been measured on
   accelerator hosts feeding tf.data pipelines.
 * ``system``: glibc's own settings.

@@ -163,8 +163,9 @@ def grad_norm(grads: Any) -> jax.Array:
     memory and splits the update into more passes: on the 2-core CPU, AdamW
     plus the plain norm took 83-89 ms (medians) for t5_1_1_small's 77M
     parameters, against 51-56 ms without the norm and 60 ms with it behind
-    the barriers (docs/performance.md). One barrier per leaf, not one for the tree, so
-    that no leaf waits for the last gradient of the backward pass.
+    the barriers (docs/performance.md). One barrier per leaf, not one for
+    the tree, so that no leaf waits for the last gradient of the backward
+    pass.
     """
     leaves = [jax.lax.optimization_barrier(g) for g in jax.tree.leaves(grads)]
     return optax.tree.norm(leaves)
