@@ -12,20 +12,22 @@ minor faults and 1 s of kernel time per step on the 2-core benchmark machine
   per 512/114 step (~1.2x faster than ``system``).
 * ``keep`` (opt-in): malloc never maps or unmaps large blocks itself
   (``mmap_max=0``), never returns freed memory to the kernel
-  (``trim_threshold``), serves every thread from one heap (``arena_max=1``, so
-  the block a step frees is found again by the next step whatever thread
+  (``trim_threshold``), serves every thread from one heap (``arena_max=1``,
+  so the block a step frees is found again by the next step whatever thread
   asks), and backs the heap with huge pages (``hugetlb=1``). After the first
   steps a train step faults no page at all, so its time no longer depends on
   what the kernel or the hypervisor did with freed memory meanwhile: on a VM
   with free page reporting, memory freed between steps is sometimes handed
-  to the host, and the step that faults it back in takes +0.35 s at 128/32
-  (every few steps) or up to +3 s after a pause. The process keeps its peak
-  footprint, and two steps' buffers must not overlap, or the heap fragments
-  (it grew to 9.4 GB instead of 4 GB): under this policy the trainer runs one
-  step at a time on CPU (t5mtl.train.train_step.one_step_in_flight) and
-  waits for `ReleaseWait` before each dispatch. It is opt-in because it holds the process at its peak and
-  puts every thread on one malloc arena, which has not been measured on
-  accelerator hosts feeding tf.data pipelines.
+  to the host, and the step that faults it back in takes ~0.3 s longer at
+  128/32 (every few steps) or up to 3 s longer after a pause. The process
+  keeps its peak footprint, and two steps' buffers must not overlap, or the
+  heap fragments (it grew to 9.4 GB instead of 4 GB): under this policy the
+  trainer runs one step at a time on CPU
+  (t5mtl.train.train_step.one_step_in_flight) and waits for `ReleaseWait`
+  before each dispatch. It is opt-in because it holds the process at its
+  peak, made the small quickstart 16% slower, and puts every thread on one
+  malloc arena, which has not been measured on accelerator hosts feeding
+  tf.data pipelines.
 * ``system``: glibc's own settings.
 
 Tunables are read only when a process starts, so `t5mtl` (the CLI)
