@@ -11,7 +11,7 @@ self-attention (targets x targets). The compiled function returns the output
 as well as the gradients, as the train step does (otherwise XLA recomputes
 P V inside the backward pass). GFLOP/s counts the six matmuls (2 forward,
 4 backward). Like `t5mtl train`, the script first restarts itself with
-huge pages for XLA's buffers (t5mtl/host_memory.py). Results:
+t5mtl's malloc policy for XLA's buffers (t5mtl/host_memory.py). Results:
 docs/performance.md ("Attention is where the remaining time is").
 """
 from __future__ import annotations

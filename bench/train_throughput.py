@@ -88,9 +88,8 @@ class T5mtlStep:
         from t5mtl.models.encoder_decoder import EncoderDecoderModel
         from t5mtl.train import losses, partitioning
         from t5mtl.train.optimizers import create_optimizer
-        from t5mtl import host_memory
-        from t5mtl.train.train_step import (TrainState, create_train_state, jit_train_step,
-                                            make_train_step, one_step_in_flight)
+        from t5mtl.train.train_step import (TrainState, create_train_state, dispatch_gate,
+                                            jit_train_step, make_train_step)
         self.jax, self.partitioning, self.batches = jax, partitioning, batches
         model = EncoderDecoderModel(cfg)
         tx = create_optimizer(optimizer, learning_rate=learning_rate)
@@ -112,8 +111,7 @@ class T5mtlStep:
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         self.xla_flops = float(cost.get("flops", float("nan")))
         # As the trainer runs them: one step at a time under the keep malloc policy.
-        self.serial = one_step_in_flight(self.mesh)
-        self.release_wait = host_memory.ReleaseWait(self.serial)
+        self.before_dispatch = dispatch_gate(self.mesh)
         self.k = 0
         self.loss = None
         self.steps(1)                                   # warm-up
@@ -126,9 +124,7 @@ class T5mtlStep:
         t = time.perf_counter()
         for _ in range(n):
             batch = self._batch(self.k)
-            if self.serial:
-                self.jax.block_until_ready(self.state)
-                self.release_wait()
+            self.before_dispatch(self.state)
             self.state, metrics = self.compiled(self.state, batch)
             self.k += 1
         self.jax.block_until_ready((self.state, metrics))

@@ -264,3 +264,20 @@ def one_step_in_flight(mesh: Mesh) -> bool:
     overlap the loop's Python with the step."""
     return (all(d.platform == "cpu" for d in mesh.devices.flat)
             and host_memory.keeps_freed_memory())
+
+
+def dispatch_gate(mesh: Mesh) -> Callable[[Any], None]:
+    """What a training loop calls with its current state just before it
+    dispatches the next step. Under `one_step_in_flight` it waits for that
+    state, then for the previous step's buffer to be freed
+    (`host_memory.ReleaseWait`); otherwise it does nothing, and steps are
+    dispatched asynchronously."""
+    if not one_step_in_flight(mesh):
+        return lambda state: None
+    release_wait = host_memory.ReleaseWait(True)
+
+    def gate(state: Any) -> None:
+        jax.block_until_ready(state)
+        release_wait()
+
+    return gate

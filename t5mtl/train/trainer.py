@@ -25,7 +25,6 @@ import jax
 import numpy as np
 import seqio
 
-from t5mtl import host_memory
 from t5mtl.errors import T5mtlError
 from t5mtl.infer.evaluation import TaskEvaluator, flatten_metrics, score_table
 from t5mtl.models.config import T5Config
@@ -36,8 +35,8 @@ from t5mtl.train.checkpointer import TrainCheckpointer
 from t5mtl.train.init_from import init_params_from
 from t5mtl.train.metrics_writer import MetricsLogger
 from t5mtl.train.optimizers import create_optimizer
-from t5mtl.train.train_step import (create_train_state, jit_train_step, make_train_step,
-                                    one_step_in_flight)
+from t5mtl.train.train_step import (create_train_state, dispatch_gate, jit_train_step,
+                                    make_train_step)
 
 log = logging.getLogger(__name__)
 
@@ -295,8 +294,7 @@ def train(model_dir: str, *, model_config: T5Config = gin.REQUIRED,
         return results
 
     start_step = int(jax.device_get(state.step))
-    serial = one_step_in_flight(mesh)
-    release_wait = host_memory.ReleaseWait(serial)    # keep policy: see one_step_in_flight
+    before_dispatch = dispatch_gate(mesh)    # one step at a time under the keep malloc policy
     history, eval_results, last_loss = [], {}, float("nan")
     tokens, t0 = 0, time.time()
     bar = _progress(start_step, num_steps, show_progress)
@@ -310,9 +308,7 @@ def train(model_dir: str, *, model_config: T5Config = gin.REQUIRED,
             data_position += 1
             tokens += _tokens(batch) * num_shards
             batch = partitioning.host_batch_to_global(batch, mesh)
-            if serial:
-                jax.block_until_ready(state)
-                release_wait()
+            before_dispatch(state)
             state, metrics = step_fn(state, batch)
             step += 1
             history.append(metrics)
