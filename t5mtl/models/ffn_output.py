@@ -13,6 +13,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from t5mtl.models.weight_grad import weight_grad
+
 
 def activation(gated: bool, pre):
     """gelu(h0) * h1 for gated-GELU (T5 1.1), relu(h) for T5 1.0."""
@@ -38,7 +40,7 @@ def _backward(gated, residuals, d_out):
     zero = jnp.zeros((), d_out.dtype) * d_out[0, 0]
     pre = tuple(p + zero.astype(p.dtype) for p in pre)
     h, activation_vjp = jax.vjp(lambda *p: activation(gated, p), *pre)
-    d_kernel = jax.lax.dot_general(h, d_out, (((0,), (0,)), ((), ())))
+    d_kernel = weight_grad(h, d_out)
     d_pre = activation_vjp(jnp.dot(d_out, kernel.T))
     return tuple(d_pre), d_kernel.astype(kernel.dtype)
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from t5mtl.models.attention import attention_scores, dot_product_attention
 from t5mtl.models.ffn_output import activation, activation_dense
+from t5mtl.models.weight_grad import dense
 
 # A large finite negative number rather than -inf, so that a fully masked
 # row (padding) gives a uniform softmax instead of NaN.
@@ -51,11 +52,12 @@ def dense_2d(x, kernel, n_in: int = 1):
     Same numbers as a dot_general over the 3-D activations, but on XLA CPU the
     gradient of a 3-D dot materializes transposed copies of its [tokens, out]
     cotangent (the weight-gradient dot is canonicalized that way); flattening
-    halves an MLP block's backward time there (docs/performance.md).
+    halves an MLP block's backward time there (docs/performance.md). The
+    weight gradient runs as a row-major matmul on CPU (models/weight_grad.py).
     """
     lead, ins, outs = x.shape[:x.ndim - n_in], x.shape[x.ndim - n_in:], kernel.shape[n_in:]
-    y = jnp.dot(x.reshape(math.prod(lead), math.prod(ins)),
-                kernel.reshape(math.prod(ins), math.prod(outs)))
+    y = dense(x.reshape(math.prod(lead), math.prod(ins)),
+              kernel.reshape(math.prod(ins), math.prod(outs)))
     return y.reshape(lead + outs)
 
 
