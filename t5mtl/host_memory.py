@@ -25,9 +25,10 @@ minor faults and 1 s of kernel time per step on the 2-core benchmark machine
   trainer runs one step at a time on CPU
   (t5mtl.train.train_step.one_step_in_flight) and waits for `ReleaseWait`
   before each dispatch. It is opt-in because it holds the process at its
-  peak, made the small quickstart 16% slower, and puts every thread on one
-  malloc arena, which has not been measured on accelerator hosts feeding
-  tf.data pipelines.
+  peak and puts every thread on one malloc arena, which has not been
+  measured on accelerator hosts feeding tf.data pipelines (on the 2-core
+  machine the quickstart took the same time under either policy, within
+  run-to-run noise).
 * ``system``: glibc's own settings.
 
 Tunables are read only when a process starts, so `t5mtl` (the CLI)
@@ -119,8 +120,10 @@ class ReleaseWait:
     buffer is back in the heap.
 
     XLA marks a step's outputs ready before its runtime frees the step's
-    temporary buffer (~10 ms later for t5_1_1_small at 8 x 512; 5-35 ms for
-    the quickstart's 190 MB buffer while tf.data threads share the cores), so
+    temporary buffer (~10 ms later for t5_1_1_small at 8 x 512 while this
+    wait polls, ~2 ms when nothing does: each mallinfo2 call walks the heap
+    for ~1.5 ms holding the lock the freeing thread needs; 5-35 ms for the
+    quickstart's 190 MB buffer while tf.data threads share the cores), so
     a loop that dispatches as soon as the outputs are ready makes the next
     step allocate its buffer beside the old one: under the ``keep`` policy
     the heap then fragments and grows. Each call polls mallinfo2 until the
