@@ -187,7 +187,7 @@ def start_system(system: str, cfg_name: str, batch_size: int, enc_len: int, dec_
                  dtype: str, optimizer: str, init: str, init_file: str | None = None
                  ) -> common.ChildSystem:
     """"t5mtl" or "torch" in its own process (bench.common.ChildSystem). t5mtl's
-    gets the environment `t5mtl train` runs in (huge pages for XLA's buffers,
+    gets the environment `t5mtl train` runs in (the malloc policy for XLA's buffers,
     t5mtl/host_memory.py); torch's keeps glibc's stock settings and runs no
     jax: with --init t5mtl it loads `init_file` (bench.common.save_t5mtl_init)."""
     argv = [sys.executable, os.path.abspath(__file__), "--serve", system, "--model", cfg_name,

@@ -5,30 +5,35 @@ for a t5_1_1_small train step at 8 x 512 tokens) with malloc on every call.
 By default glibc serves a request that big with a fresh mmap and unmaps it on
 free, so every step page-faults its whole working set back in: about 645k
 minor faults and 1 s of kernel time per step on the 2-core benchmark machine
-(docs/performance.md). T5MTL_HOST_MALLOC chooses one of three policies:
+(docs/performance.md). T5MTL_HOST_MALLOC chooses one of three policies;
+unset, it is ``keep`` where XLA can only run on the CPU and ``huge_pages``
+where JAX has an accelerator to use (`default_policy`):
 
-* ``huge_pages`` (the default): ``hugetlb=1``. Memory still goes back to the
-  kernel on free, but in 2 MiB pages: ~20k faults and ~0.2 s of kernel time
-  per 512/114 step (~1.2x faster than ``system``).
-* ``keep`` (opt-in): malloc never maps or unmaps large blocks itself
-  (``mmap_max=0``), never returns freed memory to the kernel
-  (``trim_threshold``), serves every thread from one heap (``arena_max=1``,
-  so the block a step frees is found again by the next step whatever thread
-  asks), and backs the heap with huge pages (``hugetlb=1``). After the first
-  steps a train step faults no page at all, so its time no longer depends on
-  what the kernel or the hypervisor did with freed memory meanwhile: on a VM
-  with free page reporting, memory freed between steps is sometimes handed
-  to the host, and the step that faults it back in takes ~0.3 s longer at
-  128/32 (every few steps) or up to 3 s longer after a pause. The process
-  keeps its peak footprint, and two steps' buffers must not overlap, or the
-  heap fragments (it grew to 9.4 GB instead of 4 GB): under this policy the
-  trainer runs one step at a time on CPU
-  (t5mtl.train.train_step.one_step_in_flight) and waits for `ReleaseWait`
-  before each dispatch. It is opt-in because it holds the process at its
-  peak and puts every thread on one malloc arena, which has not been
-  measured on accelerator hosts feeding tf.data pipelines (on the 2-core
-  machine the quickstart took the same time under either policy, within
-  run-to-run noise).
+* ``keep`` (the default for CPU-only runs): malloc never maps or unmaps
+  large blocks itself (``mmap_max=0``), never returns freed memory to the
+  kernel (``trim_threshold``), serves every thread from one heap
+  (``arena_max=1``: a thread arena that cannot hold a block this big maps it
+  separately whatever ``mmap_max`` says, so the block a step frees would not
+  be found again by the next step), and backs the heap with huge pages
+  (``hugetlb=1``). After the first steps a train step faults no page at all,
+  so its time no longer depends on what the kernel or the hypervisor did
+  with freed memory meanwhile: on a VM with free page reporting, memory
+  freed between steps is sometimes handed to the host, and the step that
+  faults it back in takes ~0.3 s longer at 128/32 (every few steps) or up to
+  3 s longer after a pause. The process keeps its peak footprint, and two
+  steps' buffers must not overlap, or the heap fragments (it grew to 9.4 GB
+  instead of 4 GB): under this policy the trainer runs one step at a time on
+  CPU (t5mtl.train.train_step.one_step_in_flight) and waits for
+  `ReleaseWait` before each dispatch. It is not the default where an
+  accelerator is available: there XLA's step buffers are device memory, and
+  one malloc arena for every thread is a risk for hosts whose many cores
+  feed tf.data (glibc's per-thread caches serve small blocks without the
+  arena lock, but that has not been measured on such a host). On the 2-core
+  machine the quickstart took the same time under ``keep`` and
+  ``huge_pages``, within run-to-run noise.
+* ``huge_pages`` (the default with an accelerator): ``hugetlb=1``. Memory
+  still goes back to the kernel on free, but in 2 MiB pages: ~20k faults and
+  ~0.2 s of kernel time per 512/114 step (~1.2x faster than ``system``).
 * ``system``: glibc's own settings.
 
 Tunables are read only when a process starts, so `t5mtl` (the CLI)
@@ -40,14 +45,16 @@ Elsewhere (macOS, musl), or when GLIBC_TUNABLES already sets any
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
+import importlib.util
 import os
+import pkgutil
 import platform
 import sys
 import time
 from typing import Callable, Mapping
 
 ENV_VAR = "T5MTL_HOST_MALLOC"
-DEFAULT = "huge_pages"
 POLICIES: dict[str, tuple[str, ...]] = {
     "keep": ("glibc.malloc.hugetlb=1", "glibc.malloc.arena_max=1", "glibc.malloc.mmap_max=0",
              f"glibc.malloc.trim_threshold={1 << 40}"),
@@ -56,12 +63,42 @@ POLICIES: dict[str, tuple[str, ...]] = {
 }
 
 
+def accelerator_plugins(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """What would give JAX a backend other than the CPU in this Python,
+    found without importing jax: PJRT plugin modules (the ``jax_plugins``
+    namespace package and entry points, as jax discovers them; CUDA and ROCm
+    come that way), libtpu, and the environment variables that point jax at
+    a plugin library."""
+    found = [f"${name}" for name in ("TPU_LIBRARY_PATH", "PJRT_NAMES_AND_LIBRARY_PATHS")
+             if environ.get(name)]
+    if importlib.util.find_spec("libtpu") is not None:
+        found.append("libtpu")
+    spec = importlib.util.find_spec("jax_plugins")
+    if spec is not None and spec.submodule_search_locations:
+        found += [f"jax_plugins.{m.name}"
+                  for m in pkgutil.iter_modules(spec.submodule_search_locations)]
+    found += [e.value for e in importlib.metadata.entry_points(group="jax_plugins")]
+    return sorted(set(found))
+
+
+def default_policy(environ: Mapping[str, str] = os.environ) -> str:
+    """``keep`` where XLA runs on the CPU only, ``huge_pages`` otherwise.
+    JAX_PLATFORMS (or the older JAX_PLATFORM_NAME) decides when set: keep
+    when it names the CPU alone. Unset, keep when `accelerator_plugins` finds
+    nothing."""
+    platforms = environ.get("JAX_PLATFORMS") or environ.get("JAX_PLATFORM_NAME") or ""
+    names = {p.strip().lower() for p in platforms.split(",") if p.strip()}
+    cpu_only = names == {"cpu"} if names else not accelerator_plugins(environ)
+    return "keep" if cpu_only else "huge_pages"
+
+
 def policy(environ: Mapping[str, str] = os.environ) -> str:
-    """The T5MTL_HOST_MALLOC policy; a value that is not one is an error."""
-    choice = environ.get(ENV_VAR, DEFAULT)
+    """The T5MTL_HOST_MALLOC policy (`default_policy` when unset); a value
+    that is not one is an error."""
+    choice = environ.get(ENV_VAR) or default_policy(environ)
     if choice not in POLICIES:
         raise ValueError(f"{ENV_VAR}={choice!r}: expected one of {', '.join(POLICIES)} "
-                         f"(default {DEFAULT!r})")
+                         f"(unset: keep on CPU-only hosts, huge_pages with an accelerator)")
     return choice
 
 

@@ -3,6 +3,9 @@
 The probes run in fresh interpreters: glibc reads GLIBC_TUNABLES only when a
 process starts, which is why `t5mtl` re-executes itself.
 """
+import importlib.machinery
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -67,8 +70,8 @@ def test_keep_policy_keeps_xla_buffers_resident():
 
 
 @pytest.mark.skipif(not (GLIBC and _thp_available()), reason="glibc with transparent huge pages")
-def test_default_huge_pages_policy_returns_memory_in_2mib_pages():
-    out = _probe()
+def test_huge_pages_policy_returns_memory_in_2mib_pages():
+    out = _probe(T5MTL_HOST_MALLOC="huge_pages")
     assert out["tunables"] == "glibc.malloc.hugetlb=1" == host_memory.tunables("huge_pages")
     # Unmapped on free, so every call faults again, but a 256 MiB buffer in
     # 2 MiB pages takes ~128 faults instead of 65536.
@@ -90,8 +93,11 @@ def test_environment_respects_existing_tunables_and_the_opt_out():
     assert keep == ("glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                     "glibc.malloc.trim_threshold=1099511627776")
     if GLIBC:
-        assert host_memory.malloc_environment(base)["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
-        kept = {**base, "T5MTL_HOST_MALLOC": "keep"}
+        tpu = {**base, "JAX_PLATFORMS": "tpu"}
+        assert host_memory.malloc_environment(tpu)["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+        cpu = {**base, "JAX_PLATFORMS": "cpu"}
+        assert host_memory.malloc_environment(cpu)["GLIBC_TUNABLES"] == keep
+        kept = {**tpu, "T5MTL_HOST_MALLOC": "keep"}
         assert host_memory.malloc_environment(kept)["GLIBC_TUNABLES"] == keep
         other = {**kept, "GLIBC_TUNABLES": "glibc.rtld.nns=8"}
         assert host_memory.malloc_environment(other)["GLIBC_TUNABLES"] == \
@@ -182,7 +188,45 @@ def test_cli_entry_point_reexecutes_once_but_calls_from_python_do_not(monkeypatc
         cli.main()                                        # the process's entry point
     (path, args, env), = calls
     assert path == sys.executable and args == [sys.executable] + sys.orig_argv[1:]
-    assert env["GLIBC_TUNABLES"] == host_memory.tunables("huge_pages")
+    assert env["GLIBC_TUNABLES"] == host_memory.tunables(host_memory.default_policy())
     monkeypatch.setenv("GLIBC_TUNABLES", env["GLIBC_TUNABLES"])   # after the exec
     assert cli.main() == 0
     assert len(calls) == 1
+
+
+@pytest.fixture
+def no_accelerator(monkeypatch):
+    """This Python as if it had no JAX accelerator plugin installed."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in (
+        "libtpu", "jax_plugins") else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: [])
+
+
+def test_default_policy_keeps_memory_only_where_xla_runs_on_the_cpu_alone(
+        no_accelerator, monkeypatch, tmp_path):
+    assert host_memory.accelerator_plugins({}) == []
+    assert host_memory.default_policy({}) == "keep"
+    assert host_memory.policy({}) == "keep"
+    assert host_memory.policy({"T5MTL_HOST_MALLOC": "huge_pages"}) == "huge_pages"
+    # JAX_PLATFORMS decides when it is set.
+    assert host_memory.default_policy({"JAX_PLATFORMS": "cpu"}) == "keep"
+    assert host_memory.default_policy({"JAX_PLATFORMS": "tpu"}) == "huge_pages"
+    assert host_memory.default_policy({"JAX_PLATFORMS": "cuda,cpu"}) == "huge_pages"
+    assert host_memory.default_policy({"JAX_PLATFORM_NAME": "gpu"}) == "huge_pages"
+    # Environment variables that point jax at a plugin library.
+    assert host_memory.default_policy({"TPU_LIBRARY_PATH": "/opt/libtpu.so"}) == "huge_pages"
+    assert host_memory.accelerator_plugins(
+        {"PJRT_NAMES_AND_LIBRARY_PATHS": "x:/lib/x.so"}) == ["$PJRT_NAMES_AND_LIBRARY_PATHS"]
+    # A plugin module in the jax_plugins namespace package (how jax[cuda12]
+    # installs its backend), found without importing it.
+    plugin_dir = tmp_path / "jax_plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "xla_fake_accelerator.py").write_text("raise ImportError('not imported')\n")
+    spec = importlib.machinery.ModuleSpec("jax_plugins", None, is_package=True)
+    spec.submodule_search_locations = [str(plugin_dir)]
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: spec if name == "jax_plugins" else None)
+    assert host_memory.accelerator_plugins({}) == ["jax_plugins.xla_fake_accelerator"]
+    assert host_memory.default_policy({}) == "huge_pages"
+    assert host_memory.default_policy({"JAX_PLATFORMS": "cpu"}) == "keep"
