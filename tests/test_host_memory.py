@@ -147,6 +147,42 @@ def test_release_wait_dispatches_only_after_the_previous_buffer_is_freed():
     assert max(levels[8:]) - min(levels[8:]) < 32 << 20, levels
 
 
+# Under the keep policy: 512 MiB malloc'd and freed (numpy's buffer) stays
+# resident until the first ReleaseWait call hands it back to the kernel.
+TRIM = """
+import json, numpy as np
+from t5mtl import host_memory
+assert host_memory.keeps_freed_memory()
+def rss_mib():
+    return next(int(l.split()[1]) // 1024 for l in open("/proc/self/status") if l.startswith("VmRSS"))
+before = rss_mib()
+x = np.ones(128 * 2**20, np.float32)
+del x
+freed = rss_mib()
+wait = host_memory.ReleaseWait(True)
+wait()
+first = rss_mib()
+y = np.ones(128 * 2**20, np.float32)
+del y
+wait()
+print(json.dumps({"before": before, "freed": freed, "first": first, "later": rss_mib()}))
+"""
+
+
+@pytest.mark.skipif(not GLIBC or host_memory.heap_bytes_in_use() is None,
+                    reason="glibc >= 2.33 (mallinfo2)")
+def test_first_release_wait_returns_what_setup_freed_and_later_calls_keep_it():
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env["GLIBC_TUNABLES"] = host_memory.tunables("keep")
+    proc = subprocess.run([sys.executable, "-c", TRIM], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rss = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert rss["freed"] - rss["before"] > 400, rss          # kept in the heap
+    assert rss["freed"] - rss["first"] > 400, rss           # released by the first call
+    assert rss["later"] - rss["first"] > 400, rss           # later calls keep freed memory
+
+
 def test_release_wait_waits_for_the_drop_rebases_after_its_timeout_and_is_inert_when_disabled():
     assert host_memory.ReleaseWait(False).in_use is None
     host_memory.ReleaseWait(False)()                       # no-op
