@@ -89,7 +89,7 @@ class T5mtlStep:
         from t5mtl.train import losses, partitioning
         from t5mtl.train.optimizers import create_optimizer
         from t5mtl.train.train_step import (TrainState, create_train_state, dispatch_gate,
-                                            jit_train_step, make_train_step)
+                                            jit_train_step, make_train_step, temp_bytes)
         self.jax, self.partitioning, self.batches = jax, partitioning, batches
         model = EncoderDecoderModel(cfg)
         tx = create_optimizer(optimizer, learning_rate=learning_rate)
@@ -111,7 +111,7 @@ class T5mtlStep:
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         self.xla_flops = float(cost.get("flops", float("nan")))
         # As the trainer runs them: one step at a time under the keep malloc policy.
-        self.before_dispatch = dispatch_gate(self.mesh)
+        self.before_dispatch = dispatch_gate(self.mesh, temp_bytes(self.compiled))
         self.k = 0
         self.loss = None
         self.steps(1)                                   # warm-up

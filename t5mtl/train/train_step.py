@@ -254,25 +254,42 @@ def jit_train_step(step_fn: Callable[[TrainState, Batch], tuple[TrainState, Metr
     return run
 
 
-def one_step_in_flight(mesh: Mesh) -> bool:
+# Below this temporary-buffer size a CPU step under the keep policy is
+# dispatched asynchronously after all (`one_step_in_flight`).
+ONE_STEP_MIN_TEMP_BYTES = 256 << 20
+
+
+def temp_bytes(compiled: Any) -> int | None:
+    """The temporary buffer an AOT-compiled step allocates on each call
+    (``compiled.memory_analysis()``), or None where the backend does not say."""
+    analysis = compiled.memory_analysis()
+    return None if analysis is None else int(analysis.temp_size_in_bytes)
+
+
+def one_step_in_flight(mesh: Mesh, step_temp_bytes: int | None = None) -> bool:
     """Whether a loop should run one step at a time (wait for a step's
     outputs, then `host_memory.ReleaseWait`, before dispatching the next):
     on CPU meshes in a process started with the ``keep`` malloc policy
-    (t5mtl/host_memory.py). Under that policy two steps' XLA temporary
-    buffers (gigabytes each) alive at once fragment the heap; on CPU the
-    devices are the host's own cores, so asynchronous dispatch would only
-    overlap the loop's Python with the step."""
-    return (all(d.platform == "cpu" for d in mesh.devices.flat)
+    (t5mtl/host_memory.py), for steps whose temporary buffer
+    (``step_temp_bytes``, `temp_bytes`; None: unknown) is at least
+    ``ONE_STEP_MIN_TEMP_BYTES``. Under that policy two steps' buffers of
+    gigabytes alive at once fragment the heap; on CPU the devices are the
+    host's own cores, so asynchronous dispatch only overlaps the loop's
+    Python with the step. For small steps that overlap is what matters (the
+    quickstart's 190 MB steps took ~8% longer one at a time), and two small
+    buffers cost little memory."""
+    large = step_temp_bytes is None or step_temp_bytes >= ONE_STEP_MIN_TEMP_BYTES
+    return (large and all(d.platform == "cpu" for d in mesh.devices.flat)
             and host_memory.keeps_freed_memory())
 
 
-def dispatch_gate(mesh: Mesh) -> Callable[[Any], None]:
+def dispatch_gate(mesh: Mesh, step_temp_bytes: int | None = None) -> Callable[[Any], None]:
     """What a training loop calls with its current state just before it
     dispatches the next step. Under `one_step_in_flight` it waits for that
     state, then for the previous step's buffer to be freed
     (`host_memory.ReleaseWait`); otherwise it does nothing, and steps are
     dispatched asynchronously."""
-    if not one_step_in_flight(mesh):
+    if not one_step_in_flight(mesh, step_temp_bytes):
         return lambda state: None
     release_wait = host_memory.ReleaseWait(True)
 

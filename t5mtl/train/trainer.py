@@ -36,7 +36,7 @@ from t5mtl.train.init_from import init_params_from
 from t5mtl.train.metrics_writer import MetricsLogger
 from t5mtl.train.optimizers import create_optimizer
 from t5mtl.train.train_step import (create_train_state, dispatch_gate, jit_train_step,
-                                    make_train_step)
+                                    make_train_step, temp_bytes)
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ def train(model_dir: str, *, model_config: T5Config = gin.REQUIRED,
         return results
 
     start_step = int(jax.device_get(state.step))
-    before_dispatch = dispatch_gate(mesh)    # one step at a time under the keep malloc policy
+    compiled_step, before_dispatch = None, None
     history, eval_results, last_loss = [], {}, float("nan")
     tokens, t0 = 0, time.time()
     bar = _progress(start_step, num_steps, show_progress)
@@ -308,8 +308,13 @@ def train(model_dir: str, *, model_config: T5Config = gin.REQUIRED,
             data_position += 1
             tokens += _tokens(batch) * num_shards
             batch = partitioning.host_batch_to_global(batch, mesh)
+            if compiled_step is None:
+                # Compiled ahead of time for its buffer size: large CPU steps
+                # run one at a time under the keep malloc policy.
+                compiled_step = step_fn.lower(state, batch).compile()
+                before_dispatch = dispatch_gate(mesh, temp_bytes(compiled_step))
             before_dispatch(state)
-            state, metrics = step_fn(state, batch)
+            state, metrics = compiled_step(state, batch)
             step += 1
             history.append(metrics)
             if step % log_period == 0 or step == num_steps:

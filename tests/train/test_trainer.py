@@ -398,18 +398,23 @@ def test_stop_flag_agreement_mechanism(monkeypatch):
         assert [stop.reached(s) for s in range(2)] == [False, True]
 
 
-@pytest.mark.parametrize("keep", [True, False])
-def test_on_cpu_under_the_keep_policy_the_loop_waits_for_each_step(tmp_path, monkeypatch, keep):
+@pytest.mark.parametrize("keep,min_temp_bytes,waits", [
+    (True, 0, True), (False, 0, False), (True, 256 << 20, False)])
+def test_on_cpu_under_the_keep_policy_the_loop_waits_for_each_large_step(
+        tmp_path, monkeypatch, keep, min_temp_bytes, waits):
     """One step in flight (t5mtl.train.train_step.one_step_in_flight) under
-    the keep malloc policy: the loop blocks on the state the previous step
-    returned, once per step; by default it dispatches asynchronously."""
+    the keep malloc policy for steps whose temporary buffer is large: the
+    loop blocks on the state the previous step returned, once per step. By
+    default, and for the tiny model's small buffer, it dispatches
+    asynchronously."""
     from t5mtl import host_memory
-    from t5mtl.train import trainer
+    from t5mtl.train import train_step, trainer
     monkeypatch.setattr(host_memory, "keeps_freed_memory", lambda *a: keep)
+    monkeypatch.setattr(train_step, "ONE_STEP_MIN_TEMP_BYTES", min_temp_bytes)
     waited = []
     real = jax.block_until_ready
     monkeypatch.setattr(trainer.jax, "block_until_ready",
                         lambda x: waited.append(int(real(x).step)) or x)
     summary = _train_tiny(tmp_path, num_steps=3)
     assert summary["step"] == 3
-    assert waited == ([0, 1, 2] if keep else [])
+    assert waited == ([0, 1, 2] if waits else [])
