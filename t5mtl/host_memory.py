@@ -166,6 +166,13 @@ def release_free_heap() -> bool:
     return True
 
 
+# Two of XLA's step buffers smaller than this may be alive at once under the
+# ``keep`` policy: the overlap costs little memory, and keeping such steps
+# apart costs more time than it saves (ReleaseWait's slack; the trainer's
+# one-step-at-a-time threshold, t5mtl.train.train_step.one_step_in_flight).
+SMALL_BUFFER_BYTES = 256 << 20
+
+
 class ReleaseWait:
     """Before each dispatch, waits until the previous step's temporary
     buffer is back in the heap.
@@ -193,7 +200,8 @@ class ReleaseWait:
     (docs/performance.md).
     """
 
-    def __init__(self, enabled: bool, slack_bytes: int = 256 << 20, timeout_s: float = 0.2):
+    def __init__(self, enabled: bool, slack_bytes: int = SMALL_BUFFER_BYTES,
+                 timeout_s: float = 0.2):
         self.in_use = heap_bytes_in_use() if enabled else None
         self.slack_bytes, self.timeout_s = slack_bytes, timeout_s
         self.baseline: int | None = None

@@ -256,7 +256,7 @@ def jit_train_step(step_fn: Callable[[TrainState, Batch], tuple[TrainState, Metr
 
 # Below this temporary-buffer size a CPU step under the keep policy is
 # dispatched asynchronously after all (`one_step_in_flight`).
-ONE_STEP_MIN_TEMP_BYTES = 256 << 20
+ONE_STEP_MIN_TEMP_BYTES = host_memory.SMALL_BUFFER_BYTES
 
 
 def temp_bytes(compiled: Any) -> int | None:
