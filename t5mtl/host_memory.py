@@ -22,15 +22,15 @@ where JAX has an accelerator to use (`default_policy`):
   faults it back in takes ~0.3 s longer at 128/32 (every few steps) or up to
   3 s longer after a pause. The process keeps its peak footprint, and two
   steps' buffers must not overlap, or the heap fragments (it grew to 9.4 GB
-  instead of 4 GB): under this policy the trainer runs one step at a time on
-  CPU (t5mtl.train.train_step.one_step_in_flight) and waits for
-  `ReleaseWait` before each dispatch. It is not the default where an
-  accelerator is available: there XLA's step buffers are device memory, and
-  one malloc arena for every thread is a risk for hosts whose many cores
-  feed tf.data (glibc's per-thread caches serve small blocks without the
-  arena lock, but that has not been measured on such a host). On the 2-core
-  machine the quickstart took the same time under ``keep`` and
-  ``huge_pages``, within run-to-run noise.
+  instead of 4 GB): under this policy the trainer runs steps whose buffer
+  is large one at a time on CPU (t5mtl.train.train_step.one_step_in_flight)
+  and waits for `ReleaseWait` before each dispatch. It is not the default
+  where an accelerator is available: there XLA's step buffers are device
+  memory, and one malloc arena for every thread is a risk for hosts whose
+  many cores feed tf.data (glibc's per-thread caches serve small blocks
+  without the arena lock, but that has not been measured on such a host).
+  On the 2-core machine the quickstart took 1m42s under ``keep`` against
+  1m53s under ``huge_pages``, with a peak RSS of 2.5 GB against 1.7 GB.
 * ``huge_pages`` (the default with an accelerator): ``hugetlb=1``. Memory
   still goes back to the kernel on free, but in 2 MiB pages: ~20k faults and
   ~0.2 s of kernel time per 512/114 step (~1.2x faster than ``system``).
