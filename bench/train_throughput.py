@@ -110,7 +110,8 @@ class T5mtlStep:
         cost = self.compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         self.xla_flops = float(cost.get("flops", float("nan")))
-        # As the trainer runs them: one step at a time under the keep malloc policy.
+        # As the trainer runs them: under the keep malloc policy, steps with a large
+        # temporary buffer (both shapes here) one at a time.
         self.before_dispatch = dispatch_gate(self.mesh, temp_bytes(self.compiled))
         self.k = 0
         self.loss = None

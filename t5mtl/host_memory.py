@@ -212,10 +212,10 @@ class ReleaseWait:
             return
         if self.baseline is None:
             release_free_heap()
-        start = time.perf_counter()
-        if self.baseline is not None:
+        else:
+            start = time.perf_counter()
             while (self.in_use() > self.baseline + self.slack_bytes
                    and time.perf_counter() - start < self.timeout_s):
                 time.sleep(0.0002)
-        self.waited_s += time.perf_counter() - start
+            self.waited_s += time.perf_counter() - start
         self.baseline = self.in_use()
