@@ -30,24 +30,30 @@ def hf_to_model_dir(src: str, dst: str, scan_layers: bool = False) -> None:
     """
     from t5mtl.convert.atomic_dir import atomic_directory
     from t5mtl.convert.hf import hf_vocabulary_spec, import_hf
-    from t5mtl.convert.layout import to_layout
+    from t5mtl.models.encoder_decoder import EncoderDecoderModel
     from t5mtl.train.model_dir import save_params, write_model_json
     config, params = import_hf(src)
-    config = config.replace(scan_layers=scan_layers)
+    model = EncoderDecoderModel(config.replace(scan_layers=scan_layers))
     vocab = hf_vocabulary_spec(src)
     with atomic_directory(dst) as tmp:
         if vocab:
             shutil.copy(vocab["path"], os.path.join(tmp, "spiece.model"))
             vocab = dict(vocab, path=os.path.join(os.path.abspath(dst), "spiece.model"))
-        write_model_json(tmp, config, vocab)
-        save_params(tmp, to_layout(params, config), step=0)
+        write_model_json(tmp, model, vocab)
+        save_params(tmp, model.adapt_params(params), step=0)
 
 
 def model_dir_to_hf(src: str, dst: str, step: int | None = None) -> None:
     from t5mtl.convert.hf import export_hf
-    from t5mtl.train.model_dir import read_model_json, restore_params
-    config, _ = read_model_json(src)
-    export_hf(config, restore_params(src, config, step), dst)
+    from t5mtl.errors import T5mtlError
+    from t5mtl.models.encoder_decoder import EncoderDecoderModel
+    from t5mtl.train.model_dir import load_params
+    model, params = load_params(src, step)
+    if not isinstance(model, EncoderDecoderModel) or model.encoder_input is not None \
+            or model.attention_prefix is not None:
+        raise T5mtlError(f"{src}: only plain T5 models export to HF (this one is "
+                         f"{type(model).__name__} with its seam modules)")
+    export_hf(model.config, params, dst)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -174,7 +174,7 @@ def export_hf(cfg: T5Config, params: dict, dst: str) -> None:
     """
     from safetensors.numpy import save_file
     if cfg.scan_layers:
-        from t5mtl.convert.layout import unstack_layers
+        from t5mtl.models.layout import unstack_layers
         params = unstack_layers(params, cfg)
     tensors = {}
     for hf_name, path, (_, to_hf) in name_table(cfg):

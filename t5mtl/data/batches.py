@@ -15,7 +15,7 @@ Feature converters:
 """
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import gin
 import numpy as np
@@ -95,3 +95,37 @@ def host_batches(mixture_or_task_name: str,
         verbose=False,
     )
     return ds.as_numpy_iterator()
+
+
+def pad_ids(rows: Sequence[Sequence[int]], length: int | None = None,
+            multiple: int = 8) -> np.ndarray:
+    """Right-pads ragged id lists with 0 into an int32 array [len(rows), length].
+
+    Without `length`, the longest row rounded up to `multiple` (so nearby
+    lengths share one compiled shape); longer rows are cut to `length`.
+    """
+    if length is None:
+        length = max(1, max(len(r) for r in rows))
+        length = -(-length // multiple) * multiple
+    out = np.zeros((len(rows), length), np.int32)
+    for i, r in enumerate(rows):
+        r = list(r)[:length]
+        out[i, :len(r)] = r
+    return out
+
+
+def scoring_batch(inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
+                  input_length: int | None = None,
+                  target_length: int | None = None) -> dict[str, np.ndarray]:
+    """Unpacked encoder-decoder features for scoring `targets` given `inputs`
+    (id lists, EOS included): the decoder inputs are seqio's shift right of
+    the targets, as EncDecFeatureConverter makes them."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    if len(inputs) != len(targets):
+        raise T5mtlError(f"got {len(inputs)} inputs but {len(targets)} targets")
+    enc = pad_ids(inputs, input_length)
+    tgt = pad_ids(targets, target_length)
+    dec_in = np.stack([seqio.utils.make_autoregressive_inputs(tf.constant(row)).numpy()
+                       for row in tgt]).astype(np.int32)
+    return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
+            "decoder_target_tokens": tgt, "decoder_loss_weights": (tgt > 0).astype(np.int32)}

@@ -95,6 +95,31 @@ def _resolve_model_path(path: str) -> str:
     return data_path(path)
 
 
+def vocabulary_spec(vocab: seqio.Vocabulary) -> dict | None:
+    """model.json's description of a seqio vocabulary (None: not describable),
+    so that infer can turn text into ids and back."""
+    if isinstance(vocab, seqio.ByteVocabulary):
+        return {"kind": "byte", "extra_ids": vocab.extra_ids}
+    if isinstance(vocab, seqio.SentencePieceVocabulary):
+        return {"kind": "sentencepiece", "path": os.path.abspath(vocab.sentencepiece_model_file),
+                "extra_ids": vocab.extra_ids}
+    return None
+
+
+def vocabulary_from_spec(spec: dict | None) -> seqio.Vocabulary | None:
+    """The seqio vocabulary model.json describes (None: none known)."""
+    if not spec:
+        return None
+    kind = spec.get("kind")
+    if kind == "byte":
+        return seqio.ByteVocabulary(extra_ids=spec.get("extra_ids", 100))
+    if kind == "sentencepiece":
+        if not os.path.isfile(spec.get("path", "")):
+            raise T5mtlError(f"sentencepiece model {spec.get('path')!r} not found")
+        return seqio.SentencePieceVocabulary(spec["path"], extra_ids=spec.get("extra_ids", 100))
+    raise T5mtlError(f"unknown vocabulary kind {kind!r} (byte or sentencepiece)")
+
+
 def sentinel_id(vocab: seqio.Vocabulary, i: int = 0) -> int:
     """The id of `<extra_id_{i}>`: `vocab_size - 1 - i` (sentinels count down)."""
     if not 0 <= i < vocab.extra_ids:

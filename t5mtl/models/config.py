@@ -34,6 +34,7 @@ class T5Config:
     dtype: str = "float32"            # activations: float32 or bfloat16
     scan_layers: bool = False
     remat_policy: str = "none"        # none | full | dots_saveable
+    kernels: str = "auto"             # auto | xla | cpu (t5mtl.models.kernels)
 
     def __post_init__(self):
         if self.feed_forward_proj not in ACTIVATIONS:
@@ -43,6 +44,8 @@ class T5Config:
             raise T5mtlError(f"dtype={self.dtype!r}; expected float32 or bfloat16")
         if self.remat_policy not in ("none", "full", "dots_saveable"):
             raise T5mtlError(f"remat_policy={self.remat_policy!r}; expected none, full or dots_saveable")
+        from t5mtl.models.kernels import check
+        check(self.kernels)
 
     @property
     def n_decoder_layers(self) -> int:

@@ -1,37 +1,48 @@
-"""The model contract the trainer, evaluator and infer code rely on (t5x style).
-
-  loss_fn(params, batch, dropout_rng) -> (loss, metrics)
-  score_batch(params, batch)          -> per-example target log-likelihood [b]
-  predict_batch(params, batch)        -> decoded ids [b, max_decode_length]
-  init_boxed(rng)                      -> params with logical-axis boxes
+"""T5 behind the model protocol (t5mtl.models.base): losses, scores and decoding.
 
 `batch` holds seqio.EncDecFeatureConverter features: encoder_input_tokens,
 decoder_input_tokens, decoder_target_tokens, decoder_loss_weights and, when
-packed, *_segment_ids and *_positions. The optimizer is not part of the model.
+packed, *_segment_ids and *_positions; with task ids, encoder_task_ids and
+decoder_task_ids (t5mtl.data.task_ids). The optimizer is not part of the
+model.
+
+In gin:
+
+    train.model = @EncoderDecoderModel()
+    EncoderDecoderModel.config = @get_config()
+    EncoderDecoderModel.loss = @LossConfig()              # optional
+    EncoderDecoderModel.encoder_input = @SomeModule()    # optional seam modules
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Any, Mapping, NamedTuple
 
+import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
 
+from t5mtl.errors import T5mtlError
+from t5mtl.models import losses
+from t5mtl.models.base import BaseModel, Batch, module_from_spec, module_spec
 from t5mtl.models.config import T5Config
-from t5mtl.models.t5 import Transformer
-
-Batch = Mapping[str, jax.Array]
+from t5mtl.models.decoding import beam_search, sample_loop
+from t5mtl.models.layout import to_layout
+from t5mtl.models.t5 import EncoderOutput, Transformer
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """How the token cross-entropy is turned into a loss (see train.losses)."""
+    """How the token cross-entropy is turned into a loss (see models.losses)."""
     z_loss: float = 1e-4
     label_smoothing: float = 0.0
     normalization: str = "num_real_target_tokens"
     loss_normalizing_factor: float | None = None
+
+    def __post_init__(self):
+        losses.check_normalization(self.normalization, self.loss_normalizing_factor)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,21 +58,78 @@ class DecodeConfig:
     eos_id: int = 1
 
 
-class EncoderDecoderModel:
-    """A T5 config plus the functions the training and evaluation loops call."""
+gin.external_configurable(DecodeConfig, module="t5mtl")
 
-    def __init__(self, config: T5Config, loss: LossConfig | None = None):
+# The T5Config fields that say which function the parameters compute. A run
+# may resume a model_dir with other dropout, dtype, remat or kernel settings,
+# not with other values of these.
+ARCHITECTURE_FIELDS = (
+    "vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers", "num_decoder_layers",
+    "feed_forward_proj", "tie_word_embeddings", "relative_attention_num_buckets",
+    "relative_attention_max_distance", "layer_norm_epsilon", "scan_layers")
+
+
+class DecodeState(NamedTuple):
+    """What T5 decoding carries between steps: the encoder output with its
+    mask, the encoder's task ids (or None) and the per-layer KV caches."""
+    encoded: EncoderOutput
+    task_ids: Any
+    cache: dict
+
+
+@gin.configurable
+class EncoderDecoderModel(BaseModel):
+    """A T5 config, optional seam modules, and the functions the loops call."""
+
+    def __init__(self, config: T5Config = gin.REQUIRED, loss: LossConfig | None = None,
+                 encoder_input: nn.Module | None = None,
+                 attention_prefix: nn.Module | None = None):
+        if not isinstance(config, T5Config):
+            raise T5mtlError(f"EncoderDecoderModel.config must be a T5Config (e.g. "
+                             f"@get_config()), got {config!r}")
         self.config = config
         self.loss = loss or LossConfig()
-        self.module = Transformer(config)
+        self.encoder_input = encoder_input
+        self.attention_prefix = attention_prefix
+        self.module = Transformer(config, encoder_input, attention_prefix)
+        self._decoders: dict[DecodeConfig, Any] = {}
 
-    # -- parameters --------------------------------------------------------
+    def replace(self, **changes) -> "EncoderDecoderModel":
+        args = dict(config=self.config, loss=self.loss, encoder_input=self.encoder_input,
+                    attention_prefix=self.attention_prefix)
+        return EncoderDecoderModel(**{**args, **changes})
+
+    # -- what it is ---------------------------------------------------------------
+    def spec(self) -> dict:
+        return {"config": self.config.to_dict(), "loss": dataclasses.asdict(self.loss),
+                "encoder_input": module_spec(self.encoder_input),
+                "attention_prefix": module_spec(self.attention_prefix)}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> "EncoderDecoderModel":
+        return cls(T5Config.from_dict(spec["config"]), LossConfig(**spec.get("loss", {})),
+                   module_from_spec(spec.get("encoder_input")),
+                   module_from_spec(spec.get("attention_prefix")))
+
+    def architecture(self) -> dict:
+        cfg = self.config
+        arch = {f: (cfg.n_decoder_layers if f == "num_decoder_layers" else getattr(cfg, f))
+                for f in ARCHITECTURE_FIELDS}
+        arch["encoder_input"] = module_spec(self.encoder_input)
+        arch["attention_prefix"] = module_spec(self.attention_prefix)
+        return arch
+
+    # -- parameters ---------------------------------------------------------------
     def init_boxed(self, rng):
         """Params with nn.Partitioned boxes (logical axis names), for sharding."""
         dummy = jnp.ones((1, 4), jnp.int32)
         return self.module.init(rng, dummy, dummy)["params"]
 
-    # -- forward -------------------------------------------------------------
+    def adapt_params(self, params):
+        """Per-layer or scanned, as this config's `scan_layers` asks."""
+        return to_layout(params, self.config)
+
+    # -- forward ------------------------------------------------------------------
     def logits(self, params, batch: Batch, dropout_rng=None):
         rngs = None if dropout_rng is None else {"dropout": dropout_rng}
         return self.module.apply(
@@ -69,23 +137,40 @@ class EncoderDecoderModel:
             batch["encoder_input_tokens"], batch["decoder_input_tokens"],
             batch.get("encoder_segment_ids"), batch.get("decoder_segment_ids"),
             batch.get("encoder_positions"), batch.get("decoder_positions"),
-            deterministic=dropout_rng is None, rngs=rngs)
+            deterministic=dropout_rng is None, task_ids=batch.get("encoder_task_ids"),
+            rngs=rngs)
 
-    def loss_fn(self, params, batch: Batch, dropout_rng):
-        from t5mtl.train.losses import cross_entropy_with_z_loss
-        from t5mtl.train.train_step import LOSS_DENOMINATOR_KEY
+    def loss_denominator(self, batch: Batch, num_tasks: int = 0) -> dict:
+        """{"loss": the batch's denominator} and, with tasks, {"task": [num_tasks]}:
+        the one place the loss's normalization is decided (segment ids included)."""
+        targets = batch["decoder_target_tokens"]
+        weights = batch.get("decoder_loss_weights")
+        weights = (targets > 0) if weights is None else weights
+        segment_ids = batch.get("decoder_segment_ids")
+        cfg = self.loss
+        out = {"loss": losses.loss_denominator(weights, cfg.normalization,
+                                               cfg.loss_normalizing_factor, segment_ids)}
+        if num_tasks and "decoder_task_ids" in batch:
+            out["task"] = losses.task_loss_denominator(
+                weights, batch["decoder_task_ids"], num_tasks, cfg.normalization,
+                cfg.loss_normalizing_factor, segment_ids)
+        return out
+
+    def loss_fn(self, params, batch: Batch, dropout_rng, num_tasks: int = 0):
         use_dropout = self.config.dropout_rate > 0 and dropout_rng is not None
         logits = self.logits(params, batch, dropout_rng if use_dropout else None)
-        return cross_entropy_with_z_loss(
+        denominator = batch.get(losses.LOSS_DENOMINATOR_KEY) or {}
+        with_tasks = bool(num_tasks) and "decoder_task_ids" in batch
+        cfg = self.loss
+        return losses.cross_entropy_with_z_loss(
             logits, batch["decoder_target_tokens"], batch.get("decoder_loss_weights"),
-            z_loss=self.loss.z_loss, label_smoothing=self.loss.label_smoothing,
-            normalization=self.loss.normalization,
-            loss_normalizing_factor=self.loss.loss_normalizing_factor,
+            z_loss=cfg.z_loss, label_smoothing=cfg.label_smoothing,
+            normalization=cfg.normalization, loss_normalizing_factor=cfg.loss_normalizing_factor,
             segment_ids=batch.get("decoder_segment_ids"),
-            loss_denominator=batch.get(LOSS_DENOMINATOR_KEY))
-
-    def eval_loss_fn(self, params, batch: Batch):
-        return self.loss_fn(params, batch, None)
+            loss_denominator=denominator.get("loss"),
+            task_ids=batch["decoder_task_ids"] if with_tasks else None,
+            num_tasks=num_tasks if with_tasks else 0,
+            task_loss_denominator=denominator.get("task"))
 
     def score_batch(self, params, batch: Batch):
         """Sum over target tokens of log p(token), per example (unpacked batches)."""
@@ -97,26 +182,90 @@ class EncoderDecoderModel:
         weights = (targets > 0) if weights is None else weights > 0
         return jnp.sum(jnp.where(weights, tok, 0.0), axis=-1)
 
+    # -- decoding -----------------------------------------------------------------
+    def decode_fns(self, max_decode_length: int):
+        """(prefill, step) over the KV cache, params passed at call:
+
+          prefill(params, batch) -> (logits [b, V] at position 0, DecodeState)
+          step(params, state, tokens [b], position) -> (logits [b, V], state)
+        """
+        module = self.module
+
+        def prefill(params, batch):
+            tokens, task_ids = batch["encoder_input_tokens"], batch.get("encoder_task_ids")
+            encoded = module.apply({"params": params}, tokens, task_ids=task_ids,
+                                   method=Transformer.encode)
+            b = tokens.shape[0]
+            start = jnp.zeros((b, 1), jnp.int32)      # decoder start token = pad = 0
+            logits, variables = module.apply(
+                {"params": params}, encoded, start, decoder_positions=start, decode=True,
+                max_decode_length=max_decode_length, task_ids=task_ids, mutable=["cache"],
+                method=Transformer.decode)
+            return logits[:, 0], DecodeState(encoded, task_ids, variables["cache"])
+
+        def step(params, state: DecodeState, tokens, position):
+            b = tokens.shape[0]
+            logits, variables = module.apply(
+                {"params": params, "cache": state.cache}, state.encoded, tokens[:, None],
+                decoder_positions=jnp.full((b, 1), position, jnp.int32), decode=True,
+                max_decode_length=max_decode_length, task_ids=state.task_ids,
+                mutable=["cache"], method=Transformer.decode)
+            return logits[:, 0], state._replace(cache=variables["cache"])
+
+        return prefill, step
+
     def predict_batch(self, params, batch: Batch, decode: DecodeConfig | None = None, rng=None):
         """Decoded ids [b, max_decode_length] (0 after EOS) for the batch's inputs."""
-        decode = decode or DecodeConfig()
-        return self.decoder(decode)(params, batch["encoder_input_tokens"], rng)
+        return self.decoder(decode or DecodeConfig())(params, batch, rng)
 
     def decoder(self, decode: DecodeConfig):
-        """A jitted `(params, encoder_tokens, rng) -> ids` for `decode`."""
-        from t5mtl.infer.beam_search import compiled_beam_search
-        from t5mtl.infer.decoding import compiled_sampler
+        """A jitted `(params, batch, rng=None) -> ids [b, max_decode_length]`;
+        `batch` needs encoder_input_tokens (and encoder_task_ids if the seam
+        modules use task ids)."""
+        if decode not in self._decoders:
+            self._decoders[decode] = self._build_decoder(decode)
+        return self._decoders[decode]
+
+    def _build_decoder(self, decode: DecodeConfig):
+        prefill, step = self.decode_fns(decode.max_decode_length)
         if decode.method == "beam":
-            beam = compiled_beam_search(self.module, decode.max_decode_length, decode.beam_size,
-                                        decode.alpha, decode.eos_id)
-            return lambda params, enc, rng=None: beam(params, enc)[0]
+            run_beam = jax.jit(lambda params, batch: self._beam(prefill, step, decode, params,
+                                                                batch))
+            return lambda params, batch, rng=None: run_beam(params, _decoder_inputs(batch))[0]
         if decode.method not in ("greedy", "sample"):
-            from t5mtl.errors import T5mtlError
             raise T5mtlError(f"unknown decode method {decode.method!r} (greedy, sample, beam)")
         temperature = 0.0 if decode.method == "greedy" else decode.temperature
-        run = compiled_sampler(self.module, decode.max_decode_length, temperature, decode.top_k,
+
+        @jax.jit
+        def run(params, batch, rng):
+            logits, state = prefill(params, batch)
+            return sample_loop(logits, state, lambda *a: step(params, *a),
+                               decode.max_decode_length, rng, temperature, decode.top_k,
                                decode.top_p, decode.eos_id)
 
-        def sample(params, enc, rng=None):
-            return run(params, enc, jax.random.PRNGKey(0) if rng is None else rng)
+        def sample(params, batch, rng=None):
+            return run(params, _decoder_inputs(batch),
+                       jax.random.PRNGKey(0) if rng is None else rng)
         return sample
+
+    def beam_search(self, params, batch: Batch, decode: DecodeConfig):
+        """(ids [b, N], scores [b]) of beam search (T5's length penalty)."""
+        prefill, step = self.decode_fns(decode.max_decode_length)
+        return jax.jit(lambda p, b: self._beam(prefill, step, decode, p, b))(
+            params, _decoder_inputs(batch))
+
+    def _beam(self, prefill, step, decode: DecodeConfig, params, batch):
+        batch_size, beams = batch["encoder_input_tokens"].shape[0], decode.beam_size
+        logits, state = prefill(params, jax.tree.map(lambda x: jnp.repeat(x, beams, axis=0),
+                                                     batch))
+        return beam_search(logits, state, lambda *a: step(params, *a), batch_size, beams,
+                           decode.max_decode_length, decode.alpha, decode.eos_id,
+                           cache_batch_axis=1 if self.config.scan_layers else 0)
+
+
+def _decoder_inputs(batch) -> dict:
+    """The features decoding reads: encoder tokens and, if present, task ids
+    (a bare token array is accepted as the encoder tokens)."""
+    if not isinstance(batch, Mapping):
+        return {"encoder_input_tokens": jnp.asarray(batch)}
+    return {k: batch[k] for k in ("encoder_input_tokens", "encoder_task_ids") if k in batch}

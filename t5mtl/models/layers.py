@@ -4,22 +4,25 @@ Every parameter carries logical axis names (`nn.with_logical_partitioning`);
 one rule table (t5mtl.train.partitioning) maps them onto the device mesh.
 Logical names: embed, mlp, heads, kv, vocab, relpos_buckets (and `layers`
 for scanned stacks).
+
+Layers take `kernels` ("xla" or "cpu", see t5mtl.models.kernels): which
+implementation differentiates their matmuls and attention. It never changes
+what they compute.
 """
 from __future__ import annotations
 
 import math
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5mtl.models.attention import attention_scores, dot_product_attention
-from t5mtl.models.ffn_output import activation, activation_dense
-from t5mtl.models.weight_grad import dense
+from t5mtl.models import kernels as kernels_lib
+from t5mtl.models.kernels.reference import NEG_INF, activation, attention_scores
 
-# A large finite negative number rather than -inf, so that a fully masked
-# row (padding) gives a uniform softmax instead of NaN.
-NEG_INF = -1e10
+__all__ = ["NEG_INF", "DenseGeneral", "dense_2d", "RMSNorm", "MLP", "KVPrefix",
+           "relative_position_bucket", "RelativePositionBias", "MultiHeadAttention"]
 
 
 def _init(stddev: float, axes: tuple[str, ...]):
@@ -37,27 +40,28 @@ class DenseGeneral(nn.Module):
     stddev: float
     n_in: int = 1
     dtype: jnp.dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x):
         in_shape = x.shape[-self.n_in:]
         kernel = self.param("kernel", _init(self.stddev, self.kernel_axes),
                             tuple(in_shape) + tuple(self.features), jnp.float32)
-        return dense_2d(x.astype(self.dtype), kernel.astype(self.dtype), self.n_in)
+        return dense_2d(x.astype(self.dtype), kernel.astype(self.dtype), self.n_in,
+                        self.kernels)
 
 
-def dense_2d(x, kernel, n_in: int = 1):
+def dense_2d(x, kernel, n_in: int = 1, kernels: str = "xla"):
     """x [..., *in] @ kernel [*in, *out] as one 2-D matmul [tokens, in] @ [in, out].
 
     Same numbers as a dot_general over the 3-D activations, but on XLA CPU the
     gradient of a 3-D dot materializes transposed copies of its [tokens, out]
     cotangent (the weight-gradient dot is canonicalized that way); flattening
-    halves an MLP block's backward time there (docs/performance.md). The
-    weight gradient runs as a row-major matmul on CPU (models/weight_grad.py).
+    avoids them (docs/performance.md).
     """
     lead, ins, outs = x.shape[:x.ndim - n_in], x.shape[x.ndim - n_in:], kernel.shape[n_in:]
-    y = dense(x.reshape(math.prod(lead), math.prod(ins)),
-              kernel.reshape(math.prod(ins), math.prod(outs)))
+    y = kernels_lib.get(kernels).dense(x.reshape(math.prod(lead), math.prod(ins)),
+                                       kernel.reshape(math.prod(ins), math.prod(outs)))
     return y.reshape(lead + outs)
 
 
@@ -77,10 +81,11 @@ class RMSNorm(nn.Module):
 
 
 class _MLPOutput(nn.Module):
-    """act(pre) @ wo through the recomputing VJP (t5mtl.models.ffn_output)."""
+    """act(pre) @ wo as one kernel (the CPU one recomputes act in its VJP)."""
     d_model: int
     gated: bool
     dtype: jnp.dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, pre):
@@ -88,7 +93,8 @@ class _MLPOutput(nn.Module):
         kernel = self.param("kernel", _init(d_ff ** -0.5, ("mlp", "embed")),
                             (d_ff, self.d_model), jnp.float32)
         flat = tuple(p.reshape(-1, d_ff) for p in pre)
-        out = activation_dense(self.gated, flat, kernel.astype(self.dtype))
+        out = kernels_lib.get(self.kernels).activation_dense(self.gated, flat,
+                                                             kernel.astype(self.dtype))
         return out.reshape(pre[0].shape[:-1] + (self.d_model,))
 
 
@@ -98,19 +104,20 @@ class MLP(nn.Module):
     gated: bool
     dropout_rate: float
     dtype: jnp.dtype = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x, deterministic: bool):
         d_model = x.shape[-1]
         dense = lambda feats, axes, std, name: DenseGeneral((feats,), axes, std, 1, self.dtype,
-                                                            name=name)
+                                                            self.kernels, name=name)
         if self.gated:
             pre = (dense(self.d_ff, ("embed", "mlp"), d_model ** -0.5, "wi_0")(x),
                    dense(self.d_ff, ("embed", "mlp"), d_model ** -0.5, "wi_1")(x))
         else:
             pre = (dense(self.d_ff, ("embed", "mlp"), d_model ** -0.5, "wi")(x),)
         if deterministic or self.dropout_rate == 0.0:
-            return _MLPOutput(d_model, self.gated, self.dtype, name="wo")(pre)
+            return _MLPOutput(d_model, self.gated, self.dtype, self.kernels, name="wo")(pre)
         h = nn.with_logical_constraint(activation(self.gated, pre), ("batch", "length", "mlp"))
         h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
         return dense(d_model, ("mlp", "embed"), self.d_ff ** -0.5, "wo")(h)
@@ -161,29 +168,81 @@ class RelativePositionBias(nn.Module):
         return jnp.transpose(values, (0, 3, 1, 2))
 
 
+@flax.struct.dataclass
+class KVPrefix:
+    """Keys and values prepended to a self-attention layer's own, after the
+    projections (prefix tuning, HyperPrompt): an argument of attention, so it
+    reaches the encoder and the decoder, packed rows, scanned stacks and the
+    decoder's KV cache alike.
+
+      key, value  [b or 1, P, heads, kv]   (one layer) or with a leading
+                  [layers] axis when given to a stack
+      mask        bool [b or 1, P]: the slots a query may attend to
+
+    Every query of a row may attend to every unmasked slot of its prefix
+    (causal masking does not apply to it). The relative-position bias of a
+    prefix slot is 0: the slots are memory without a position.
+    """
+    key: jax.Array
+    value: jax.Array
+    mask: jax.Array
+
+    @property
+    def length(self) -> int:
+        return self.key.shape[-3]
+
+    def layer(self, i: int) -> "KVPrefix":
+        """Layer i's prefix, from a stack's prefix with a leading [layers] axis."""
+        return jax.tree.map(lambda x: x[i], self)
+
+
+def _with_prefix(prefix: KVPrefix, key, value, bias, mask):
+    """Prepends a prefix's slots to keys/values and extends bias (with 0) and
+    the additive mask (0 / NEG_INF from prefix.mask) to match."""
+    b, _, heads, d_kv = key.shape
+    p = prefix.length
+    key = jnp.concatenate(
+        [jnp.broadcast_to(prefix.key, (b, p, heads, d_kv)).astype(key.dtype), key], axis=1)
+    value = jnp.concatenate(
+        [jnp.broadcast_to(prefix.value, (b, p, heads, d_kv)).astype(value.dtype), value], axis=1)
+    slot_mask = jnp.where(prefix.mask, 0.0, NEG_INF).astype(jnp.float32)[:, None, None, :]
+    if mask is None:
+        mask = jnp.zeros((1, 1, 1, key.shape[1] - p), jnp.float32)
+    rows = max(mask.shape[0], slot_mask.shape[0])
+    mask = jnp.concatenate(
+        [jnp.broadcast_to(slot_mask, (rows, 1, mask.shape[2], p)),
+         jnp.broadcast_to(mask, (rows,) + mask.shape[1:])], axis=-1)
+    if bias is not None:
+        bias = jnp.concatenate([jnp.zeros(bias.shape[:-1] + (p,), bias.dtype), bias], axis=-1)
+    return key, value, bias, mask
+
+
 class MultiHeadAttention(nn.Module):
     """T5 attention: no 1/sqrt(d) scaling (folded into the init), additive bias.
 
     With `decode=True` it keeps a cache: self-attention writes one step's
     keys/values at `cache_index` into a [batch, max_len, heads, kv] buffer;
-    cross-attention projects the encoder output once and reuses it.
+    cross-attention projects the encoder output once and reuses it. A
+    `kv_prefix` (self-attention only) is prepended after the cache, so the
+    cache holds only the sequence's own keys and values.
     """
     num_heads: int
     d_kv: int
     dropout_rate: float
     dtype: jnp.dtype = jnp.float32
     is_cross: bool = False
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x_q, x_kv, bias, mask, *, deterministic: bool, decode: bool = False,
-                 max_decode_length: int | None = None):
+                 max_decode_length: int | None = None, kv_prefix: KVPrefix | None = None):
         """bias: relative-position bias or None; mask: additive 0 / NEG_INF; both
         broadcast against [batch, heads, q, k]."""
         d_model = x_q.shape[-1]
         inner = self.num_heads * self.d_kv
         proj = lambda name, std: DenseGeneral((self.num_heads, self.d_kv),
                                               ("embed", "heads", "kv"), std, 1, self.dtype,
-                                              name=name)
+                                              self.kernels, name=name)
         query = proj("query", (d_model * self.d_kv) ** -0.5)(x_q)
 
         if self.is_cross and decode and self.has_variable("cache", "cross_key"):
@@ -198,19 +257,21 @@ class MultiHeadAttention(nn.Module):
 
         if decode and not self.is_cross:
             key, value = self._update_cache(key, value, max_decode_length)
+        if kv_prefix is not None:
+            key, value, bias, mask = _with_prefix(kv_prefix, key, value, bias, mask)
 
         query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
         key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
         value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
         if deterministic or self.dropout_rate == 0.0:
-            out = dot_product_attention(query, key, value, bias, mask)
+            out = kernels_lib.get(self.kernels).attention(query, key, value, bias, mask)
         else:   # dropout on the attention weights: plain autodiff
             scores = attention_scores(query, key, bias, mask)
             weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
             weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
             out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
         return DenseGeneral((d_model,), ("heads", "kv", "embed"), inner ** -0.5, 2, self.dtype,
-                            name="out")(out)
+                            self.kernels, name="out")(out)
 
     def _update_cache(self, key, value, max_decode_length):
         batch, _, heads, d_kv = key.shape

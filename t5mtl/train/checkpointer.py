@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from t5mtl.errors import T5mtlError
+from t5mtl.models import param_names
 from t5mtl.train import model_dir as model_dir_lib
 from t5mtl.train.train_step import TrainState
 
@@ -143,19 +144,12 @@ def _item_metadata(metadata, item: str):
         return None
 
 
-def _key_name(key) -> str:
-    for attr in ("key", "name", "idx"):         # DictKey, GetAttrKey, SequenceKey
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
 def leaf_shapes(tree) -> dict[str, tuple[int, ...]]:
     """{"encoder/layers_0/mlp/wi_0/kernel": shape} of arrays, ShapeDtypeStructs
     or orbax ArrayMetadata. optax's named tuples and orbax's saved dicts of
     them give the same names ("0/v_row/...")."""
-    return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ()))
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {name: tuple(getattr(leaf, "shape", ()))
+            for name, leaf in param_names.named_leaves(tree).items()}
 
 
 def _slots(opt_shapes: dict[str, tuple], params: dict[str, tuple]) -> list[str]:

@@ -9,43 +9,30 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from t5mtl.errors import T5mtlError
-from t5mtl.models.config import T5Config
+from t5mtl.models import param_names
+from t5mtl.models.base import BaseModel
 from t5mtl.train import partitioning
+from t5mtl.train.train_step import trainable_part
 
 log = logging.getLogger(__name__)
 
 
-def load_source_params(path: str, config: T5Config):
-    """Params of a t5mtl model_dir or an HF T5 directory, in `config`'s layout."""
-    from t5mtl.convert.layout import to_layout
+def load_source_params(path: str, model: BaseModel):
+    """Params of a t5mtl model_dir (latest checkpoint) or an HF T5 directory,
+    in `model`'s layout."""
     from t5mtl.train import model_dir
-    if model_dir.is_model_dir(path):
-        src_config, _ = model_dir.read_model_json(path)
-        params = model_dir.restore_params(path, src_config)
-    elif os.path.isfile(os.path.join(path, "config.json")):
-        from t5mtl.convert.hf import import_hf
-        src_config, params = import_hf(path)
-    else:
+    if not (model_dir.is_model_dir(path) or os.path.isfile(os.path.join(path, "config.json"))):
         raise T5mtlError(f"init_from {path!r} is neither a t5mtl model directory nor an HF "
                          f"T5 directory")
-    return to_layout(params, src_config.replace(scan_layers=config.scan_layers))
-
-
-def _path_name(path) -> str:
-    """"encoder/layers_0/mlp/wi_0/kernel" for a key path into a params dict."""
-    return "/".join(str(getattr(k, "key", k)) for k in path)
-
-
-def _named_leaves(tree) -> dict:
-    return {_path_name(path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    _, params = model_dir.load_params(path)
+    return model.adapt_params(params)
 
 
 def merge_params(fresh, source, fresh_patterns: Sequence[str] = (), shardings=None,
@@ -57,8 +44,8 @@ def merge_params(fresh, source, fresh_patterns: Sequence[str] = (), shardings=No
     A name in both with different shapes (and no fresh pattern) raises
     T5mtlError listing every such parameter, before anything is placed.
     """
-    patterns = [re.compile(p) for p in fresh_patterns]
-    src, own = _named_leaves(source), _named_leaves(fresh)
+    patterns = param_names.compile_patterns(fresh_patterns, "init_fresh")
+    src, own = param_names.named_leaves(source), param_names.named_leaves(fresh)
     take = {name for name in own
             if name in src and not any(p.fullmatch(name) for p in patterns)}
     mismatched = [(f"{name!r} has shape {tuple(src[name].shape)} in the source but "
@@ -76,7 +63,7 @@ def merge_params(fresh, source, fresh_patterns: Sequence[str] = (), shardings=No
     shardings = shardings if shardings is not None else jax.tree.map(lambda _: None, fresh)
 
     def pick(path, leaf, sharding):
-        name = _path_name(path)
+        name = param_names.path_name(path)
         if name not in take:
             return leaf
         value = np.asarray(src[name], leaf.dtype)
@@ -85,11 +72,11 @@ def merge_params(fresh, source, fresh_patterns: Sequence[str] = (), shardings=No
     return merged, kept_fresh
 
 
-def init_params_from(state, shardings, tx, config: T5Config, path: str,
-                     fresh_patterns: Sequence[str], mesh, rules):
-    """A new TrainState (step 0, fresh optimizer state) with params from `path`."""
-    import jax.numpy as jnp
-    source = load_source_params(path, config)
+def init_params_from(state, shardings, tx, model: BaseModel, path: str,
+                     fresh_patterns: Sequence[str], mesh, rules, trainable_names=None):
+    """(a new TrainState (step 0, fresh optimizer state of the trainable
+    subtree) with params from `path`, the names of the params kept fresh)."""
+    source = load_source_params(path, model)
     params, kept_fresh = merge_params(state.params, source, fresh_patterns, shardings.params,
                                       source_name=repr(path))
     if kept_fresh:
@@ -97,6 +84,8 @@ def init_params_from(state, shardings, tx, config: T5Config, path: str,
                     ", ".join(kept_fresh[:10]) + (" ..." if len(kept_fresh) > 10 else ""))
     print(f"initialized from {path} ({len(kept_fresh)} parameters fresh)")
     with partitioning.mesh_context(mesh, rules):
-        opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-    return state.replace(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
-                         params=params, opt_state=opt_state)
+        opt_state = jax.jit(lambda p: tx.init(trainable_part(p, trainable_names)),
+                            out_shardings=shardings.opt_state)(params)
+    state = state.replace(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
+                          params=params, opt_state=opt_state)
+    return state, kept_fresh

@@ -1,46 +1,69 @@
 """The on-disk layout of a t5mtl model directory.
 
   model_dir/
-    model.json        {"format": "t5mtl", "config": {...}, "vocabulary": {...} | null}
+    model.json        {"format": "t5mtl",
+                       "model": {"class": "pkg.module:Class", "spec": {...}},
+                       "vocabulary": {...} | null,
+                       "tasks": [task names] | null,     (task index = position)
+                       "base": {"path": dir, "step": N} | null}
     checkpoints/      an orbax CheckpointManager directory: <step>/params (+ the
-                      trainer's items: opt_state, step, data position)
+                      trainer's items: opt_state, progress)
     config.gin        the resolved gin config of the run that wrote it
 
-`t5mtl convert --from hf` writes step 0 with params only; training resumes
-from, or finetunes from, the same layout.
+The model's class and `spec` (t5mtl.models.base) rebuild the model that wrote
+the directory. With a "base", the checkpoints hold only the trained subset
+of the params; the rest are the base's (a t5mtl model_dir or an HF T5
+directory, at that step), and every loader joins the two. model.json files
+written before the model protocol ({"config": T5Config}) read as an
+EncoderDecoderModel. `t5mtl convert --from hf` writes step 0 with params
+only; training resumes from, or finetunes from, the same layout.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
+from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from t5mtl.errors import T5mtlError
-from t5mtl.models.config import T5Config
+from t5mtl.models import param_names
+from t5mtl.models.base import BaseModel, class_path, import_class
 
 MODEL_JSON = "model.json"
 CHECKPOINTS = "checkpoints"
+
+
+@dataclasses.dataclass
+class ModelInfo:
+    """What model.json says."""
+    model: BaseModel
+    vocabulary: dict | None = None
+    tasks: list[str] | None = None
+    base: dict | None = None
 
 
 def is_model_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, MODEL_JSON))
 
 
-def write_model_json(model_dir: str, config: T5Config, vocabulary: dict | None = None) -> None:
+def write_model_json(model_dir: str, model: BaseModel, vocabulary: dict | None = None,
+                     tasks: list[str] | None = None, base: dict | None = None) -> None:
     """Writes model.json atomically (temp file + rename)."""
     os.makedirs(model_dir, exist_ok=True)
-    payload = {"format": "t5mtl", "config": config.to_dict(), "vocabulary": vocabulary}
+    payload = {"format": "t5mtl", "model": {"class": class_path(model), "spec": model.spec()},
+               "vocabulary": vocabulary, "tasks": tasks, "base": base}
     fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=".model.json.")
     with os.fdopen(fd, "w") as f:
         json.dump(payload, f, indent=2, sort_keys=True)
     os.replace(tmp, os.path.join(model_dir, MODEL_JSON))
 
 
-def read_model_json(model_dir: str) -> tuple[T5Config, dict | None]:
+def read_model_json(model_dir: str) -> ModelInfo:
     path = os.path.join(model_dir, MODEL_JSON)
     if not os.path.isfile(path):
         raise T5mtlError(f"{model_dir}: no {MODEL_JSON} (not a t5mtl model directory)")
@@ -49,28 +72,29 @@ def read_model_json(model_dir: str) -> tuple[T5Config, dict | None]:
             payload = json.load(f)
     except json.JSONDecodeError as e:
         raise T5mtlError(f"{path}: not valid JSON ({e})") from e
-    if payload.get("format") != "t5mtl" or "config" not in payload:
+    if payload.get("format") != "t5mtl" or not ("model" in payload or "config" in payload):
         raise T5mtlError(f"{path}: not a t5mtl model.json (format={payload.get('format')!r})")
-    return T5Config.from_dict(payload["config"]), payload.get("vocabulary")
+    if "model" in payload:
+        cls = import_class(payload["model"]["class"])
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            raise T5mtlError(f"{path}: {payload['model']['class']!r} is not a t5mtl model class")
+        model = cls.from_spec(payload["model"]["spec"])
+    else:   # written before the model protocol: a T5Config
+        from t5mtl.models.config import T5Config
+        from t5mtl.models.encoder_decoder import EncoderDecoderModel
+        model = EncoderDecoderModel(T5Config.from_dict(payload["config"]))
+    return ModelInfo(model, payload.get("vocabulary"), payload.get("tasks"), payload.get("base"))
 
 
-# The T5Config fields that say which function the parameters compute. A run
-# may resume a model_dir with other dropout, dtype or remat settings, not with
-# other values of these.
-ARCHITECTURE_FIELDS = (
-    "vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers", "num_decoder_layers",
-    "feed_forward_proj", "tie_word_embeddings", "relative_attention_num_buckets",
-    "relative_attention_max_distance", "layer_norm_epsilon", "scan_layers")
-
-
-def architecture_differences(saved: T5Config, new: T5Config) -> list[str]:
-    """ "field is X in model.json but Y in this run", for each architecture field
-    that differs (num_decoder_layers=None counts as num_layers)."""
-    def value(config, field):
-        return config.n_decoder_layers if field == "num_decoder_layers" else getattr(config, field)
-    return [f"{field} is {value(saved, field)!r} in model.json but {value(new, field)!r} in "
-            f"this run" for field in ARCHITECTURE_FIELDS
-            if value(saved, field) != value(new, field)]
+def architecture_differences(saved: BaseModel, new: BaseModel) -> list[str]:
+    """ "X is A in model.json but B in this run", for the model class and each
+    architecture field that differs."""
+    if class_path(saved) != class_path(new):
+        return [f"the model class is {class_path(saved)!r} in model.json but "
+                f"{class_path(new)!r} in this run"]
+    a, b = saved.architecture(), new.architecture()
+    return [f"{k} is {a.get(k)!r} in model.json but {b.get(k)!r} in this run"
+            for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
 
 
 def checkpoint_manager(model_dir: str, item_handlers: dict | None = None,
@@ -92,35 +116,70 @@ def save_params(model_dir: str, params, step: int = 0) -> None:
         mngr.wait_until_finished()
 
 
-def restore_params(model_dir: str, config: T5Config, step: int | None = None):
-    """Restores params (as numpy-backed jax arrays) from checkpoint `step` or the latest."""
-    from t5mtl.convert.layout import to_layout
-    from t5mtl.models.init import param_shapes
+def _restore_saved_params(model_dir: str, step: int | None) -> tuple[Any, int]:
+    """The params item of checkpoint `step` (latest if None) as numpy, in the
+    tree and shapes it was saved with, and the step."""
     with checkpoint_manager(model_dir) as mngr:
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise T5mtlError(f"{model_dir}: no checkpoint under {CHECKPOINTS}/")
-        saved_scanned = _saved_is_scanned(mngr, step)
-        layout_cfg = config.replace(scan_layers=saved_scanned)
+        if step not in mngr.all_steps():
+            raise T5mtlError(f"{model_dir}: no checkpoint {step} (there are "
+                             f"{sorted(mngr.all_steps())})")
+        meta = mngr.item_metadata(step)["params"]
+        if meta is None:
+            raise T5mtlError(f"{mngr.directory}/{step}: checkpoint has no params item")
         # Onto this process's first device whatever the saving run's devices
         # were (orbax would otherwise insist on the saved topology, e.g. a
         # checkpoint written by 2 processes would not load in 1).
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree_util.tree_map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-            param_shapes(layout_cfg))
-        try:
-            restored = mngr.restore(step, args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract)))
-        except (ValueError, KeyError) as e:
-            raise T5mtlError(f"{model_dir}: checkpoint {step} does not match model.json "
-                             f"({e})") from e
-    params = jax.tree_util.tree_map(np.asarray, restored["params"])
-    return to_layout(params, config)
+        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                getattr(meta, "tree", meta))
+        restored = mngr.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract)))
+    return jax.tree.map(np.asarray, restored["params"]), step
 
 
-def _saved_is_scanned(mngr: ocp.CheckpointManager, step: int) -> bool:
-    meta = mngr.item_metadata(step)["params"]
-    if meta is None:
-        raise T5mtlError(f"{mngr.directory}/{step}: checkpoint has no params item")
-    return "layers" in meta["encoder"]
+def restore_params(model_dir: str, step: int | None = None):
+    """The full params of checkpoint `step` (latest if None) as numpy, in the
+    layout of the model in model.json, base joined in. Params that do not fit
+    that model raise T5mtlError."""
+    info = read_model_json(model_dir)
+    model = info.model
+    saved, step = _restore_saved_params(model_dir, step)
+    if info.base:
+        _, base = load_params(info.base["path"], info.base.get("step"))
+        saved = param_names.merge(info.model.adapt_params(base), saved)
+    params = model.adapt_params(saved)
+    from t5mtl.train.checkpointer import leaf_shapes, shape_differences
+    diffs = shape_differences(leaf_shapes(params), leaf_shapes(model.abstract_params()))
+    if diffs:
+        more = f"; and {len(diffs) - 3} more" if len(diffs) > 3 else ""
+        raise T5mtlError(f"{model_dir}: checkpoint {step} does not match its model: "
+                         f"{'; '.join(diffs[:3])}{more}")
+    return params
+
+
+def load_params(path: str, step: int | None = None) -> tuple[BaseModel, Any]:
+    """(model, params) of a t5mtl model_dir (checkpoint `step`, latest if None)
+    or an HF T5 directory."""
+    if is_model_dir(path):
+        return read_model_json(path).model, restore_params(path, step)
+    if os.path.isfile(os.path.join(path, "config.json")):
+        from t5mtl.convert.hf import import_hf
+        from t5mtl.models.encoder_decoder import EncoderDecoderModel
+        config, params = import_hf(path)
+        model = EncoderDecoderModel(config)
+        return model, model.adapt_params(params)
+    raise T5mtlError(f"{path}: neither a t5mtl model directory (model.json) nor an HF "
+                     f"directory (config.json)")
+
+
+def describe(path: str) -> dict:
+    """{"vocabulary": spec or None, "tasks": names or None} of a t5mtl model_dir
+    or an HF T5 directory."""
+    if is_model_dir(path):
+        info = read_model_json(path)
+        return {"vocabulary": info.vocabulary, "tasks": info.tasks}
+    from t5mtl.convert.hf import hf_vocabulary_spec
+    return {"vocabulary": hf_vocabulary_spec(path), "tasks": None}

@@ -5,20 +5,16 @@ its optimizer. :func:`create_optimizer` is the gin edge::
 
     create_optimizer.name = "adafactor"
     create_optimizer.max_grad_norm = 1.0
-    create_optimizer.frozen_patterns = ["encoder/.*"]
     learning_rate_schedule.name = "rsqrt"
     learning_rate_schedule.warmup_steps = 10000
 
-Parameter names are the "/"-joined keys of the nested param dict
-(``decoder/layers_0/mlp/wi/kernel``); a pattern selects a parameter when
-``re.fullmatch(pattern, name)`` matches. Frozen parameters go through
-``optax.set_to_zero()`` inside ``optax.multi_transform``, so they get zero
-updates and carry no optimizer state.
+Which parameters train is not the optimizer's business: `train.trainable_patterns`
+and `train.frozen_patterns` select them, the step differentiates only those
+and the optimizer sees only them (t5mtl.train.train_step).
 """
 from __future__ import annotations
 
-import re
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import gin
 import jax
@@ -31,8 +27,6 @@ Schedule = Callable[[jax.Array], jax.Array]
 LearningRate = Union[float, Schedule]
 
 SCHEDULES = ("rsqrt", "constant", "linear", "cosine")
-TRAINABLE = "trainable"
-FROZEN = "frozen"
 
 
 # ----------------------------------------------------------------------------
@@ -157,81 +151,6 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 
 
 # ----------------------------------------------------------------------------
-# Freezing by name
-# ----------------------------------------------------------------------------
-
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def param_names(params: Any) -> Any:
-    """A tree like ``params`` whose leaves are their "/"-joined path names."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: "/".join(_key_name(k) for k in path), params)
-
-
-def _compile(patterns: Sequence[str], what: str) -> list[re.Pattern]:
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    compiled = []
-    for p in patterns:
-        try:
-            compiled.append(re.compile(p))
-        except re.error as e:
-            raise T5mtlError(f"bad {what} pattern {p!r}: {e}") from None
-    return compiled
-
-
-def freeze_labels(frozen_patterns: Sequence[str] = (),
-                  trainable_patterns: Optional[Sequence[str]] = None) -> Callable[[Any], Any]:
-    """Returns ``params -> tree of "trainable" | "frozen"`` labels.
-
-    A parameter is frozen when its name fully matches a frozen pattern, or
-    when ``trainable_patterns`` is given and its name matches none of them
-    (prompt tuning: ``trainable_patterns=[".*/prompt/.*"]``). A pattern
-    that matches no parameter raises T5mtlError (it is almost surely a typo).
-    """
-    frozen = _compile(frozen_patterns, "frozen")
-    trainable = None if trainable_patterns is None else _compile(trainable_patterns, "trainable")
-
-    def labels(params):
-        names = param_names(params)
-        all_names = jax.tree.leaves(names)
-        for kind, pats in (("frozen", frozen), ("trainable", trainable or [])):
-            for pat in pats:
-                if not any(pat.fullmatch(n) for n in all_names):
-                    raise T5mtlError(
-                        f"{kind} pattern {pat.pattern!r} matches no parameter; names look "
-                        f"like {all_names[:3]}")
-
-        def label(name):
-            if any(p.fullmatch(name) for p in frozen):
-                return FROZEN
-            if trainable is not None and not any(p.fullmatch(name) for p in trainable):
-                return FROZEN
-            return TRAINABLE
-
-        return jax.tree.map(label, names)
-
-    return labels
-
-
-def with_frozen_params(tx: optax.GradientTransformation,
-                       frozen_patterns: Sequence[str] = (),
-                       trainable_patterns: Optional[Sequence[str]] = None,
-                       ) -> optax.GradientTransformation:
-    """Wraps ``tx`` so parameters selected by name get zero updates and no state."""
-    if not frozen_patterns and trainable_patterns is None:
-        return tx
-    return optax.multi_transform(
-        {TRAINABLE: tx, FROZEN: optax.set_to_zero()},
-        freeze_labels(frozen_patterns, trainable_patterns))
-
-
-# ----------------------------------------------------------------------------
 # The gin edge
 # ----------------------------------------------------------------------------
 
@@ -239,7 +158,7 @@ def with_frozen_params(tx: optax.GradientTransformation,
 def create_optimizer(name: str = "adafactor",
                      learning_rate: Optional[LearningRate] = None,
                      max_grad_norm: Optional[float] = None,
-                     frozen_patterns: Sequence[str] = (),
+                     frozen_patterns: Optional[Sequence[str]] = None,
                      trainable_patterns: Optional[Sequence[str]] = None,
                      ) -> optax.GradientTransformation:
     """The optimizer a run trains with.
@@ -252,8 +171,12 @@ def create_optimizer(name: str = "adafactor",
         ``learning_rate_schedule()`` (T5's rsqrt unless gin says otherwise).
       max_grad_norm: clip gradients to this global norm (over the trainable
         parameters) before the optimizer; None for no clipping.
-      frozen_patterns, trainable_patterns: see :func:`freeze_labels`.
+      frozen_patterns, trainable_patterns: moved to `train` (an error here).
     """
+    if frozen_patterns is not None or trainable_patterns is not None:
+        raise T5mtlError("create_optimizer.frozen_patterns / trainable_patterns moved: bind "
+                         "train.frozen_patterns / train.trainable_patterns instead (the train "
+                         "step then computes no gradient for the frozen parameters)")
     if name not in OPTIMIZERS:
         raise T5mtlError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
     if learning_rate is None:
@@ -263,4 +186,4 @@ def create_optimizer(name: str = "adafactor",
         if not max_grad_norm > 0:
             raise T5mtlError(f"max_grad_norm must be positive, got {max_grad_norm!r}")
         tx = optax.chain(optax.clip_by_global_norm(max_grad_norm), tx)
-    return with_frozen_params(tx, frozen_patterns, trainable_patterns)
+    return tx

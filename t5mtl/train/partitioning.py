@@ -25,6 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from t5mtl.errors import T5mtlError
+from t5mtl.models import param_names
 
 MESH_AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
@@ -154,18 +155,6 @@ def sharded_init(init_fn: Callable[..., Any], *args: Any, mesh: Mesh,
     return variables, shardings
 
 
-def _path_key(path: Sequence[Any]) -> tuple[str, ...]:
-    out = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                out.append(str(getattr(k, attr)))
-                break
-        else:
-            out.append(str(k))
-    return tuple(out)
-
-
 def _derived_spec(leaf_shape: tuple[int, ...], param_shape: tuple[int, ...],
                   spec: P) -> Optional[P]:
     """The spec of ``param_shape`` with one axis dropped, if dropping one
@@ -193,11 +182,11 @@ def opt_state_shardings(abstract_opt_state: Any, abstract_params: Any, param_sha
     params = {}
     for (path, p), s in zip(jax.tree_util.tree_leaves_with_path(abstract_params),
                             jax.tree.leaves(param_shardings)):
-        params[_path_key(path)] = (tuple(p.shape), s)
+        params[param_names.path_keys(path)] = (tuple(p.shape), s)
     replicated = NamedSharding(mesh, P())
 
     def leaf_sharding(path, leaf):
-        key = _path_key(path)
+        key = param_names.path_keys(path)
         shape = tuple(getattr(leaf, "shape", ()))
         for start in range(len(key)):
             if key[start:] in params:

@@ -8,16 +8,21 @@ Gradient accumulation runs ``num_microbatches`` slices of the batch through
 ``lax.scan``, sums gradients and metrics, and applies one update. The sum
 equals the full-batch gradient only if every microbatch's loss is divided
 by the *whole batch's* denominator: give ``make_train_step`` a
-``loss_denominator_fn`` (``t5mtl.train.losses.loss_denominator_fn``) and the
-step puts its value on the whole batch into every microbatch as
-``batch[LOSS_DENOMINATOR_KEY]``, for the loss_fn to pass on to
-``cross_entropy_with_z_loss(..., loss_denominator=...)``. A loss normalized
-by a constant (t5x's finetuning ``loss_normalizing_factor``) or a plain sum
-is already additive and needs no denominator.
+``loss_denominator_fn`` (a model's ``loss_denominator``, or
+``t5mtl.models.losses.loss_denominator_fn``) and the step puts its value on
+the whole batch (a scalar or any pytree) into every microbatch as
+``batch[LOSS_DENOMINATOR_KEY]``, for the loss_fn to use. A loss normalized
+by a constant or a plain sum is already additive and needs no denominator.
+
+Trainable subsets: with ``trainable_names`` (see t5mtl.train.trainable) the
+step differentiates only those leaves. The others enter the loss as
+constants, so XLA computes no gradient for them; the optimizer state covers
+the trainable leaves alone (``TrainState.create`` builds it so), and
+``grad_norm`` is their gradient's norm.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax
 import flax.linen as nn
@@ -28,13 +33,19 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from t5mtl import host_memory
 from t5mtl.errors import T5mtlError
-from t5mtl.train import losses, partitioning
+from t5mtl.models import losses, param_names
+from t5mtl.train import partitioning
 
-LOSS_DENOMINATOR_KEY = "loss_denominator"
+LOSS_DENOMINATOR_KEY = losses.LOSS_DENOMINATOR_KEY
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, Metrics]]
+
+
+def trainable_part(params: Any, trainable_names: Optional[Sequence[str]]) -> Any:
+    """The subtree the optimizer updates: all of `params`, or the named leaves."""
+    return params if trainable_names is None else param_names.subset(params, trainable_names)
 
 
 @flax.struct.dataclass
@@ -43,6 +54,7 @@ class TrainState:
 
     ``rng`` is a raw uint32 key; the step's dropout key is
     ``fold_in(rng, step)``, so a resumed run draws the same dropout masks.
+    ``opt_state`` is the optimizer's state of the trainable subtree.
     """
     step: jax.Array
     params: Any
@@ -50,10 +62,11 @@ class TrainState:
     rng: jax.Array
 
     @classmethod
-    def create(cls, params: Any, tx: optax.GradientTransformation,
-               rng: jax.Array) -> "TrainState":
+    def create(cls, params: Any, tx: optax.GradientTransformation, rng: jax.Array,
+               trainable_names: Optional[Sequence[str]] = None) -> "TrainState":
         return cls(step=jnp.zeros((), jnp.int32), params=params,
-                   opt_state=tx.init(params), rng=_raw_key(rng))
+                   opt_state=tx.init(trainable_part(params, trainable_names)),
+                   rng=_raw_key(rng))
 
 
 def _raw_key(rng: jax.Array) -> jax.Array:
@@ -83,7 +96,8 @@ def make_train_step(loss_fn: LossFn,
                     tx: optax.GradientTransformation,
                     *,
                     num_microbatches: int = 1,
-                    loss_denominator_fn: Optional[Callable[[Batch], jax.Array]] = None,
+                    loss_denominator_fn: Optional[Callable[[Batch], Any]] = None,
+                    trainable_names: Optional[Sequence[str]] = None,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Builds ``train_step(state, batch) -> (state, metrics)``.
 
@@ -93,7 +107,8 @@ def make_train_step(loss_fn: LossFn,
         ``losses.finalize_metrics`` recomputes (``accuracy``).
       tx: the optimizer.
       num_microbatches: gradient accumulation steps inside one update.
-      loss_denominator_fn: ``full_batch -> scalar``; see the module docstring.
+      loss_denominator_fn: ``full_batch -> pytree``; see the module docstring.
+      trainable_names: the parameter names to train (None: all of them).
     Returns:
       A pure function (jit it, e.g. with :func:`jit_train_step`). Metrics are
       the summed loss metrics plus ``grad_norm`` (of the accumulated
@@ -101,20 +116,37 @@ def make_train_step(loss_fn: LossFn,
     """
     if not isinstance(num_microbatches, int) or num_microbatches < 1:
         raise T5mtlError(f"num_microbatches must be a positive integer, got {num_microbatches!r}")
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def split(params):
+        if trainable_names is None:
+            return params, {}
+        flat = param_names.flatten(params)
+        chosen = set(trainable_names)
+        return (param_names.unflatten({n: v for n, v in flat.items() if n in chosen}),
+                param_names.unflatten({n: v for n, v in flat.items() if n not in chosen}))
+
+    def join(trainable, frozen):
+        return trainable if trainable_names is None else param_names.merge(frozen, trainable)
+
+    # Differentiated with respect to the trainable subtree only: the frozen
+    # one is an ordinary (non-differentiated) argument.
+    grad_fn = jax.value_and_grad(
+        lambda trainable, frozen, batch, rng: loss_fn(join(trainable, frozen), batch, rng),
+        has_aux=True)
 
     def with_denominator(batch, denominator):
         if denominator is None:
             return batch
         return {**batch, LOSS_DENOMINATOR_KEY: denominator}
 
-    def compute_grads(params, batch, dropout_rng):
+    def compute_grads(trainable, frozen, batch, dropout_rng):
         denominator = None
         if loss_denominator_fn is not None:
-            denominator = jnp.asarray(loss_denominator_fn(batch), jnp.float32)
+            denominator = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32),
+                                       loss_denominator_fn(batch))
         if num_microbatches == 1:
-            (_, metrics), grads = grad_fn(params, with_denominator(batch, denominator),
-                                          dropout_rng)
+            (_, metrics), grads = grad_fn(trainable, frozen,
+                                          with_denominator(batch, denominator), dropout_rng)
             return grads, metrics
 
         micro = _split_microbatches(batch, num_microbatches)
@@ -122,7 +154,7 @@ def make_train_step(loss_fn: LossFn,
         def body(carry, xs):
             grad_sum, metric_sum = carry
             index, mb = xs
-            (_, metrics), grads = grad_fn(params, with_denominator(mb, denominator),
+            (_, metrics), grads = grad_fn(trainable, frozen, with_denominator(mb, denominator),
                                           jax.random.fold_in(dropout_rng, index))
             grad_sum = jax.tree.map(lambda a, g: a + g.astype(a.dtype), grad_sum, grads)
             metric_sum = jax.tree.map(jnp.add, metric_sum, metrics)
@@ -130,22 +162,23 @@ def make_train_step(loss_fn: LossFn,
 
         first = jax.tree.map(lambda x: x[0], micro)
         metric_shapes = jax.eval_shape(
-            lambda p, b, r: loss_fn(p, b, r)[1], params, with_denominator(first, denominator),
-            dropout_rng)
+            lambda t, f, b, r: loss_fn(join(t, f), b, r)[1], trainable, frozen,
+            with_denominator(first, denominator), dropout_rng)
         # Gradients accumulate in at least float32 (bfloat16 params included).
         grad_zeros = jax.tree.map(
-            lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), params)
+            lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), trainable)
         metric_zeros = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes)
         (grad_sum, metric_sum), _ = jax.lax.scan(
             body, (grad_zeros, metric_zeros), (jnp.arange(num_microbatches), micro))
-        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grad_sum, params)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grad_sum, trainable)
         return grads, metric_sum
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         dropout_rng = jax.random.fold_in(state.rng, state.step)
-        grads, metrics = compute_grads(state.params, batch, dropout_rng)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        trainable, frozen = split(state.params)
+        grads, metrics = compute_grads(trainable, frozen, batch, dropout_rng)
+        updates, opt_state = tx.update(grads, state.opt_state, trainable)
+        params = join(optax.apply_updates(trainable, updates), frozen)
         metrics = losses.finalize_metrics(metrics)
         metrics["grad_norm"] = grad_norm(grads)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
@@ -160,12 +193,9 @@ def grad_norm(grads: Any) -> jax.Array:
     Each leaf passes through an optimization barrier first. Without it, XLA
     shares the norm's squares with the optimizer's (Adam's second moment
     squares the same gradient), so it writes every squared gradient out to
-    memory and splits the update into more passes: on the 2-core CPU, AdamW
-    plus the plain norm took 83-89 ms (medians) for t5_1_1_small's 77M
-    parameters, against 51-56 ms without the norm and 60 ms with it behind
-    the barriers (docs/performance.md). One barrier per leaf, not one for
-    the tree, so that no leaf waits for the last gradient of the backward
-    pass.
+    memory and splits the update into more passes (the cost is in
+    docs/performance.md). One barrier per leaf, not one for the tree, so
+    that no leaf waits for the last gradient of the backward pass.
     """
     leaves = [jax.lax.optimization_barrier(g) for g in jax.tree.leaves(grads)]
     return optax.tree.norm(leaves)
@@ -176,11 +206,13 @@ def grad_norm(grads: Any) -> jax.Array:
 # ----------------------------------------------------------------------------
 
 def train_state_shardings(tx: optax.GradientTransformation, abstract_params: Any,
-                          param_shardings: Any, mesh: Mesh) -> TrainState:
+                          param_shardings: Any, mesh: Mesh,
+                          trainable_names: Optional[Sequence[str]] = None) -> TrainState:
     """A TrainState of NamedShardings: params by their logical axes, optimizer
-    state derived from them (``partitioning.opt_state_shardings``), step and
-    rng replicated."""
-    abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
+    state (of the trainable subtree) derived from them
+    (``partitioning.opt_state_shardings``), step and rng replicated."""
+    abstract_opt_state = jax.eval_shape(tx.init,
+                                        trainable_part(abstract_params, trainable_names))
     replicated = NamedSharding(mesh, P())
     return TrainState(
         step=replicated,
@@ -193,6 +225,7 @@ def train_state_shardings(tx: optax.GradientTransformation, abstract_params: Any
 def create_train_state(init_params_fn: Callable[..., Any], tx: optax.GradientTransformation,
                        *init_args: Any, rng: jax.Array, mesh: Mesh,
                        rules: Optional[partitioning.LogicalRules] = None,
+                       trainable_names: Optional[Sequence[str]] = None,
                        ) -> tuple[TrainState, TrainState]:
     """Born-sharded train state: params and optimizer state are created
     directly in their shards by one jitted init.
@@ -203,6 +236,7 @@ def create_train_state(init_params_fn: Callable[..., Any], tx: optax.GradientTra
       tx: the optimizer.
       rng: the train state's base key (dropout keys derive from it).
       mesh, rules: the mesh and logical axis rules.
+      trainable_names: the parameters the optimizer updates (None: all).
     Returns:
       ``(state, state_shardings)``.
     """
@@ -212,10 +246,11 @@ def create_train_state(init_params_fn: Callable[..., Any], tx: optax.GradientTra
         param_shardings = partitioning.logical_to_shardings(
             partitioning.logical_partition_specs(boxed), mesh, rules)
         abstract_params = jax.eval_shape(lambda *a: nn.unbox(init_params_fn(*a)), *init_args)
-        shardings = train_state_shardings(tx, abstract_params, param_shardings, mesh)
+        shardings = train_state_shardings(tx, abstract_params, param_shardings, mesh,
+                                          trainable_names)
 
         def init(key, *args):
-            return TrainState.create(nn.unbox(init_params_fn(*args)), tx, key)
+            return TrainState.create(nn.unbox(init_params_fn(*args)), tx, key, trainable_names)
 
         state = jax.jit(init, out_shardings=shardings)(_raw_key(rng), *init_args)
     return state, shardings

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from t5mtl.cli import main
-from t5mtl.convert.layout import stack_layers
+from t5mtl.models.layout import stack_layers
 from t5mtl.errors import T5mtlError
 from t5mtl.models import Transformer, get_config, init_params
 from t5mtl.models.layers import relative_position_bucket

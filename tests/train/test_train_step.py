@@ -13,7 +13,8 @@ import optax
 import pytest
 
 from t5mtl.errors import T5mtlError
-from t5mtl.train import losses, partitioning, train_step
+from t5mtl.models import losses
+from t5mtl.train import partitioning, train_step
 
 from tests.train import toy_sharded_lm as toy
 

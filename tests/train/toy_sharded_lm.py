@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from t5mtl.train import losses, optimizers, partitioning, train_step
+from t5mtl.models import losses
+from t5mtl.train import optimizers, partitioning, train_step
 
 VOCAB, EMBED, MLP = 32, 16, 64
 BATCH, LENGTH = 16, 8

@@ -7,15 +7,10 @@ apart and the search stops once no live beam can beat the worst finished one.
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
-from t5mtl.infer.decoding import make_decode_fns
-from t5mtl.models.t5 import Transformer
-
-NEG_INF = -1.0e7
+from t5mtl.models.kernels.reference import NEG_INF
 
 
 def length_penalty(length, alpha: float):
@@ -23,7 +18,8 @@ def length_penalty(length, alpha: float):
 
 
 def _gather_beams(tree, origin, batch: int, beams: int, batch_axis: int):
-    """Reorders the beam rows of every cache leaf: origin [b, k] indexes beams."""
+    """Reorders the beam rows of every cache leaf: origin [b, k] indexes beams.
+    Leaves of rank < 3 (cache indices) are the same for every beam."""
     flat = (origin + jnp.arange(batch)[:, None] * beams).reshape(-1)
 
     def gather(x):
@@ -83,19 +79,3 @@ def beam_search(first_logits, state, step, batch: int, beams: int, max_new_token
     best = jnp.where(any_fin[:, None], fin_seq[:, 0], alive_seq[:, 0])
     score = jnp.where(any_fin, fin_score[:, 0], alive_logp[:, 0] / length_penalty(n, alpha))
     return best, score
-
-
-@functools.lru_cache(maxsize=16)
-def compiled_beam_search(model: Transformer, max_new_tokens: int, beams: int, alpha: float,
-                         eos_id: int):
-    """A jitted `(params, encoder_tokens) -> (ids [b, N], scores [b])`."""
-    prefill, step = make_decode_fns(model, max_new_tokens)
-
-    @jax.jit
-    def run(params, encoder_tokens):
-        batch = encoder_tokens.shape[0]
-        logits, state = prefill(params, jnp.repeat(encoder_tokens, beams, axis=0))
-        return beam_search(logits, state, functools.partial(step, params), batch, beams,
-                           max_new_tokens, alpha, eos_id,
-                           cache_batch_axis=1 if model.config.scan_layers else 0)
-    return run

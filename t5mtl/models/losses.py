@@ -16,6 +16,15 @@ Under gradient accumulation the denominator must be the whole batch's, not a
 microbatch's: pass ``loss_denominator`` (see :func:`loss_denominator_fn` and
 ``t5mtl.train.train_step``) and every loss term returned is additive over
 microbatches.
+
+Per task: given ``task_ids`` (the task index of every target token, -1 at
+padding) and ``num_tasks``, the metrics gain vectors over tasks:
+``task/loss`` (each task's loss on its own tokens, normalized as the batch
+loss is but over that task's tokens, sequences or by the constant),
+``task/target_tokens``, ``task/correct_tokens`` and ``task/accuracy``. With
+the whole batch's ``task_loss_denominator`` they too are additive over
+microbatches; ``task/loss`` is differentiable, for per-task gradient
+methods.
 """
 from __future__ import annotations
 
@@ -30,6 +39,9 @@ NUM_REAL_TARGET_TOKENS = "num_real_target_tokens"
 CONSTANT = "constant"
 AVERAGE_PER_SEQUENCE = "average_per_sequence"
 NORMALIZATIONS = (NUM_REAL_TARGET_TOKENS, CONSTANT, AVERAGE_PER_SEQUENCE)
+
+# Where a train step hands the whole batch's normalizers to each microbatch.
+LOSS_DENOMINATOR_KEY = "loss_denominator"
 
 DEFAULT_Z_LOSS = 1e-4
 
@@ -91,8 +103,29 @@ def loss_denominator(weights: jax.Array,
     return jnp.maximum(denom, jnp.finfo(jnp.float32).tiny)
 
 
-# The argument of cross_entropy_with_z_loss shadows the function's name.
+def task_sums(values: jax.Array, task_ids: jax.Array, num_tasks: int) -> jax.Array:
+    """[num_tasks] sums of `values` over the positions of each task (ids of
+    -1, padding, and ids >= num_tasks count nowhere)."""
+    ids = jnp.where(task_ids < 0, num_tasks, task_ids).astype(jnp.int32).reshape(-1)
+    return jax.ops.segment_sum(values.reshape(-1), ids, num_segments=num_tasks + 1)[:num_tasks]
+
+
+def task_loss_denominator(weights: jax.Array, task_ids: jax.Array, num_tasks: int,
+                          normalization: str = NUM_REAL_TARGET_TOKENS,
+                          loss_normalizing_factor: Optional[float] = None,
+                          segment_ids: Optional[jax.Array] = None) -> jax.Array:
+    """[num_tasks]: `loss_denominator` of each task's own tokens."""
+    check_normalization(normalization, loss_normalizing_factor)
+    if normalization == CONSTANT:
+        return jnp.full((num_tasks,), loss_normalizing_factor, jnp.float32)
+    weights = jnp.asarray(weights, jnp.float32)
+    counts = task_sums(token_weights(weights, normalization, segment_ids), task_ids, num_tasks)
+    return jnp.maximum(counts, jnp.finfo(jnp.float32).tiny)
+
+
+# The arguments of cross_entropy_with_z_loss shadow the functions' names.
 _loss_denominator = loss_denominator
+_task_loss_denominator = task_loss_denominator
 
 
 def loss_denominator_fn(weights_key: str = "decoder_loss_weights",
@@ -131,6 +164,9 @@ def cross_entropy_with_z_loss(
         loss_normalizing_factor: Optional[float] = None,
         segment_ids: Optional[jax.Array] = None,
         loss_denominator: Optional[jax.Array] = None,
+        task_ids: Optional[jax.Array] = None,
+        num_tasks: int = 0,
+        task_loss_denominator: Optional[jax.Array] = None,
 ) -> tuple[jax.Array, Metrics]:
     """Softmax cross-entropy with T5's z-loss and label smoothing.
 
@@ -151,6 +187,10 @@ def cross_entropy_with_z_loss(
         averaging of packed examples.
       loss_denominator: a precomputed denominator (the whole batch's under
         gradient accumulation); computed from ``weights`` when None.
+      task_ids: [batch, length] task index per target token (-1 at padding).
+      num_tasks: with ``task_ids``, the number of tasks (module docstring).
+      task_loss_denominator: [num_tasks] precomputed per-task denominators
+        (the whole batch's); computed from ``weights`` when None.
     Returns:
       ``(loss, metrics)``. metrics has ``loss``, ``cross_entropy`` and
       ``z_loss`` (normalized like the loss, so additive over microbatches),
@@ -199,15 +239,23 @@ def cross_entropy_with_z_loss(
     zl = jnp.sum(token_z * numerator_weights) / denom
     loss = ce + zl
 
-    correct = jnp.sum(_is_argmax(logits, target_logits, targets) * weights)
+    is_correct = _is_argmax(logits, target_logits, targets) * weights
     metrics = {
         "loss": loss,
         "cross_entropy": ce,
         "z_loss": zl,
         "target_tokens": jnp.sum(weights),
-        "correct_tokens": correct,
+        "correct_tokens": jnp.sum(is_correct),
         "num_sequences": jnp.sum(token_weights(weights, AVERAGE_PER_SEQUENCE, segment_ids)),
     }
+    if task_ids is not None and num_tasks > 0:
+        if task_loss_denominator is None:
+            task_loss_denominator = _task_loss_denominator(
+                weights, task_ids, num_tasks, normalization, loss_normalizing_factor, segment_ids)
+        numerators = task_sums((token_ce + token_z) * numerator_weights, task_ids, num_tasks)
+        metrics["task/loss"] = numerators / jnp.asarray(task_loss_denominator, jnp.float32)
+        metrics["task/target_tokens"] = task_sums(weights, task_ids, num_tasks)
+        metrics["task/correct_tokens"] = task_sums(is_correct, task_ids, num_tasks)
     return loss, finalize_metrics(metrics)
 
 
@@ -224,11 +272,14 @@ def finalize_metrics(metrics: Mapping[str, jax.Array]) -> Metrics:
     """Recomputes the ratio metric ``accuracy`` from summed counts.
 
     Call it after summing metrics over microbatches or steps; every other
-    entry this module returns is additive.
+    entry this module returns is additive (``task/accuracy`` is recomputed
+    from ``task/correct_tokens`` and ``task/target_tokens`` likewise).
     """
     out = dict(metrics)
-    if "correct_tokens" in out and "target_tokens" in out:
-        tokens = out["target_tokens"]
-        safe = jnp.where(tokens > 0, tokens, 1.0)
-        out["accuracy"] = jnp.where(tokens > 0, out["correct_tokens"] / safe, 0.0)
+    for prefix in ("", "task/"):
+        if f"{prefix}correct_tokens" in out and f"{prefix}target_tokens" in out:
+            tokens = out[f"{prefix}target_tokens"]
+            safe = jnp.where(tokens > 0, tokens, 1.0)
+            out[f"{prefix}accuracy"] = jnp.where(tokens > 0, out[f"{prefix}correct_tokens"] / safe,
+                                                 0.0)
     return out

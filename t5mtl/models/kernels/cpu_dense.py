@@ -1,20 +1,20 @@
-"""Dense layers whose weight gradient runs as a row-major matmul on CPU.
+"""Dense layers whose weight gradient runs as a row-major matmul (CPU kernel
+of `reference.dense`).
 
 A dense layer's weight gradient is ``x^T @ dy``: its left operand is the
 activation read column by column. XLA CPU hands that transposed-operand dot
-to Eigen, up to ~1.4x slower than YNNPACK's row-major kernel on the same
-shapes (``bench/weight_grad.py``), and giving YNNPACK ``x^T`` as a separate
+to Eigen, slower than YNNPACK's row-major kernel on the same shapes
+(``bench/weight_grad.py``), and giving YNNPACK ``x^T`` as a separate
 transpose does not help by itself: XLA fuses the transpose with the
 elementwise ops that produce ``x`` (an RMS norm, the gated GELU) into one
-strided loop that is ~6-10x slower than a plain transpose copy.
+strided loop, much slower than a plain transpose copy.
 
 Here, on CPU only, the transpose sits inside a conditional whose two
 branches are identical. XLA fuses nothing across a conditional, so its
 operand ``x`` is materialized and the transpose becomes a plain layout copy;
-the dot is then row-major. The train step of t5_1_1_small runs ~2-5% faster
-in float32 and ~12% faster with bfloat16 activations (docs/performance.md).
-On a sharded CPU mesh the predicate's one element costs a scalar exchange
-between devices. Other platforms keep the plain ``dot_general``.
+the dot is then row-major (the gain is in docs/performance.md). On a sharded
+CPU mesh the predicate's one element costs a scalar exchange between
+devices. Other platforms keep the plain ``dot_general``.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from t5mtl.errors import T5mtlError
-from t5mtl.train import losses
+from t5mtl.models import losses
 
 
 def _np_token_loss(logits_row, target, z_loss, ls):

@@ -1,44 +1,26 @@
-"""Unscaled dot-product attention with a hand-written backward pass.
+"""Unscaled dot-product attention with a hand-written backward pass (CPU kernel).
 
-T5 attention is ``softmax(q k^T + bias + mask) v`` with no 1/sqrt(d) factor.
-Autodiff of that expression keeps both the scores and the probabilities of
-every layer for the backward pass (at 8 x 512 tokens, 48 MiB per tensor per
-layer). The custom VJP below keeps one of them at most and uses the identity
+Computes `reference.attention`. Autodiff of that expression keeps both the
+scores and the probabilities of every layer for the backward pass; this VJP
+keeps one residual at most and uses the identity
 ``sum_k dP * P = sum_d dO * O`` for the softmax gradient, so the backward
 pass needs no [b, h, q, k] reduction:
 
-* float32 activations keep the probabilities: on the 2-core CPU the train
-  step is ~7% faster than recomputing them, and t5mtl's peak memory stays
-  below HF PyTorch's (docs/performance.md);
+* float32 activations keep the probabilities (the faster choice on XLA CPU);
 * narrower activations (bfloat16) keep only each row's log-normalizer and
   recompute the probabilities with one fused matmul + exp in the backward
-  pass, as FlashAttention does (~420 MiB less at 8 x 512 tokens).
+  pass, as FlashAttention does, so the model's memory stays below its
+  float32 footprint.
 
-Shapes: q [b, q, h, d], k and v [b, k, h, d]; ``bias`` and ``mask`` broadcast
-against [b, h, q, k]. ``bias`` (the relative-position bias) gets a gradient
-summed down to its own shape; ``mask`` (0 or a large negative number) is a
-constant and gets none.
+``bias`` (the relative-position bias) gets a gradient summed down to its own
+shape; ``mask`` is a constant and gets none. Numbers: docs/performance.md.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-
-def attention_scores(q, k, bias, mask):
-    """float32 q k^T + bias + mask: [b, h, q, k]."""
-    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    if bias is not None:
-        s = s + bias
-    if mask is not None:
-        s = s + mask
-    return s
-
-
-def attention_reference(q, k, v, bias, mask):
-    """The same function written plainly, left to autodiff (tests, dropout)."""
-    p = jax.nn.softmax(attention_scores(q, k, bias, mask), axis=-1)
-    return jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v)
+from t5mtl.models.kernels.reference import attention_scores
 
 
 @jax.custom_vjp

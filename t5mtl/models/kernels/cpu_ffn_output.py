@@ -1,4 +1,5 @@
-"""The feed-forward block's second half, ``act(h) @ wo``, with a hand-written VJP.
+"""The feed-forward block's second half, ``act(h) @ wo``, with a hand-written VJP
+(CPU kernel of `reference.activation_dense`).
 
 Autodiff keeps the activation's intermediates for the backward pass (for
 gated-GELU: the tanh, the GELU and the product, each [tokens, d_ff]) next to
@@ -13,14 +14,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from t5mtl.models.weight_grad import weight_grad
-
-
-def activation(gated: bool, pre):
-    """gelu(h0) * h1 for gated-GELU (T5 1.1), relu(h) for T5 1.0."""
-    if gated:
-        return jax.nn.gelu(pre[0], approximate=True) * pre[1]
-    return jax.nn.relu(pre[0])
+from t5mtl.models.kernels.cpu_dense import weight_grad
+from t5mtl.models.kernels.reference import activation
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))

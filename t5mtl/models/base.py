@@ -1,0 +1,133 @@
+"""The model protocol: what `train`, `eval`, `infer`, `fewshot`, `t5mtl.load`
+and the evaluator call, and how a model is written down in model.json.
+
+As in t5x, the loops are handed a model object and never build one: gin
+binds it (`train.model = @EncoderDecoderModel()`), and a model directory
+records its class and arguments (`spec`) so `t5mtl.load` rebuilds the same
+class. A new kind of model (an encoder-only one, a dual encoder, a test's toy
+model) is a subclass of `BaseModel` in any importable module; nothing in the
+trainer changes.
+
+  init_boxed(rng)                       -> params, leaves boxed with logical axis names
+  loss_fn(params, batch, rng, num_tasks=0) -> (loss, metrics)
+  loss_denominator(batch, num_tasks=0)  -> the whole batch's normalizers (see models.losses)
+  score_batch(params, batch)            -> per-example log-likelihood [b]
+  predict_batch(params, batch, decode, rng) -> decoded ids [b, length]
+  feature_converter(pack, task_ids)     -> the seqio FeatureConverter its batches come from
+
+Metrics are additive over microbatches except the ratios
+`models.losses.finalize_metrics` recomputes; with `num_tasks > 0` and
+`decoder_task_ids` in the batch they include per-task vectors
+(`task/loss`, `task/target_tokens`, `task/correct_tokens`).
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import seqio
+
+from t5mtl.errors import T5mtlError
+
+Batch = Mapping[str, jax.Array]
+
+
+def class_path(obj_or_cls) -> str:
+    """"package.module:QualName" of a class (or an instance's class)."""
+    cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def import_class(path: str) -> type:
+    """The class a `class_path` names; a T5mtlError naming it if it cannot be imported."""
+    module_name, _, qualname = path.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise T5mtlError(f"model class {path!r} cannot be imported ({e}); is its module on "
+                         f"the Python path?") from e
+    if not isinstance(obj, type):
+        raise T5mtlError(f"{path!r} is not a class")
+    return obj
+
+
+def module_spec(module: nn.Module | None) -> dict | None:
+    """A Flax module plugged into a seam, as JSON: its class and dataclass fields."""
+    if module is None:
+        return None
+    args = {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
+            if f.init and f.name not in ("parent", "name")}
+    return {"class": class_path(module), "args": args}
+
+
+def module_from_spec(spec: Mapping[str, Any] | None) -> nn.Module | None:
+    if spec is None:
+        return None
+    return import_class(spec["class"])(**spec.get("args", {}))
+
+
+class BaseModel(abc.ABC):
+    """A model as the training, evaluation and inference loops see it."""
+
+    # -- what it is (model.json) ----------------------------------------------
+    @abc.abstractmethod
+    def spec(self) -> dict:
+        """JSON-able constructor arguments: `type(self).from_spec(spec)` rebuilds it."""
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> "BaseModel":
+        return cls(**spec)
+
+    def architecture(self) -> dict:
+        """The fields that decide what the parameters compute: a model_dir is
+        resumed only by a model with the same class and architecture. By
+        default the whole spec; models list execution choices (dtype,
+        dropout, kernels) out of it."""
+        return self.spec()
+
+    # -- data ---------------------------------------------------------------------
+    def feature_converter(self, pack: bool = True,
+                          task_ids: bool = False) -> seqio.FeatureConverter:
+        """The converter its batches come from (encoder-decoder features)."""
+        if task_ids:
+            from t5mtl.data.task_ids import TaskIdsEncDecFeatureConverter
+            return TaskIdsEncDecFeatureConverter(pack=pack)
+        return seqio.EncDecFeatureConverter(pack=pack)
+
+    # -- parameters -----------------------------------------------------------------
+    @abc.abstractmethod
+    def init_boxed(self, rng) -> Any:
+        """Fresh params whose leaves carry logical axis names (nn.Partitioned)."""
+
+    def abstract_params(self) -> Any:
+        """The param tree as unboxed jax.ShapeDtypeStructs; allocates nothing."""
+        return nn.unbox(jax.eval_shape(self.init_boxed, jax.random.PRNGKey(0)))
+
+    def adapt_params(self, params: Any) -> Any:
+        """Params restored from a checkpoint, in this model's layout (e.g.
+        scanned or per-layer). Default: as they are."""
+        return params
+
+    # -- computation ----------------------------------------------------------------
+    @abc.abstractmethod
+    def loss_fn(self, params, batch: Batch, dropout_rng, num_tasks: int = 0):
+        """(loss, metrics); no dropout when dropout_rng is None."""
+
+    def loss_denominator(self, batch: Batch, num_tasks: int = 0):
+        """The whole batch's loss normalizers, handed to every microbatch's
+        loss_fn under gradient accumulation; None if the loss needs none."""
+        return None
+
+    @abc.abstractmethod
+    def score_batch(self, params, batch: Batch):
+        """Per-example log-likelihood of the targets [b] (unpacked batches)."""
+
+    @abc.abstractmethod
+    def predict_batch(self, params, batch: Batch, decode=None, rng=None):
+        """Decoded ids [b, length] (0 after EOS) for the batch's inputs."""
