@@ -12,6 +12,9 @@ Feature converters:
 - "prefix_lm": seqio.PrefixLMFeatureConverter for decoder-only models on
   inputs/targets data (decoder_* features and decoder_causal_attention; its
   length is inputs + targets).
+
+With `task_ids=True` every batch also says which task each token's example
+came from ("encoder_task_ids", "decoder_task_ids"; see t5mtl.data.task_ids).
 """
 from __future__ import annotations
 
@@ -21,17 +24,23 @@ import gin
 import numpy as np
 import seqio
 
+from t5mtl.data import task_ids as task_ids_lib
 from t5mtl.errors import T5mtlError
 
 FEATURE_CONVERTERS = ("encdec", "prefix_lm")
 
 
-def make_feature_converter(kind: str = "encdec", pack: bool = True) -> seqio.FeatureConverter:
-    """The seqio feature converter for `kind` ("encdec" or "prefix_lm")."""
+def make_feature_converter(kind: str = "encdec", pack: bool = True,
+                           task_ids: bool = False) -> seqio.FeatureConverter:
+    """The seqio feature converter for `kind` ("encdec" or "prefix_lm"); with
+    `task_ids`, its subclass that adds the task-id features."""
     if kind == "encdec":
-        return seqio.EncDecFeatureConverter(pack=pack)
+        cls = task_ids_lib.EncDecTaskIdsConverter if task_ids else seqio.EncDecFeatureConverter
+        return cls(pack=pack)
     if kind == "prefix_lm":
-        return seqio.PrefixLMFeatureConverter(pack=pack)
+        cls = (task_ids_lib.PrefixLMTaskIdsConverter if task_ids
+               else seqio.PrefixLMFeatureConverter)
+        return cls(pack=pack)
     raise T5mtlError(f"unknown feature converter {kind!r}; choose one of {FEATURE_CONVERTERS}")
 
 
@@ -52,7 +61,8 @@ def host_batches(mixture_or_task_name: str,
                  shard_info: seqio.ShardInfo | None = None,
                  num_epochs: int | None = None,
                  use_cached: bool = False,
-                 feature_converter: str = "encdec") -> Iterator[dict[str, np.ndarray]]:
+                 feature_converter: str = "encdec",
+                 task_ids: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """Yields this host's batches of `mixture_or_task_name` as numpy dicts.
 
     Args:
@@ -69,14 +79,21 @@ def host_batches(mixture_or_task_name: str,
       num_epochs: passes over the data; None repeats forever.
       use_cached: read the task's offline cache (seqio cache_tasks_main).
       feature_converter: "encdec" or "prefix_lm".
+      task_ids: add "encoder_task_ids" and "decoder_task_ids" (int32, like
+        encoder_input_tokens and decoder_target_tokens): the index of each
+        token's task in `task_ids.task_names(mixture_or_task_name)`, -1 at
+        padding (token 0); per segment when packed. prefix_lm has only
+        "decoder_task_ids". The other features are the same as without.
     """
     if batch_size_per_host < 1:
         raise T5mtlError(f"batch_size_per_host must be >= 1, got {batch_size_per_host}")
-    converter = make_feature_converter(feature_converter, pack)
+    converter = make_feature_converter(feature_converter, pack, task_ids)
     try:
         provider = seqio.get_mixture_or_task(mixture_or_task_name)
     except ValueError as e:
         raise T5mtlError(f"no task or mixture named {mixture_or_task_name!r}: {e}") from e
+    if task_ids:
+        provider = task_ids_lib.with_task_index(provider)
     if shard_info is None:
         shard_info = default_shard_info()
     if not 0 <= shard_info.index < shard_info.num_shards:
