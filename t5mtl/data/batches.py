@@ -61,7 +61,7 @@ def host_batches(mixture_or_task_name: str,
                  shard_info: seqio.ShardInfo | None = None,
                  num_epochs: int | None = None,
                  use_cached: bool = False,
-                 feature_converter: str = "encdec",
+                 feature_converter: str | seqio.FeatureConverter = "encdec",
                  task_ids: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """Yields this host's batches of `mixture_or_task_name` as numpy dicts.
 
@@ -78,7 +78,9 @@ def host_batches(mixture_or_task_name: str,
       shard_info: which shard this host reads; default: this JAX process's.
       num_epochs: passes over the data; None repeats forever.
       use_cached: read the task's offline cache (seqio cache_tasks_main).
-      feature_converter: "encdec" or "prefix_lm".
+      feature_converter: "encdec", "prefix_lm", or a converter object (a
+        model's `feature_converter(pack, task_ids)`, which then decides
+        packing and task ids itself).
       task_ids: add "encoder_task_ids" and "decoder_task_ids" (int32, like
         encoder_input_tokens and decoder_target_tokens): the index of each
         token's task in `task_ids.task_names(mixture_or_task_name)`, -1 at
@@ -87,7 +89,8 @@ def host_batches(mixture_or_task_name: str,
     """
     if batch_size_per_host < 1:
         raise T5mtlError(f"batch_size_per_host must be >= 1, got {batch_size_per_host}")
-    converter = make_feature_converter(feature_converter, pack, task_ids)
+    converter = (feature_converter if isinstance(feature_converter, seqio.FeatureConverter)
+                 else make_feature_converter(feature_converter, pack, task_ids))
     try:
         provider = seqio.get_mixture_or_task(mixture_or_task_name)
     except ValueError as e:

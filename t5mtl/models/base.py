@@ -94,11 +94,10 @@ class BaseModel(abc.ABC):
     # -- data ---------------------------------------------------------------------
     def feature_converter(self, pack: bool = True,
                           task_ids: bool = False) -> seqio.FeatureConverter:
-        """The converter its batches come from (encoder-decoder features)."""
-        if task_ids:
-            from t5mtl.data.task_ids import TaskIdsEncDecFeatureConverter
-            return TaskIdsEncDecFeatureConverter(pack=pack)
-        return seqio.EncDecFeatureConverter(pack=pack)
+        """The converter its batches come from: encoder-decoder features,
+        with the task-id features (t5mtl.data.task_ids) if asked."""
+        from t5mtl.data.batches import make_feature_converter
+        return make_feature_converter("encdec", pack, task_ids)
 
     # -- parameters -----------------------------------------------------------------
     @abc.abstractmethod

@@ -2,16 +2,45 @@
 
 metrics.jsonl has one JSON object per logged step and split:
 {"step": 100, "split": "train", "loss": 2.31, ...}. Only process 0 writes.
+Per-task train metrics are named "task/<task name>/<metric>".
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import jax
+import numpy as np
 from clu import metric_writers
+
+
+def period_scalars(history: Sequence[Mapping[str, np.ndarray]],
+                   task_names: Sequence[str] = ()) -> dict[str, float]:
+    """One log period's scalars from the train steps' metrics (on the host).
+
+    Scalars: the mean over the period's steps. Per-task vectors ("task/...",
+    one entry per task): each task's loss is its steps' losses weighted by
+    its target tokens in each step (so steps without the task do not count),
+    its accuracy correct / target tokens over the period, and its
+    target_tokens the period's sum. Tasks without tokens in the period are
+    left out.
+    """
+    out = {k: float(np.mean([h[k] for h in history]))
+           for k in history[0] if not k.startswith("task/")}
+    if "task/loss" not in history[0]:
+        return out
+    tokens = np.stack([np.asarray(h["task/target_tokens"], np.float64) for h in history])
+    losses = np.stack([np.asarray(h["task/loss"], np.float64) for h in history])
+    correct = np.stack([np.asarray(h["task/correct_tokens"], np.float64) for h in history])
+    total = tokens.sum(axis=0)
+    for t, name in enumerate(task_names):
+        if total[t] > 0:
+            out[f"task/{name}/loss"] = float((losses[:, t] * tokens[:, t]).sum() / total[t])
+            out[f"task/{name}/accuracy"] = float(correct[:, t].sum() / total[t])
+            out[f"task/{name}/target_tokens"] = float(total[t])
+    return out
 
 
 class MetricsLogger:

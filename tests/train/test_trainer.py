@@ -366,7 +366,7 @@ def test_stop_flag_agreement_mechanism(monkeypatch):
     notifier jax.distributed installed), or, with the preemption service
     disabled, the handler's flag all-gathered every step."""
     from jax.experimental import multihost_utils
-    from t5mtl.train.trainer import _StopFlag
+    from t5mtl.train.preemption import StopFlag as _StopFlag
 
     def no_collective(*args):
         raise AssertionError("a single process must not synchronize")
