@@ -23,7 +23,7 @@ where JAX has an accelerator to use (`default_policy`):
   3 s longer after a pause. The process keeps its peak footprint, and two
   steps' buffers must not overlap, or the heap fragments (it grew to 9.4 GB
   instead of 4 GB): under this policy the trainer runs steps whose buffer
-  is large one at a time on CPU (t5mtl.train.train_step.one_step_in_flight)
+  is large one at a time on CPU (t5mtl.train.dispatch.one_step_in_flight)
   and waits for `ReleaseWait` before each dispatch. It is not the default
   where an accelerator is available: there XLA's step buffers are device
   memory, and one malloc arena for every thread is a risk for hosts whose
@@ -169,7 +169,7 @@ def release_free_heap() -> bool:
 # Two of XLA's step buffers smaller than this may be alive at once under the
 # ``keep`` policy: the overlap costs little memory, and keeping such steps
 # apart costs more time than it saves (ReleaseWait's slack; the trainer's
-# one-step-at-a-time threshold, t5mtl.train.train_step.one_step_in_flight).
+# one-step-at-a-time threshold, t5mtl.train.dispatch.one_step_in_flight).
 SMALL_BUFFER_BYTES = 256 << 20
 
 

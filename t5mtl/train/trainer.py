@@ -32,11 +32,11 @@ from t5mtl.models.encoder_decoder import DecodeConfig, EncoderDecoderModel, Loss
 from t5mtl.train import losses, partitioning
 from t5mtl.train import model_dir as model_dir_lib
 from t5mtl.train.checkpointer import TrainCheckpointer
+from t5mtl.train.dispatch import dispatch_gate, temp_bytes
 from t5mtl.train.init_from import init_params_from
 from t5mtl.train.metrics_writer import MetricsLogger
 from t5mtl.train.optimizers import create_optimizer
-from t5mtl.train.train_step import (create_train_state, dispatch_gate, jit_train_step,
-                                    make_train_step, temp_bytes)
+from t5mtl.train.train_step import create_train_state, jit_train_step, make_train_step
 
 log = logging.getLogger(__name__)
 
