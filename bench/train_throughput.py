@@ -88,8 +88,9 @@ class T5mtlStep:
         from t5mtl.models.encoder_decoder import EncoderDecoderModel
         from t5mtl.train import losses, partitioning
         from t5mtl.train.optimizers import create_optimizer
-        from t5mtl.train.train_step import (TrainState, create_train_state, dispatch_gate,
-                                            jit_train_step, make_train_step, temp_bytes)
+        from t5mtl.train.dispatch import dispatch_gate, temp_bytes
+        from t5mtl.train.train_step import (TrainState, create_train_state, jit_train_step,
+                                            make_train_step)
         self.jax, self.partitioning, self.batches = jax, partitioning, batches
         model = EncoderDecoderModel(cfg)
         tx = create_optimizer(optimizer, learning_rate=learning_rate)

@@ -59,9 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         # The process's entry point (not a call from Python): restart once with
         # the glibc malloc policy for XLA's per-step buffers (T5MTL_HOST_MALLOC,
-        # t5mtl/host_memory.py).
+        # t5mtl/host_memory.py); with an accelerator the default policy keeps
+        # glibc's settings and nothing restarts.
         from t5mtl.host_memory import reexec_with_malloc_policy
-        reexec_with_malloc_policy()
+        try:
+            reexec_with_malloc_policy()
+        except T5mtlError as e:
+            print(f"t5mtl: error: {e}", file=sys.stderr)
+            return 2
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, args = _build_parser(argv)
     if args is None:

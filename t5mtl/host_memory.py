@@ -1,13 +1,14 @@
 """Host memory: glibc malloc policies for XLA's large per-step buffers.
 
-XLA's CPU runtime allocates each executable's temporary buffer (about 2.4 GB
+XLA's CPU runtime allocates each executable's temporary buffer (gigabytes
 for a t5_1_1_small train step at 8 x 512 tokens) with malloc on every call.
 By default glibc serves a request that big with a fresh mmap and unmaps it on
-free, so every step page-faults its whole working set back in: about 645k
-minor faults and 1 s of kernel time per step on the 2-core benchmark machine
-(docs/performance.md). T5MTL_HOST_MALLOC chooses one of three policies;
-unset, it is ``keep`` where XLA can only run on the CPU and ``huge_pages``
-where JAX has an accelerator to use (`default_policy`):
+free, so every step page-faults its whole working set back in, and the
+kernel clears every page again. T5MTL_HOST_MALLOC chooses one of three
+policies; unset, `default_policy` picks ``keep`` where XLA can only run on
+the CPU and ``system`` where JAX has an accelerator to use. An explicit
+value wins everywhere. Measurements behind these choices:
+docs/performance.md.
 
 * ``keep`` (the default for CPU-only runs): malloc never maps or unmaps
   large blocks itself (``mmap_max=0``), never returns freed memory to the
@@ -17,30 +18,27 @@ where JAX has an accelerator to use (`default_policy`):
   be found again by the next step), and backs the heap with huge pages
   (``hugetlb=1``). After the first steps a train step faults no page at all,
   so its time no longer depends on what the kernel or the hypervisor did
-  with freed memory meanwhile: on a VM with free page reporting, memory
-  freed between steps is sometimes handed to the host, and the step that
-  faults it back in takes ~0.3 s longer at 128/32 (every few steps) or up to
-  3 s longer after a pause. The process keeps its peak footprint, and two
-  steps' buffers must not overlap, or the heap fragments (it grew to 9.4 GB
-  instead of 4 GB): under this policy the trainer runs steps whose buffer
-  is large one at a time on CPU (t5mtl.train.train_step.one_step_in_flight)
-  and waits for `ReleaseWait` before each dispatch. It is not the default
-  where an accelerator is available: there XLA's step buffers are device
-  memory, and one malloc arena for every thread is a risk for hosts whose
-  many cores feed tf.data (glibc's per-thread caches serve small blocks
-  without the arena lock, but that has not been measured on such a host).
-  On the 2-core machine the quickstart took 1m42s under ``keep`` against
-  1m53s under ``huge_pages``, with a peak RSS of 2.5 GB against 1.7 GB.
-* ``huge_pages`` (the default with an accelerator): ``hugetlb=1``. Memory
-  still goes back to the kernel on free, but in 2 MiB pages: ~20k faults and
-  ~0.2 s of kernel time per 512/114 step (~1.2x faster than ``system``).
-* ``system``: glibc's own settings.
+  with freed memory meanwhile (on a VM with free page reporting, memory
+  freed between steps can be handed to the host and must be faulted back
+  in, at a higher cost). The process keeps its peak footprint, and two
+  steps' buffers must not overlap, or the heap fragments and grows: under
+  this policy the trainer runs steps whose buffer is large one at a time on
+  CPU (t5mtl.train.dispatch.one_step_in_flight) and waits for `ReleaseWait`
+  before each dispatch.
+* ``huge_pages`` (opt-in): ``hugetlb=1``. Memory still goes back to the
+  kernel on free, but in 2 MiB pages: far fewer faults than with 4 KiB
+  pages, and no single arena.
+* ``system`` (the default with an accelerator): glibc's own settings; the
+  CLI does not re-execute itself. There XLA's step buffers are device
+  memory, no host-side gain has been measured, and ``keep``'s single arena
+  for every thread (tf.data's included) would be a risk on hosts whose many
+  cores feed the input pipeline.
 
 Tunables are read only when a process starts, so `t5mtl` (the CLI)
 re-executes itself once with them added to GLIBC_TUNABLES. In Python or a
 notebook, start the interpreter with the value `malloc_environment()` gives.
-Elsewhere (macOS, musl), or when GLIBC_TUNABLES already sets any
-``glibc.malloc`` tunable, nothing changes.
+Elsewhere (macOS, musl), under ``system``, or when GLIBC_TUNABLES already
+sets any ``glibc.malloc`` tunable, nothing changes.
 """
 from __future__ import annotations
 
@@ -53,6 +51,8 @@ import platform
 import sys
 import time
 from typing import Callable, Mapping
+
+from t5mtl.errors import T5mtlError
 
 ENV_VAR = "T5MTL_HOST_MALLOC"
 POLICIES: dict[str, tuple[str, ...]] = {
@@ -82,23 +82,23 @@ def accelerator_plugins(environ: Mapping[str, str] = os.environ) -> list[str]:
 
 
 def default_policy(environ: Mapping[str, str] = os.environ) -> str:
-    """``keep`` where XLA runs on the CPU only, ``huge_pages`` otherwise.
-    JAX_PLATFORMS (or the older JAX_PLATFORM_NAME) decides when set: keep
-    when it names the CPU alone. Unset, keep when `accelerator_plugins` finds
-    nothing."""
+    """``keep`` where XLA runs on the CPU only, ``system`` (glibc's defaults,
+    no re-exec) where JAX has an accelerator. JAX_PLATFORMS (or the older
+    JAX_PLATFORM_NAME) decides when set: keep when it names the CPU alone.
+    Unset, keep when `accelerator_plugins` finds nothing."""
     platforms = environ.get("JAX_PLATFORMS") or environ.get("JAX_PLATFORM_NAME") or ""
     names = {p.strip().lower() for p in platforms.split(",") if p.strip()}
     cpu_only = names == {"cpu"} if names else not accelerator_plugins(environ)
-    return "keep" if cpu_only else "huge_pages"
+    return "keep" if cpu_only else "system"
 
 
 def policy(environ: Mapping[str, str] = os.environ) -> str:
     """The T5MTL_HOST_MALLOC policy (`default_policy` when unset); a value
-    that is not one is an error."""
+    that is not one is a `T5mtlError`."""
     choice = environ.get(ENV_VAR) or default_policy(environ)
     if choice not in POLICIES:
-        raise ValueError(f"{ENV_VAR}={choice!r}: expected one of {', '.join(POLICIES)} "
-                         f"(unset: keep on CPU-only hosts, huge_pages with an accelerator)")
+        raise T5mtlError(f"{ENV_VAR}={choice!r}: expected one of {', '.join(POLICIES)} "
+                         f"(unset: keep on CPU-only hosts, system with an accelerator)")
     return choice
 
 
@@ -169,7 +169,7 @@ def release_free_heap() -> bool:
 # Two of XLA's step buffers smaller than this may be alive at once under the
 # ``keep`` policy: the overlap costs little memory, and keeping such steps
 # apart costs more time than it saves (ReleaseWait's slack; the trainer's
-# one-step-at-a-time threshold, t5mtl.train.train_step.one_step_in_flight).
+# one-step-at-a-time threshold, t5mtl.train.dispatch.one_step_in_flight).
 SMALL_BUFFER_BYTES = 256 << 20
 
 
@@ -178,26 +178,22 @@ class ReleaseWait:
     buffer is back in the heap.
 
     XLA marks a step's outputs ready before its runtime frees the step's
-    temporary buffer (~10 ms later for t5_1_1_small at 8 x 512 while this
-    wait polls, ~2 ms when nothing does: each mallinfo2 call walks the heap
-    for ~1.5 ms holding the lock the freeing thread needs; 5-35 ms for the
-    quickstart's 190 MB buffer while tf.data threads share the cores), so
-    a loop that dispatches as soon as the outputs are ready makes the next
-    step allocate its buffer beside the old one: under the ``keep`` policy
-    the heap then fragments and grows. Each call polls mallinfo2 until the
-    bytes in use are back to where they were at the previous dispatch, plus
-    `slack_bytes`. A buffer smaller than the slack is not waited for: its
-    overlap costs little memory, and waiting for the quickstart's made it 13%
-    slower. After `timeout_s` the new level becomes the baseline (a
+    temporary buffer, so a loop that dispatches as soon as the outputs are
+    ready makes the next step allocate its buffer beside the old one: under
+    the ``keep`` policy the heap then fragments and grows. Each call polls
+    mallinfo2 until the bytes in use are back to where they were at the
+    previous dispatch, plus `slack_bytes`. A buffer smaller than the slack
+    is not waited for: its overlap costs little memory, and the wait would
+    cost small steps more time than it saves. (Polling is not free either:
+    each mallinfo2 call walks the heap holding the lock the freeing thread
+    needs.) After `timeout_s` the new level becomes the baseline (a
     checkpoint's host copies, say) instead of being waited for again. Does
     nothing unless `enabled` (the ``keep`` policy, one step in flight).
 
     The first call also hands what setup freed back to the kernel
     (`release_free_heap`): under ``keep`` nothing else would, and the first
-    step's buffer lands above it. For t5_1_1_small at 8 x 512 tokens the
-    jitted init leaves ~0.65 GB of freed temporaries resident; released,
-    the run's peak RSS went from 3975-4388 MiB to 3774-3782 MiB
-    (docs/performance.md).
+    step's buffer would land above the jitted init's freed temporaries,
+    adding them to the run's peak RSS (docs/performance.md).
     """
 
     def __init__(self, enabled: bool, slack_bytes: int = SMALL_BUFFER_BYTES,

@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from t5mtl import cli, host_memory
+from t5mtl.errors import T5mtlError
 
 GLIBC = platform.libc_ver()[0] == "glibc"
 
@@ -92,9 +93,11 @@ def test_environment_respects_existing_tunables_and_the_opt_out():
     keep = host_memory.tunables("keep")
     assert keep == ("glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                     "glibc.malloc.trim_threshold=1099511627776")
+    tpu = {**base, "JAX_PLATFORMS": "tpu"}
+    assert host_memory.malloc_environment(tpu) is None            # system: glibc's defaults
     if GLIBC:
-        tpu = {**base, "JAX_PLATFORMS": "tpu"}
-        assert host_memory.malloc_environment(tpu)["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+        huge = {**tpu, "T5MTL_HOST_MALLOC": "huge_pages"}
+        assert host_memory.malloc_environment(huge)["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
         cpu = {**base, "JAX_PLATFORMS": "cpu"}
         assert host_memory.malloc_environment(cpu)["GLIBC_TUNABLES"] == keep
         kept = {**tpu, "T5MTL_HOST_MALLOC": "keep"}
@@ -107,7 +110,7 @@ def test_environment_respects_existing_tunables_and_the_opt_out():
     chosen = {**base, "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
     assert host_memory.malloc_environment(chosen) is None
     assert host_memory.malloc_environment({**base, "T5MTL_HOST_MALLOC": "system"}) is None
-    with pytest.raises(ValueError, match="T5MTL_HOST_MALLOC='jemalloc'.*keep, huge_pages, system"):
+    with pytest.raises(T5mtlError, match="T5MTL_HOST_MALLOC='jemalloc'.*keep, huge_pages, system"):
         host_memory.malloc_environment({**base, "T5MTL_HOST_MALLOC": "jemalloc"})
 
 
@@ -206,30 +209,6 @@ def test_release_wait_waits_for_the_drop_rebases_after_its_timeout_and_is_inert_
     assert wait.waited_s - before < 0.05
 
 
-@pytest.mark.skipif(not GLIBC, reason="glibc only")
-def test_cli_entry_point_reexecutes_once_but_calls_from_python_do_not(monkeypatch, capsys):
-    calls = []
-
-    def fake_execve(path, args, env):
-        calls.append((path, args, env))
-        raise SystemExit(0)
-
-    monkeypatch.setattr(os, "execve", fake_execve)
-    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    monkeypatch.delenv("T5MTL_HOST_MALLOC", raising=False)
-    assert cli.main(["--help"]) == 0                      # called from Python: no exec
-    assert calls == []
-    monkeypatch.setattr(sys, "argv", ["t5mtl", "--help"])
-    with pytest.raises(SystemExit):
-        cli.main()                                        # the process's entry point
-    (path, args, env), = calls
-    assert path == sys.executable and args == [sys.executable] + sys.orig_argv[1:]
-    assert env["GLIBC_TUNABLES"] == host_memory.tunables(host_memory.default_policy())
-    monkeypatch.setenv("GLIBC_TUNABLES", env["GLIBC_TUNABLES"])   # after the exec
-    assert cli.main() == 0
-    assert len(calls) == 1
-
-
 @pytest.fixture
 def no_accelerator(monkeypatch):
     """This Python as if it had no JAX accelerator plugin installed."""
@@ -237,32 +216,108 @@ def no_accelerator(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in (
         "libtpu", "jax_plugins") else real_find_spec(name, *a))
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: [])
+    for name in ("JAX_PLATFORMS", "JAX_PLATFORM_NAME", "TPU_LIBRARY_PATH",
+                 "PJRT_NAMES_AND_LIBRARY_PATHS", "T5MTL_HOST_MALLOC", "GLIBC_TUNABLES"):
+        monkeypatch.delenv(name, raising=False)
 
 
-def test_default_policy_keeps_memory_only_where_xla_runs_on_the_cpu_alone(
-        no_accelerator, monkeypatch, tmp_path):
-    assert host_memory.accelerator_plugins({}) == []
-    assert host_memory.default_policy({}) == "keep"
-    assert host_memory.policy({}) == "keep"
-    assert host_memory.policy({"T5MTL_HOST_MALLOC": "huge_pages"}) == "huge_pages"
-    # JAX_PLATFORMS decides when it is set.
-    assert host_memory.default_policy({"JAX_PLATFORMS": "cpu"}) == "keep"
-    assert host_memory.default_policy({"JAX_PLATFORMS": "tpu"}) == "huge_pages"
-    assert host_memory.default_policy({"JAX_PLATFORMS": "cuda,cpu"}) == "huge_pages"
-    assert host_memory.default_policy({"JAX_PLATFORM_NAME": "gpu"}) == "huge_pages"
-    # Environment variables that point jax at a plugin library.
-    assert host_memory.default_policy({"TPU_LIBRARY_PATH": "/opt/libtpu.so"}) == "huge_pages"
-    assert host_memory.accelerator_plugins(
-        {"PJRT_NAMES_AND_LIBRARY_PATHS": "x:/lib/x.so"}) == ["$PJRT_NAMES_AND_LIBRARY_PATHS"]
-    # A plugin module in the jax_plugins namespace package (how jax[cuda12]
-    # installs its backend), found without importing it.
+def _install_fake_plugin(monkeypatch, tmp_path):
+    """A plugin module in the jax_plugins namespace package (how jax[cuda12]
+    installs its backend), found without importing it."""
     plugin_dir = tmp_path / "jax_plugins"
     plugin_dir.mkdir()
     (plugin_dir / "xla_fake_accelerator.py").write_text("raise ImportError('not imported')\n")
     spec = importlib.machinery.ModuleSpec("jax_plugins", None, is_package=True)
     spec.submodule_search_locations = [str(plugin_dir)]
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: spec if name == "jax_plugins" else None)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: spec if name == "jax_plugins"
+                        else None if name == "libtpu" else real_find_spec(name, *a))
+
+
+@pytest.fixture
+def execs(monkeypatch):
+    """os.execve replaced by a recorder that ends the "process" like exec would."""
+    calls = []
+
+    def fake_execve(path, args, env):
+        calls.append((path, args, env))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execve", fake_execve)
+    monkeypatch.setattr(sys, "argv", ["t5mtl", "--help"])
+    return calls
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc only")
+def test_cli_on_a_cpu_only_host_reexecutes_once_with_keep(no_accelerator, execs, monkeypatch):
+    assert cli.main(["--help"]) == 0                      # called from Python: no exec
+    assert execs == []
+    with pytest.raises(SystemExit):
+        cli.main()                                        # the process's entry point
+    (path, args, env), = execs
+    assert path == sys.executable and args == [sys.executable] + sys.orig_argv[1:]
+    assert env["GLIBC_TUNABLES"] == host_memory.tunables("keep") == (
+        "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+        "glibc.malloc.trim_threshold=1099511627776")
+    monkeypatch.setenv("GLIBC_TUNABLES", env["GLIBC_TUNABLES"])   # after the exec
+    assert cli.main() == 0
+    assert len(execs) == 1
+
+
+def test_cli_with_an_accelerator_keeps_glibc_defaults_and_does_not_reexecute(
+        no_accelerator, execs, monkeypatch, tmp_path):
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+    assert host_memory.policy() == "system"
+    assert cli.main() == 0
+    monkeypatch.delenv("JAX_PLATFORMS")
+    _install_fake_plugin(monkeypatch, tmp_path)           # found by plugin discovery
+    assert host_memory.policy() == "system"
+    assert cli.main() == 0
+    assert execs == []
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc only")
+def test_cli_explicit_policy_wins_on_every_host(no_accelerator, execs, monkeypatch, capsys):
+    monkeypatch.setenv("JAX_PLATFORMS", "tpu")
+    monkeypatch.setenv("T5MTL_HOST_MALLOC", "keep")       # keep on an accelerator host
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert execs[-1][2]["GLIBC_TUNABLES"] == host_memory.tunables("keep")
+    monkeypatch.setenv("T5MTL_HOST_MALLOC", "huge_pages")
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert execs[-1][2]["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setenv("T5MTL_HOST_MALLOC", "system")     # glibc's defaults on a CPU host
+    assert cli.main() == 0
+    assert len(execs) == 2
+    capsys.readouterr()
+    monkeypatch.setenv("T5MTL_HOST_MALLOC", "jemalloc")
+    assert cli.main() == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("t5mtl: error: T5MTL_HOST_MALLOC='jemalloc'")
+    assert len(execs) == 2
+
+
+def test_default_policy_keeps_memory_on_cpu_only_hosts_and_glibc_defaults_with_an_accelerator(
+        no_accelerator, monkeypatch, tmp_path):
+    assert host_memory.accelerator_plugins({}) == []
+    assert host_memory.default_policy({}) == "keep"
+    assert host_memory.policy({}) == "keep"
+    # An explicit policy wins on either kind of host.
+    assert host_memory.policy({"T5MTL_HOST_MALLOC": "huge_pages"}) == "huge_pages"
+    assert host_memory.policy({"T5MTL_HOST_MALLOC": "system"}) == "system"
+    assert host_memory.policy({"JAX_PLATFORMS": "tpu", "T5MTL_HOST_MALLOC": "keep"}) == "keep"
+    # JAX_PLATFORMS decides when it is set.
+    assert host_memory.default_policy({"JAX_PLATFORMS": "cpu"}) == "keep"
+    assert host_memory.default_policy({"JAX_PLATFORMS": "tpu"}) == "system"
+    assert host_memory.default_policy({"JAX_PLATFORMS": "cuda,cpu"}) == "system"
+    assert host_memory.default_policy({"JAX_PLATFORM_NAME": "gpu"}) == "system"
+    # Environment variables that point jax at a plugin library.
+    assert host_memory.default_policy({"TPU_LIBRARY_PATH": "/opt/libtpu.so"}) == "system"
+    assert host_memory.accelerator_plugins(
+        {"PJRT_NAMES_AND_LIBRARY_PATHS": "x:/lib/x.so"}) == ["$PJRT_NAMES_AND_LIBRARY_PATHS"]
+    _install_fake_plugin(monkeypatch, tmp_path)
     assert host_memory.accelerator_plugins({}) == ["jax_plugins.xla_fake_accelerator"]
-    assert host_memory.default_policy({}) == "huge_pages"
+    assert host_memory.default_policy({}) == "system"
     assert host_memory.default_policy({"JAX_PLATFORMS": "cpu"}) == "keep"

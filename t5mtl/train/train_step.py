@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from t5mtl import host_memory
 from t5mtl.errors import T5mtlError
 from t5mtl.models import losses, param_names
 from t5mtl.train import partitioning
@@ -288,48 +287,3 @@ def jit_train_step(step_fn: Callable[[TrainState, Batch], tuple[TrainState, Metr
     run.jitted = jitted
     return run
 
-
-# Below this temporary-buffer size a CPU step under the keep policy is
-# dispatched asynchronously after all (`one_step_in_flight`).
-ONE_STEP_MIN_TEMP_BYTES = host_memory.SMALL_BUFFER_BYTES
-
-
-def temp_bytes(compiled: Any) -> int | None:
-    """The temporary buffer an AOT-compiled step allocates on each call
-    (``compiled.memory_analysis()``), or None where the backend does not say."""
-    analysis = compiled.memory_analysis()
-    return None if analysis is None else int(analysis.temp_size_in_bytes)
-
-
-def one_step_in_flight(mesh: Mesh, step_temp_bytes: int | None = None) -> bool:
-    """Whether a loop should run one step at a time (wait for a step's
-    outputs, then `host_memory.ReleaseWait`, before dispatching the next):
-    on CPU meshes in a process started with the ``keep`` malloc policy
-    (t5mtl/host_memory.py), for steps whose temporary buffer
-    (``step_temp_bytes``, `temp_bytes`; None: unknown) is at least
-    ``ONE_STEP_MIN_TEMP_BYTES``. Under that policy two steps' buffers of
-    gigabytes alive at once fragment the heap; on CPU the devices are the
-    host's own cores, so asynchronous dispatch only overlaps the loop's
-    Python with the step. For small steps that overlap is what matters (the
-    quickstart, 190 MB per step, took 2m08s one step at a time and 1m42s
-    without the gate), and two small buffers cost little memory."""
-    large = step_temp_bytes is None or step_temp_bytes >= ONE_STEP_MIN_TEMP_BYTES
-    return (large and all(d.platform == "cpu" for d in mesh.devices.flat)
-            and host_memory.keeps_freed_memory())
-
-
-def dispatch_gate(mesh: Mesh, step_temp_bytes: int | None = None) -> Callable[[Any], None]:
-    """What a training loop calls with its current state just before it
-    dispatches the next step. Under `one_step_in_flight` it waits for that
-    state, then for the previous step's buffer to be freed
-    (`host_memory.ReleaseWait`); otherwise it does nothing, and steps are
-    dispatched asynchronously."""
-    if not one_step_in_flight(mesh, step_temp_bytes):
-        return lambda state: None
-    release_wait = host_memory.ReleaseWait(True)
-
-    def gate(state: Any) -> None:
-        jax.block_until_ready(state)
-        release_wait()
-
-    return gate

@@ -170,29 +170,3 @@ def test_jitted_step_donates_state_and_derives_dropout_keys():
     base = jax.random.key_data(jax.random.key(5))
     assert seen == [np.asarray(jax.random.fold_in(base, i)).tolist() for i in range(2)]
 
-
-def test_one_step_in_flight_only_on_cpu_meshes_under_the_keep_policy(monkeypatch):
-    import types
-    from t5mtl import host_memory
-    cpu_mesh = partitioning.create_mesh((1, 1, 1), jax.devices("cpu")[:1])
-    tpu = types.SimpleNamespace(platform="tpu")
-    fake = types.SimpleNamespace(devices=np.array([[[tpu, tpu]]], dtype=object))
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")      # the default policy
-    assert not train_step.one_step_in_flight(cpu_mesh)
-    monkeypatch.setenv("GLIBC_TUNABLES", host_memory.tunables("keep"))
-    glibc = host_memory.platform.libc_ver()[0] == "glibc"
-    assert train_step.one_step_in_flight(cpu_mesh) == glibc
-    assert not train_step.one_step_in_flight(fake)
-    # Only for steps whose temporary buffer is large (None: unknown, large).
-    big, small = train_step.ONE_STEP_MIN_TEMP_BYTES, train_step.ONE_STEP_MIN_TEMP_BYTES - 1
-    assert train_step.one_step_in_flight(cpu_mesh, big) == glibc
-    assert not train_step.one_step_in_flight(cpu_mesh, small)
-    assert train_step.one_step_in_flight(cpu_mesh, None) == glibc
-
-
-def test_temp_bytes_reads_the_compiled_steps_buffer_size():
-    x = jnp.ones((256, 256), jnp.float32)
-    compiled = jax.jit(lambda x: jnp.tanh(x @ x) @ x).lower(x).compile()
-    got = train_step.temp_bytes(compiled)
-    assert got == compiled.memory_analysis().temp_size_in_bytes
-    assert 256 * 256 * 4 <= got < 64 << 20      # holds the intermediate tanh(x @ x)

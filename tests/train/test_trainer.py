@@ -402,15 +402,15 @@ def test_stop_flag_agreement_mechanism(monkeypatch):
     (True, 0, True), (False, 0, False), (True, 256 << 20, False)])
 def test_on_cpu_under_the_keep_policy_the_loop_waits_for_each_large_step(
         tmp_path, monkeypatch, keep, min_temp_bytes, waits):
-    """One step in flight (t5mtl.train.train_step.one_step_in_flight) under
+    """One step in flight (t5mtl.train.dispatch.one_step_in_flight) under
     the keep malloc policy for steps whose temporary buffer is large: the
     loop blocks on the state the previous step returned, once per step. By
     default, and for the tiny model's small buffer, it dispatches
     asynchronously."""
     from t5mtl import host_memory
-    from t5mtl.train import train_step, trainer
+    from t5mtl.train import dispatch, trainer
     monkeypatch.setattr(host_memory, "keeps_freed_memory", lambda *a: keep)
-    monkeypatch.setattr(train_step, "ONE_STEP_MIN_TEMP_BYTES", min_temp_bytes)
+    monkeypatch.setattr(dispatch, "ONE_STEP_MIN_TEMP_BYTES", min_temp_bytes)
     waited = []
     real = jax.block_until_ready
     monkeypatch.setattr(trainer.jax, "block_until_ready",
