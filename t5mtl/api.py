@@ -33,6 +33,7 @@ class Model:
         self.vocabulary = vocabulary
         self.tasks = tasks
         self._logits = None
+        self._score = jax.jit(lambda p, b: self.model.score_batch(p, b))
 
     @property
     def config(self) -> Any:
@@ -72,7 +73,7 @@ class Model:
     def score(self, inputs, targets) -> np.ndarray:
         """Sum of log p(target token) per example; strings get EOS appended."""
         batch = scoring_batch(self._ids(inputs, add_eos=True), self._ids(targets, add_eos=True))
-        return np.asarray(self.model.score_batch(self.params, batch))
+        return np.asarray(self._score(self.params, batch))
 
     def generate(self, inputs, max_new_tokens: int = 32, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int = 0):

@@ -32,10 +32,12 @@ def split_gin_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def _register_configurables() -> None:
     """Import the modules whose configurables gin files may name."""
     import t5mtl.data.batches  # noqa: F401
+    import t5mtl.data.data_config  # noqa: F401
     import t5mtl.data.data_dir  # noqa: F401
     import t5mtl.data.registry  # noqa: F401  (tasks and mixtures)
     import t5mtl.data.vocab  # noqa: F401
     import t5mtl.models.configs  # noqa: F401
+    import t5mtl.models.encoder_decoder  # noqa: F401
     import t5mtl.train.fewshot  # noqa: F401
     import t5mtl.train.optimizers  # noqa: F401
     import t5mtl.train.partitioning  # noqa: F401

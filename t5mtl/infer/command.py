@@ -23,19 +23,21 @@ def run(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    import t5mtl
-    from t5mtl.api import pad_ids
+    from t5mtl.data.batches import pad_ids
+    from t5mtl.data.vocab import vocabulary_from_spec
     from t5mtl.errors import T5mtlError
-    from t5mtl.models.encoder_decoder import DecodeConfig, EncoderDecoderModel
-    m = t5mtl.load(args.model_dir, step=args.step)
-    if m.vocabulary is None:
+    from t5mtl.models.encoder_decoder import DecodeConfig
+    from t5mtl.train.model_dir import describe, load_params
+    vocab = vocabulary_from_spec(describe(args.model_dir)["vocabulary"])
+    if vocab is None:
         raise T5mtlError(f"{args.model_dir}: no vocabulary recorded; use the Python API with ids")
+    model, params = load_params(args.model_dir, args.step)
     decode = DecodeConfig(max_decode_length=args.max_new_tokens, method=args.method,
                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           beam_size=args.beam_size, alpha=args.alpha)
-    model = EncoderDecoderModel(m.config)
-    enc = pad_ids(m._ids(args.input, add_eos=True))
-    ids = np.asarray(model.decoder(decode)(m.params, enc, jax.random.PRNGKey(args.seed)))
+    enc = pad_ids([list(vocab.encode(text)) + [1] for text in args.input])     # + EOS
+    ids = np.asarray(model.predict_batch(params, {"encoder_input_tokens": enc}, decode,
+                                         jax.random.PRNGKey(args.seed)))
     for text, row in zip(args.input, ids):
-        print(f"{text}\t{m.vocabulary.decode([int(t) for t in row])}")
+        print(f"{text}\t{vocab.decode([int(t) for t in row])}")
     return 0

@@ -35,7 +35,11 @@ class TrainCheckpointer:
     """Save/restore the TrainState plus the data position; keep-N or keep-best."""
 
     def __init__(self, model_dir: str, *, keep: int = 3, keep_best_metric: str | None = None,
-                 best_mode: str = "max", async_save: bool = True):
+                 best_mode: str = "max", async_save: bool = True,
+                 saved_params: list[str] | None = None):
+        """`saved_params`: the parameter names a checkpoint holds (None: all);
+        `restore` then expects exactly those in its abstract state."""
+        self.saved_params = saved_params
         options = dict(max_to_keep=keep, enable_async_checkpointing=async_save,
                        create=True)
         if keep_best_metric:
@@ -58,8 +62,11 @@ class TrainCheckpointer:
         step = int(jax.device_get(state.step))
         progress = {"step": step, "rng": np.asarray(jax.device_get(state.rng)).tolist(),
                     "data_position": int(data_position)}
+        params = state.params
+        if self.saved_params is not None:
+            params = param_names.subset(params, self.saved_params)
         return self.manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(state.params),
+            params=ocp.args.StandardSave(params),
             opt_state=ocp.args.StandardSave(state.opt_state),
             progress=ocp.args.JsonSave(progress)), metrics=metrics, force=force)
 

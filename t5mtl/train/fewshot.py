@@ -110,10 +110,10 @@ def run_protocol(model_dir: str, config: FewShotConfig | None = None, **train_kw
     """Finetunes and evaluates every (task, K, seed); writes fewshot_results.json."""
     from t5mtl.infer.rank_classification import rank_classify
     from t5mtl.data.task_info import get_task_info
+    from t5mtl.data.data_config import DataConfig
     from t5mtl.infer.evaluation import TaskEvaluator
-    from t5mtl.models.encoder_decoder import EncoderDecoderModel
-    from t5mtl.train.trainer import CheckpointConfig, DataConfig, EvalConfig, train
-    import t5mtl
+    from t5mtl.train.model_dir import load_params
+    from t5mtl.train.trainer import CheckpointConfig, EvalConfig, train
     config = config or FewShotConfig()
     checkpoints = dataclasses.replace(train_kwargs.pop("checkpoints", None) or CheckpointConfig(),
                                       period=10 ** 9, keep=1)
@@ -130,14 +130,13 @@ def run_protocol(model_dir: str, config: FewShotConfig | None = None, **train_kw
                     num_steps=config.num_steps, evaluation=EvalConfig(),
                     checkpoints=checkpoints,
                     show_progress=False, **train_kwargs)
-                loaded = t5mtl.load(run_dir)
-                model = EncoderDecoderModel(loaded.config)
+                model, params = load_params(run_dir)
                 metrics = TaskEvaluator(task, config.task_feature_lengths, "validation",
-                                        config.eval_num_examples).evaluate(model, loaded.params)
+                                        config.eval_num_examples).evaluate(model, params)
                 metrics = dict(metrics[task])
                 if labels:
                     metrics["rank_accuracy"] = rank_classify(
-                        model, loaded.params, task, labels, "validation",
+                        model, params, task, labels, "validation",
                         config.eval_num_examples,
                         config.task_feature_lengths["inputs"])["accuracy"]
                 runs.append({"task": task, "k": k, "seed": seed, "metrics": metrics})
@@ -150,8 +149,10 @@ def run_protocol(model_dir: str, config: FewShotConfig | None = None, **train_kw
 
 @gin.configurable(denylist=["model_dir"])
 def run_few_shot(model_dir: str, config: FewShotConfig = gin.REQUIRED,
-                 model_config=gin.REQUIRED, optimizer=None, checkpoints=None) -> dict:
-    """The gin entry point of `t5mtl fewshot` (see gin/runs/fewshot_eval.gin)."""
+                 model=None, optimizer=None, checkpoints=None, model_config=None) -> dict:
+    """The gin entry point of `t5mtl fewshot` (see gin/runs/fewshot_eval.gin).
+    `model` is the model object (`model_config`, a T5Config, is the older
+    spelling)."""
     os.makedirs(model_dir, exist_ok=True)
-    return run_protocol(model_dir, config, model_config=model_config, optimizer=optimizer,
-                        checkpoints=checkpoints)
+    return run_protocol(model_dir, config, model=model, model_config=model_config,
+                        optimizer=optimizer, checkpoints=checkpoints)

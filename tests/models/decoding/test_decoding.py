@@ -6,14 +6,23 @@ import numpy as np
 import pytest
 
 from t5mtl.api import Model
-from t5mtl.infer.beam_search import compiled_beam_search, length_penalty
-from t5mtl.infer.decoding import compiled_sampler, filter_logits
-from t5mtl.models import Transformer, get_config, init_params
+from t5mtl.models import get_config, init_params
+from t5mtl.models.decoding import filter_logits, length_penalty
+from t5mtl.models.encoder_decoder import DecodeConfig, EncoderDecoderModel
 
 
 def _model(scan=False, **overrides):
     cfg = get_config("t5_tiny", scan_layers=scan, **overrides)
     return cfg, init_params(cfg, jax.random.PRNGKey(7))
+
+
+def _greedy(cfg, n):
+    return EncoderDecoderModel(cfg).decoder(DecodeConfig(max_decode_length=n))
+
+
+def _beam(cfg, params, enc, n, beams, alpha=0.6):
+    decode = DecodeConfig(max_decode_length=n, method="beam", beam_size=beams, alpha=alpha)
+    return EncoderDecoderModel(cfg).beam_search(params, {"encoder_input_tokens": enc}, decode)
 
 
 def _inputs(vocab, batch=3):
@@ -27,9 +36,8 @@ def _inputs(vocab, batch=3):
 def test_beam_one_equals_greedy(scan):
     cfg, params = _model(scan)
     enc = _inputs(cfg.vocab_size)
-    greedy = compiled_sampler(Transformer(cfg), 12, 0.0, 0, 1.0, 1)(params, enc,
-                                                                    jax.random.PRNGKey(0))
-    beam, _ = compiled_beam_search(Transformer(cfg), 12, 1, 0.6, 1)(params, enc)
+    greedy = _greedy(cfg, 12)(params, enc, jax.random.PRNGKey(0))
+    beam, _ = _beam(cfg, params, enc, 12, 1)
     np.testing.assert_array_equal(np.asarray(beam), np.asarray(greedy))
 
 
@@ -38,9 +46,9 @@ def test_beam_search_finds_the_exhaustive_optimum():
     must return the best of all sequences under T5's length penalty."""
     cfg, params = _model(vocab_size=5)
     enc = _inputs(5, batch=2)
-    model = Model(cfg, params)
+    model = Model(EncoderDecoderModel(cfg), params)
     alpha, n = 0.6, 3
-    ids, scores = compiled_beam_search(Transformer(cfg), n, 25, alpha, 1)(params, enc)
+    ids, scores = _beam(cfg, params, enc, n, 25, alpha)
     for row in range(enc.shape[0]):
         best, best_score = None, -np.inf
         for seq in itertools.product(range(5), repeat=n):
@@ -63,7 +71,7 @@ def test_beam_search_finds_the_exhaustive_optimum():
 def test_sampling_is_reproducible_by_seed():
     cfg, params = _model()
     enc = _inputs(cfg.vocab_size)
-    run = compiled_sampler(Transformer(cfg), 10, 1.0, 0, 1.0, 1)
+    run = EncoderDecoderModel(cfg).decoder(DecodeConfig(max_decode_length=10, method="sample"))
     a = np.asarray(run(params, enc, jax.random.PRNGKey(3)))
     b = np.asarray(run(params, enc, jax.random.PRNGKey(3)))
     c = np.asarray(run(params, enc, jax.random.PRNGKey(4)))

@@ -4,8 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5mtl.models import attention
-from t5mtl.models.attention import attention_reference, dot_product_attention
+from t5mtl.models.kernels import cpu_attention as attention
+from t5mtl.models.kernels.cpu_attention import dot_product_attention
+from t5mtl.models.kernels.reference import attention as attention_reference
 from t5mtl.models.layers import NEG_INF
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5mtl.models.weight_grad import dense, weight_grad
+from t5mtl.models.kernels.cpu_dense import dense, weight_grad
 
 
 def _inputs(dtype, first):

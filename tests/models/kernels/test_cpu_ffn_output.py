@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5mtl.models.ffn_output import activation, activation_dense
+from t5mtl.models.kernels.cpu_ffn_output import activation_dense
+from t5mtl.models.kernels.reference import activation
 
 
 @pytest.mark.parametrize("gated", [True, False])
