@@ -12,7 +12,7 @@ as well as the gradients, as the train step does (otherwise XLA recomputes
 P V inside the backward pass). GFLOP/s counts the six matmuls (2 forward,
 4 backward). Like `t5mtl train`, the script first restarts itself with
 t5mtl's malloc policy for XLA's buffers (t5mtl/host_memory.py). Results:
-docs/performance.md ("Attention is where the remaining time is").
+docs/performance.md ("Where the time goes").
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 analytic FLOPs and alternating timers.
 
 Benchmarks compare systems *in one run*, alternating them round by round,
-because this machine's speed drifts by tens of percent between minutes;
-quote the per-round ratios, not absolute numbers from different runs.
+because a shared machine's speed drifts from minute to minute; quote the
+per-round ratios, not absolute numbers from different runs.
 """
 from __future__ import annotations
 
@@ -121,7 +121,8 @@ def t5_forward_flops(cfg, batch: int, enc_len: int, dec_len: int) -> float:
 
 def build_hf_model(cfg, seed: int = 0):
     """A random-init HF T5ForConditionalGeneration with `cfg`'s architecture
-    (lm_head untied when the config says so; see DESIGN.md's pitfalls)."""
+    (lm_head untied when the config says so; see docs/performance.md,
+    "Pitfalls")."""
     import torch
     import transformers
     torch.manual_seed(seed)
@@ -203,7 +204,7 @@ def torch_mode(flush: bool, threads: int | None):
 
     One thread is the strongest torch setting on a machine other jobs keep
     busy: two OpenMP threads on two shared cores wait for each other at
-    every operator (10x slower steps were measured here under load).
+    every operator (docs/performance.md, "Pitfalls").
     """
     import torch
     default_threads = torch.get_num_threads()
@@ -228,7 +229,7 @@ def settle(step: Callable[[], float], best: float, min_steps: int, max_steps: in
     best. Why a fixed count is not enough: on a KVM guest with free page
     reporting, memory a process freed before it sat idle (while the other
     system ran) goes back to the host, and its next steps fault it in again
-    at several times the cost (docs/performance.md, "Settling").
+    at several times the cost (docs/performance.md, "Pitfalls").
     """
     times: list[float] = []
     while len(times) < max(min_steps, max_steps):

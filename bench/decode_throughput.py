@@ -2,7 +2,7 @@
 
   python bench/decode_throughput.py             # the full run: t5_1_1_small, batch 8,
                                                 # inputs 512, 64 new tokens
-  python bench/decode_throughput.py --quick     # a smoke run (< 1 minute)
+  python bench/decode_throughput.py --quick     # a smoke run on a tiny model
 
 One random-init HF T5ForConditionalGeneration (t5_1_1_small-shaped) is saved
 and imported into t5mtl with t5mtl.convert.hf.import_hf, so both systems hold

@@ -11,7 +11,7 @@ virtio-balloon free page reporting, memory the process freed and left
 unused for a few seconds is handed back to the host, and the first step
 after the pause faults it in again at several times the usual cost. This is
 why bench/train_throughput.py lets each system settle before timing it
-(docs/performance.md, "Settling").
+(docs/performance.md, "Pitfalls").
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Train-step tokens/s and MFU: t5mtl's jitted step against HF PyTorch T5.
 
-  python bench/train_throughput.py                      # the full run (about half an hour)
-  python bench/train_throughput.py --quick              # a smoke run (< 1 minute)
+  python bench/train_throughput.py                      # the full run: both shapes and dtypes
+  python bench/train_throughput.py --quick              # a smoke run on a tiny model
   python bench/train_throughput.py --memory --no-throughput   # peak RSS per system only
 
 For each shape (inputs/targets) and activation dtype it starts, each in its
@@ -24,11 +24,11 @@ machine drifts). In each round every system first runs untimed steps until
 it is back at its steady speed (at least --settle-steps, then until a step is
 within --settle-tolerance of the fastest it has made, at most --settle-max;
 bench.common.settle), then --steps timed ones. The first steps after a
-system sat idle pay for page faults that a training run does not: on this
-KVM guest, memory a process freed and left unused for a few seconds goes
-back to the host (virtio-balloon free page reporting), and t5mtl's first
-512/114 step after the other system's turn takes 5.1-5.6 s instead of 2.6 s,
-its next ones up to 4.2 s.
+system sat idle pay for page faults that a training run does not: on a KVM
+guest with virtio-balloon free page reporting, memory a process freed and
+left unused for a few seconds goes back to the host, and the steps after
+the other system's turn fault it in again at several times the usual cost
+(docs/performance.md, "Pitfalls").
 Tokens per step = batch x (inputs + targets), no padding. bfloat16 means
 bfloat16 activations with float32 parameters (t5mtl dtype="bfloat16"; torch
 autocast). MFU = analytic model FLOPs (3 x forward matmul FLOPs, attention

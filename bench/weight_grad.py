@@ -11,7 +11,7 @@ RMS norm or the gated GELU feeds the real layers): that is where a plain
 transpose before the dot goes wrong, since XLA fuses the producer and the
 transpose into one strided loop. Like `t5mtl train`, the script first
 restarts itself with t5mtl's malloc policy. Results: docs/performance.md
-("Weight gradients as row-major matmuls").
+("Why the CPU train step is fast").
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ def test_stops_at_min_steps_when_already_steady():
 
 
 def test_keeps_stepping_until_within_tolerance_of_the_fastest():
-    # t5mtl after the other system's turn (docs/performance.md, "Settling").
+    # t5mtl after the other system's turn (docs/performance.md, "Pitfalls").
     seq = [5.3, 3.0, 4.2, 2.9, 2.79, 2.6]
     times, best = common.settle(steps_from(seq), 2.55, 2, 8, 0.10)
     assert times == [5.3, 3.0, 4.2, 2.9, 2.79]     # 2.79 <= 1.1 * 2.55 = 2.805
