@@ -38,13 +38,14 @@ class T5mtlDecoder:
     def __init__(self, cfg, params, enc, new_tokens: int):
         import jax
         import jax.numpy as jnp
-        from t5mtl.infer.decoding import compiled_sampler
-        from t5mtl.models.t5 import Transformer
+        from t5mtl.models.encoder_decoder import DecodeConfig, EncoderDecoderModel
         self.jax = jax
         self.params = jax.device_put(jax.tree.map(jnp.asarray, params))
         self.enc = jnp.asarray(enc)
         self.rng = jax.random.PRNGKey(0)
-        self.run = compiled_sampler(Transformer(cfg), new_tokens, 0.0, 0, 1.0, -1)
+        # eos_id -1: never stops early, every call decodes `new_tokens` tokens.
+        self.run = EncoderDecoderModel(cfg).decoder(
+            DecodeConfig(max_decode_length=new_tokens, eos_id=-1))
         t = time.perf_counter()
         self.ids = self._call()                          # compile + warm-up
         self.compile_s = time.perf_counter() - t

@@ -41,9 +41,8 @@ def main():
     import transformers
 
     from t5mtl.convert.hf import export_hf
-    from t5mtl.infer.decoding import compiled_sampler
-    from t5mtl.models import Transformer, count_params, get_config, init_params
-    from t5mtl.models.encoder_decoder import EncoderDecoderModel
+    from t5mtl.models import count_params, get_config, init_params
+    from t5mtl.models.encoder_decoder import DecodeConfig, EncoderDecoderModel
     from t5mtl.train import optimizers, partitioning
     from t5mtl.train.train_step import TrainState, make_train_step
 
@@ -115,7 +114,8 @@ def main():
 
     # --- greedy decoding ------------------------------------------------------------
     denc = enc[:8]
-    run = compiled_sampler(Transformer(cfg), 64, 0.0, 0, 1.0, -1)   # no early stop: 64 tokens
+    # eos_id -1: no early stop, 64 tokens.
+    run = EncoderDecoderModel(cfg).decoder(DecodeConfig(max_decode_length=64, eos_id=-1))
     dparams = jax.device_put(host_params)
     ids = np.asarray(run(dparams, denc, jax.random.PRNGKey(0)))
     t0 = time.perf_counter()

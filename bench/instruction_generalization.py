@@ -29,13 +29,14 @@ from t5mtl.models.encoder_decoder import EncoderDecoderModel
 from t5mtl.mtl.generalization import (LEVEL_LABELS, LEVELS, evaluate_levels, levels_table,
                                       synthetic_level_mixtures)
 from t5mtl.train.optimizers import create_optimizer
-from t5mtl.train.trainer import CheckpointConfig, DataConfig, EvalConfig, train
+from t5mtl.data.data_config import DataConfig
+from t5mtl.train.trainer import CheckpointConfig, EvalConfig, train
 
 LENGTHS = {"inputs": 128, "targets": 32}
 
 
 def _train(model_dir: str, mixture: str, steps: int, model: str, batch_size: int) -> None:
-    train(model_dir, model_config=get_config(model),
+    train(model_dir, model=EncoderDecoderModel(get_config(model)),
           data=DataConfig(mixture_or_task_name=mixture, task_feature_lengths=LENGTHS,
                           batch_size=batch_size),
           num_steps=steps, optimizer=create_optimizer("adafactor", learning_rate=1e-2),
@@ -69,7 +70,7 @@ def main() -> None:
         if not os.path.isdir(os.path.join(model_dir, "checkpoints", str(steps))):
             _train(model_dir, mixture, steps, args.model, args.batch_size)
         loaded = t5mtl.load(model_dir)
-        results[name] = evaluate_levels(EncoderDecoderModel(loaded.config), loaded.params,
+        results[name] = evaluate_levels(loaded.model, loaded.params,
                                         levels, LENGTHS, num_examples=args.num_examples)
         timings[name] = time.time() - t0
         print(f"{name}: " + ", ".join(f"{lv}={results[name][lv]['score']:.1f}"

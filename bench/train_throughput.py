@@ -86,7 +86,7 @@ class T5mtlStep:
                  learning_rate: float = 1e-4, params: dict | None = None):
         import jax
         from t5mtl.models.encoder_decoder import EncoderDecoderModel
-        from t5mtl.train import losses, partitioning
+        from t5mtl.train import partitioning
         from t5mtl.train.optimizers import create_optimizer
         from t5mtl.train.dispatch import dispatch_gate, temp_bytes
         from t5mtl.train.train_step import (TrainState, create_train_state, jit_train_step,
@@ -102,8 +102,7 @@ class T5mtlStep:
             params = jax.device_put(params, shardings.params)
             self.state = TrainState.create(params, tx, self.state.rng)
         step = jit_train_step(
-            make_train_step(model.loss_fn, tx, loss_denominator_fn=losses.loss_denominator_fn(
-                normalization=model.loss.normalization)),
+            make_train_step(model.loss_fn, tx, loss_denominator_fn=model.loss_denominator),
             shardings, partitioning.batch_sharding(self.mesh), self.mesh)
         t = time.perf_counter()
         self.compiled = step.lower(self.state, self._batch(0)).compile()

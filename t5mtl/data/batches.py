@@ -80,7 +80,7 @@ def host_batches(mixture_or_task_name: str,
       use_cached: read the task's offline cache (seqio cache_tasks_main).
       feature_converter: "encdec", "prefix_lm", or a converter object (a
         model's `feature_converter(pack, task_ids)`, which then decides
-        packing and task ids itself).
+        packing; give it the same `task_ids`).
       task_ids: add "encoder_task_ids" and "decoder_task_ids" (int32, like
         encoder_input_tokens and decoder_target_tokens): the index of each
         token's task in `task_ids.task_names(mixture_or_task_name)`, -1 at

@@ -18,7 +18,8 @@ from t5mtl.errors import T5mtlError
 from t5mtl.models import get_config
 from t5mtl.train.checkpointer import TrainCheckpointer
 from t5mtl.train.init_from import merge_params
-from t5mtl.train.trainer import CheckpointConfig, DataConfig, EvalConfig, train
+from t5mtl.data.data_config import DataConfig
+from t5mtl.train.trainer import CheckpointConfig, EvalConfig, train
 from t5mtl.train.train_step import TrainState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
