@@ -2,6 +2,11 @@
 
 Tasks come from --task (repeatable) or from gin's EvalConfig.tasks; results
 print as one table and append to model_dir/metrics.jsonl (split "eval").
+Decoding and scoring run over a device mesh (see --mesh_shape): each eval
+batch splits over its data x fsdp axes, the params shard by their logical
+axis names as in training. Launched on several processes (T5MTL_DISTRIBUTED
+or T5MTL_COORDINATOR, as for `t5mtl train`), every process evaluates the
+whole eval set over the one global mesh and process 0 writes the metrics.
 """
 from __future__ import annotations
 
@@ -23,6 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--levels", choices=["synthetic"], default=None,
                         help="report the three generalization levels (held-out categories, "
                              "held-out tasks, held-out instances) of a suite in one table")
+    parser.add_argument("--mesh_shape", default=None, metavar="DATA,FSDP,MODEL",
+                        help="sizes of the (data, fsdp, model) mesh axes, e.g. 8,1,1 or "
+                             "2,1,4; one may be -1 (the devices the others leave). Default: "
+                             "train.mesh_shape when a --gin_file/--gin. binding sets it (so "
+                             "the training run's gin files give the training layout, as in "
+                             "t5x), else -1,1,1 (all devices on data). Eval batches split "
+                             "over data x fsdp; a batch_size that is a multiple of that wastes "
+                             "no rows")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,9 +43,12 @@ def run(args: argparse.Namespace) -> int:
     from t5mtl import gin_config
     from t5mtl.errors import T5mtlError
     from t5mtl.infer.evaluation import TaskEvaluator, flatten_metrics, format_table
+    from t5mtl.infer.sharded import place_params
     from t5mtl.models.encoder_decoder import EncoderDecoderModel
     from t5mtl.train.metrics_writer import MetricsLogger
+    from t5mtl.train.command import maybe_initialize_distributed
     from t5mtl.train.trainer import DataConfig, EvalConfig
+    maybe_initialize_distributed()       # several processes, when a launcher asks
     if args.data_dir:
         from t5mtl.data.data_dir import set_data_dir
         set_data_dir(args.data_dir)
@@ -44,16 +60,19 @@ def run(args: argparse.Namespace) -> int:
     if not tasks:
         raise T5mtlError("nothing to evaluate: pass --task NAME or bind EvalConfig.tasks in gin")
     lengths = cfg.task_feature_lengths or DataConfig().task_feature_lengths
+    mesh = eval_mesh(args.mesh_shape)
     m = t5mtl.load(args.model_dir, step=args.step)
     model = EncoderDecoderModel(m.config)
+    params = place_params(model, m.params, mesh)        # once, for every task
     results = {}
     for name in tasks:
         ev = TaskEvaluator(name, lengths, args.split or cfg.split,
-                           args.num_examples or cfg.num_examples, cfg.batch_size, cfg.decode)
-        results.update(ev.evaluate(model, m.params))
+                           args.num_examples or cfg.num_examples, cfg.batch_size, cfg.decode,
+                           mesh=mesh)
+        results.update(ev.evaluate(model, params))
     if args.rank:
-        _add_rank_accuracy(results, model, m.params, args.split or cfg.split,
-                           args.num_examples or cfg.num_examples, lengths["inputs"])
+        _add_rank_accuracy(results, model, params, args.split or cfg.split,
+                           args.num_examples or cfg.num_examples, lengths["inputs"], mesh)
     logger = MetricsLogger(args.model_dir)
     logger.write(int(args.step or 0), "eval", flatten_metrics(results))
     logger.close()
@@ -66,21 +85,51 @@ def _run_levels(args, cfg) -> int:
     import os
 
     import t5mtl
+    from t5mtl.infer.sharded import place_params
     from t5mtl.models.encoder_decoder import EncoderDecoderModel
     from t5mtl.mtl.generalization import evaluate_levels, levels_table, synthetic_level_mixtures
     from t5mtl.train.trainer import DataConfig
+    mesh = eval_mesh(args.mesh_shape)
     m = t5mtl.load(args.model_dir, step=args.step)
+    model = EncoderDecoderModel(m.config)
     lengths = cfg.task_feature_lengths or DataConfig().task_feature_lengths
-    results = evaluate_levels(EncoderDecoderModel(m.config), m.params,
+    results = evaluate_levels(model, place_params(model, m.params, mesh),
                               synthetic_level_mixtures(), lengths, args.split or cfg.split,
-                              args.num_examples or cfg.num_examples, cfg.batch_size)
+                              args.num_examples or cfg.num_examples, cfg.batch_size, mesh=mesh)
     with open(os.path.join(args.model_dir, "generalization_levels.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(levels_table({os.path.basename(os.path.normpath(args.model_dir)): results}))
     return 0
 
 
-def _add_rank_accuracy(results, model, params, split, num_examples, input_length) -> None:
+def eval_mesh(mesh_shape: str | None):
+    """The mesh for `t5mtl eval` (gin parsed): --mesh_shape "D,F,M", else gin's
+    train.mesh_shape, else all devices on the data axis."""
+    import gin
+
+    from t5mtl.errors import T5mtlError
+    from t5mtl.train import partitioning
+    if mesh_shape is not None:
+        try:
+            shape = tuple(int(s) for s in mesh_shape.replace(" ", "").strip("()").split(","))
+        except ValueError:
+            shape = ()
+        if len(shape) != 3:
+            raise T5mtlError(f"--mesh_shape {mesh_shape!r} must be three integers "
+                             "DATA,FSDP,MODEL, e.g. 2,1,4")
+    else:
+        try:
+            shape = gin.query_parameter("train.mesh_shape")
+        except ValueError:                   # not bound
+            shape = (-1, 1, 1)
+        if not isinstance(shape, (tuple, list)):
+            raise T5mtlError(f"gin's train.mesh_shape is {shape!r}, not a (data, fsdp, model) "
+                             "tuple; pass --mesh_shape")
+    return partitioning.create_mesh(shape)
+
+
+def _add_rank_accuracy(results, model, params, split, num_examples, input_length,
+                       mesh) -> None:
     """Adds "rank_accuracy" next to the generative metrics of classification tasks."""
     from t5mtl.data.task_info import get_task_info, has_task_info
     from t5mtl.infer.rank_classification import rank_classify
@@ -88,4 +137,4 @@ def _add_rank_accuracy(results, model, params, split, num_examples, input_length
         if has_task_info(task) and get_task_info(task).label_names:
             results[task]["rank_accuracy"] = rank_classify(
                 model, params, task, get_task_info(task).label_names, split, num_examples,
-                input_length)["accuracy"]
+                input_length, mesh=mesh)["accuracy"]

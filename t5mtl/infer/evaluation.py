@@ -3,7 +3,10 @@
 seqio owns the eval datasets, postprocessors and metric functions; this
 module only supplies the two model callbacks it asks for and batches the
 cached dataset with a fixed batch size (the last batch padded), so each
-callback compiles once.
+callback compiles once. Both callbacks run over a device mesh (see
+t5mtl.infer.sharded): each batch splits over the ("data", "fsdp") axes and
+the params shard by their logical axis names; every process gets the whole
+result, as seqio's Evaluator runs on every process over the whole eval set.
 """
 from __future__ import annotations
 
@@ -12,8 +15,10 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import seqio
+from jax.sharding import Mesh
 
 from t5mtl.errors import T5mtlError
+from t5mtl.infer import sharded
 from t5mtl.models.encoder_decoder import DecodeConfig, EncoderDecoderModel
 
 log = logging.getLogger(__name__)
@@ -48,17 +53,27 @@ def _batches(ds, batch_size: int):
 
 
 class TaskEvaluator:
-    """Evaluates one seqio task or mixture's split with its registered metrics."""
+    """Evaluates one seqio task or mixture's split with its registered metrics.
+
+    `mesh` (a partitioning.create_mesh mesh; None: this process's first
+    device alone) is where decoding and scoring run; `rules` are the logical
+    axis rules (None: partitioning.logical_axis_rules(), gin's). A
+    `batch_size` that is a multiple of the mesh's data x fsdp size wastes
+    no rows.
+    """
 
     def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                  split: str = "validation", num_examples: int | None = None,
-                 batch_size: int = 32, decode: DecodeConfig | None = None):
+                 batch_size: int = 32, decode: DecodeConfig | None = None,
+                 mesh: Mesh | None = None, rules=None):
         try:
             seqio.get_mixture_or_task(mixture_or_task_name)
         except ValueError as e:
             raise T5mtlError(f"unknown eval task or mixture {mixture_or_task_name!r}") from e
         self.name = mixture_or_task_name
         self.batch_size = batch_size
+        self.mesh = sharded.default_mesh() if mesh is None else mesh
+        self.rules = rules
         self.decode = decode or DecodeConfig(max_decode_length=task_feature_lengths["targets"])
         self.evaluator = seqio.Evaluator(
             mixture_or_task_name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
@@ -77,18 +92,25 @@ class TaskEvaluator:
 
     def evaluate(self, model: EncoderDecoderModel, params, step: int | None = None
                  ) -> dict[str, dict[str, float]]:
-        """{task: {metric: value}} for every task of the mixture with metrics."""
-        decoder = model.decoder(self.decode)
+        """{task: {metric: value}} for every task of the mixture with metrics.
+
+        `params`: numpy (e.g. t5mtl.load's) or jax Arrays already on the
+        mesh (the trainer's state.params, used as they are).
+        """
+        params = sharded.place_params(model, params, self.mesh, self.rules)
+        decoder = sharded.decode_function(model, self.decode, self.mesh, self.rules)
+        scorer = sharded.score_function(model, self.mesh, self.rules)
 
         def predict_fn(ds):
-            preds = self._map(ds, lambda f: decoder(params, f["encoder_input_tokens"]))
+            preds = self._map(ds, lambda f: decoder(
+                params, {"encoder_input_tokens": f["encoder_input_tokens"]}))
             # Full-length rows (0 after EOS): seqio stacks them into one array
             # and its vocabulary's decode stops at EOS.
             return [(i, [int(t) for t in row]) for i, row in preds]
 
         def score_fn(ds):
             return [(i, float(s)) for i, s in self._map(
-                ds, lambda f: model.score_batch(params, f))]
+                ds, lambda f: scorer(params, f))]
 
         metrics, _ = self.evaluator.evaluate(compute_metrics=True, step=step,
                                              predict_fn=predict_fn, score_fn=score_fn)

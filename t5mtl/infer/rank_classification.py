@@ -4,6 +4,7 @@ Each option of the label set is scored by the model's log-likelihood of that
 option as the target, and the best-scoring option is the prediction. This
 cannot produce an answer outside the label set, unlike free decoding, so it
 measures what the model prefers rather than whether it formats answers well.
+The scoring runs over a device mesh like evaluation (t5mtl.infer.sharded).
 """
 from __future__ import annotations
 
@@ -11,16 +12,25 @@ from typing import Sequence
 
 import numpy as np
 import seqio
+from jax.sharding import Mesh
 
 from t5mtl.api import pad_ids
 from t5mtl.errors import T5mtlError
+from t5mtl.infer import sharded
 from t5mtl.models.encoder_decoder import EncoderDecoderModel
 
 
 def option_log_likelihoods(model: EncoderDecoderModel, params, input_ids: Sequence[Sequence[int]],
-                           option_ids: Sequence[Sequence[int]], batch_size: int = 64
-                           ) -> np.ndarray:
-    """log p(option | input) for every (input, option) pair: [n_inputs, n_options]."""
+                           option_ids: Sequence[Sequence[int]], batch_size: int = 64,
+                           mesh: Mesh | None = None, rules=None) -> np.ndarray:
+    """log p(option | input) for every (input, option) pair: [n_inputs, n_options].
+
+    Batches of pairs run over `mesh` (None: this process's first device),
+    split over its data x fsdp axes; `params` may be numpy or already on it.
+    """
+    mesh = sharded.default_mesh() if mesh is None else mesh
+    params = sharded.place_params(model, params, mesh, rules)
+    scorer = sharded.score_function(model, mesh, rules)
     enc_len = max(len(r) for r in input_ids)
     tgt_len = max(len(r) for r in option_ids)
     pairs = [(i, j) for i in range(len(input_ids)) for j in range(len(option_ids))]
@@ -34,7 +44,7 @@ def option_log_likelihoods(model: EncoderDecoderModel, params, input_ids: Sequen
         dec_in = np.concatenate([np.zeros_like(tgt[:, :1]), tgt[:, :-1]], axis=1)
         batch = {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
                  "decoder_target_tokens": tgt, "decoder_loss_weights": (tgt > 0).astype(np.int32)}
-        out = np.asarray(model.score_batch(params, batch))[:n]
+        out = scorer(params, batch)[:n]
         for (i, j), s in zip(chunk[:n], out):
             scores[i, j] = s
     return scores
@@ -42,8 +52,9 @@ def option_log_likelihoods(model: EncoderDecoderModel, params, input_ids: Sequen
 
 def rank_classify(model: EncoderDecoderModel, params, task_name: str, options: Sequence[str],
                   split: str = "validation", num_examples: int | None = None,
-                  input_length: int = 512) -> dict:
-    """Rank-classification accuracy of `task_name` over `options` (its label set).
+                  input_length: int = 512, mesh: Mesh | None = None, rules=None) -> dict:
+    """Rank-classification accuracy of `task_name` over `options` (its label set),
+    scored over `mesh` (see option_log_likelihoods).
 
     Returns {"accuracy": %, "predictions": [...], "targets": [...], "scores": array}.
     """
@@ -66,7 +77,7 @@ def rank_classify(model: EncoderDecoderModel, params, task_name: str, options: S
         raise T5mtlError(f"{task_name!r}: targets {unknown[:5]} are not among the options "
                          f"{list(options)}")
     option_ids = [list(vocab.encode(o)) + [1] for o in options]       # + EOS
-    scores = option_log_likelihoods(model, params, inputs, option_ids)
+    scores = option_log_likelihoods(model, params, inputs, option_ids, mesh=mesh, rules=rules)
     predictions = [options[k] for k in scores.argmax(axis=1)]
     accuracy = 100.0 * float(np.mean([p == t for p, t in zip(predictions, targets)]))
     return {"accuracy": accuracy, "predictions": predictions, "targets": targets,

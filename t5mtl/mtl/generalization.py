@@ -33,12 +33,14 @@ def synthetic_level_mixtures() -> dict[str, str]:
 
 def evaluate_levels(model: EncoderDecoderModel, params, level_mixtures: Mapping[str, str],
                     task_feature_lengths: Mapping[str, int], split: str = "validation",
-                    num_examples: int | None = None, batch_size: int = 64) -> dict:
-    """{level: {"score": mean, "tasks": {task: score}}} for each level mixture."""
+                    num_examples: int | None = None, batch_size: int = 64,
+                    mesh=None) -> dict:
+    """{level: {"score": mean, "tasks": {task: score}}} for each level mixture,
+    evaluated over `mesh` (None: one device; see TaskEvaluator)."""
     out = {}
     for level, mixture in level_mixtures.items():
         results = TaskEvaluator(mixture, task_feature_lengths, split, num_examples,
-                                batch_size).evaluate(model, params)
+                                batch_size, mesh=mesh).evaluate(model, params)
         tasks = {t: next(iter(m.values())) for t, m in sorted(results.items()) if m}
         out[level] = {"score": float(np.mean(list(tasks.values()))), "tasks": tasks,
                       "mixture": mixture}
