@@ -39,15 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import t5mtl
     from t5mtl import gin_config
+    from t5mtl.data.data_config import DataConfig
     from t5mtl.errors import T5mtlError
     from t5mtl.infer.evaluation import TaskEvaluator, flatten_metrics, format_table
     from t5mtl.infer.sharded import place_params
-    from t5mtl.models.encoder_decoder import EncoderDecoderModel
-    from t5mtl.train.metrics_writer import MetricsLogger
     from t5mtl.train.command import maybe_initialize_distributed
-    from t5mtl.train.trainer import DataConfig, EvalConfig
+    from t5mtl.train.metrics_writer import MetricsLogger
+    from t5mtl.train.model_dir import load_params
+    from t5mtl.train.trainer import EvalConfig
     maybe_initialize_distributed()       # several processes, when a launcher asks
     if args.data_dir:
         from t5mtl.data.data_dir import set_data_dir
@@ -61,9 +61,8 @@ def run(args: argparse.Namespace) -> int:
         raise T5mtlError("nothing to evaluate: pass --task NAME or bind EvalConfig.tasks in gin")
     lengths = cfg.task_feature_lengths or DataConfig().task_feature_lengths
     mesh = eval_mesh(args.mesh_shape)
-    m = t5mtl.load(args.model_dir, step=args.step)
-    model = EncoderDecoderModel(m.config)
-    params = place_params(model, m.params, mesh)        # once, for every task
+    model, params = load_params(args.model_dir, args.step)
+    params = place_params(model, params, mesh)          # once, for every task
     results = {}
     for name in tasks:
         ev = TaskEvaluator(name, lengths, args.split or cfg.split,
@@ -84,16 +83,14 @@ def _run_levels(args, cfg) -> int:
     import json
     import os
 
-    import t5mtl
+    from t5mtl.data.data_config import DataConfig
     from t5mtl.infer.sharded import place_params
-    from t5mtl.models.encoder_decoder import EncoderDecoderModel
     from t5mtl.mtl.generalization import evaluate_levels, levels_table, synthetic_level_mixtures
-    from t5mtl.train.trainer import DataConfig
+    from t5mtl.train.model_dir import load_params
     mesh = eval_mesh(args.mesh_shape)
-    m = t5mtl.load(args.model_dir, step=args.step)
-    model = EncoderDecoderModel(m.config)
+    model, params = load_params(args.model_dir, args.step)
     lengths = cfg.task_feature_lengths or DataConfig().task_feature_lengths
-    results = evaluate_levels(model, place_params(model, m.params, mesh),
+    results = evaluate_levels(model, place_params(model, params, mesh),
                               synthetic_level_mixtures(), lengths, args.split or cfg.split,
                               args.num_examples or cfg.num_examples, cfg.batch_size, mesh=mesh)
     with open(os.path.join(args.model_dir, "generalization_levels.json"), "w") as f:

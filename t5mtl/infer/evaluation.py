@@ -19,7 +19,8 @@ from jax.sharding import Mesh
 
 from t5mtl.errors import T5mtlError
 from t5mtl.infer import sharded
-from t5mtl.models.encoder_decoder import DecodeConfig, EncoderDecoderModel
+from t5mtl.models.base import BaseModel
+from t5mtl.models.encoder_decoder import DecodeConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class TaskEvaluator:
             out.extend(zip(index.tolist(), list(values)))
         return out
 
-    def evaluate(self, model: EncoderDecoderModel, params, step: int | None = None
+    def evaluate(self, model: BaseModel, params, step: int | None = None
                  ) -> dict[str, dict[str, float]]:
         """{task: {metric: value}} for every task of the mixture with metrics.
 

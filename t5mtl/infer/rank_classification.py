@@ -14,13 +14,13 @@ import numpy as np
 import seqio
 from jax.sharding import Mesh
 
-from t5mtl.api import pad_ids
+from t5mtl.data.batches import scoring_batch
 from t5mtl.errors import T5mtlError
 from t5mtl.infer import sharded
-from t5mtl.models.encoder_decoder import EncoderDecoderModel
+from t5mtl.models.base import BaseModel
 
 
-def option_log_likelihoods(model: EncoderDecoderModel, params, input_ids: Sequence[Sequence[int]],
+def option_log_likelihoods(model: BaseModel, params, input_ids: Sequence[Sequence[int]],
                            option_ids: Sequence[Sequence[int]], batch_size: int = 64,
                            mesh: Mesh | None = None, rules=None) -> np.ndarray:
     """log p(option | input) for every (input, option) pair: [n_inputs, n_options].
@@ -39,18 +39,15 @@ def option_log_likelihoods(model: EncoderDecoderModel, params, input_ids: Sequen
         chunk = pairs[start:start + batch_size]
         n = len(chunk)
         chunk = chunk + [chunk[0]] * (batch_size - n)      # fixed shape: one compile
-        enc = pad_ids([input_ids[i] for i, _ in chunk], enc_len)
-        tgt = pad_ids([option_ids[j] for _, j in chunk], tgt_len)
-        dec_in = np.concatenate([np.zeros_like(tgt[:, :1]), tgt[:, :-1]], axis=1)
-        batch = {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
-                 "decoder_target_tokens": tgt, "decoder_loss_weights": (tgt > 0).astype(np.int32)}
+        batch = scoring_batch([input_ids[i] for i, _ in chunk], [option_ids[j] for _, j in chunk],
+                              enc_len, tgt_len)
         out = scorer(params, batch)[:n]
         for (i, j), s in zip(chunk[:n], out):
             scores[i, j] = s
     return scores
 
 
-def rank_classify(model: EncoderDecoderModel, params, task_name: str, options: Sequence[str],
+def rank_classify(model: BaseModel, params, task_name: str, options: Sequence[str],
                   split: str = "validation", num_examples: int | None = None,
                   input_length: int = 512, mesh: Mesh | None = None, rules=None) -> dict:
     """Rank-classification accuracy of `task_name` over `options` (its label set),

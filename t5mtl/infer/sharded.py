@@ -161,8 +161,7 @@ def _score_function(model, mesh: Mesh, rules: tuple) -> MeshFunction:
 
 @functools.lru_cache(maxsize=16)
 def _decode_function(model, decode, mesh: Mesh, rules: tuple) -> MeshFunction:
-    decoder = model.decoder(decode)
-    return MeshFunction(lambda params, batch: decoder(params, batch["encoder_input_tokens"]),
+    return MeshFunction(lambda params, batch: model.predict_batch(params, batch, decode),
                         mesh, rules)
 
 
@@ -175,5 +174,5 @@ def score_function(model, mesh: Mesh, rules: Optional[LogicalRules] = None) -> M
 def decode_function(model, decode, mesh: Mesh, rules: Optional[LogicalRules] = None
                     ) -> MeshFunction:
     """``(params, {"encoder_input_tokens": ...}) -> ids [b, max_decode_length]``:
-    ``model.decoder(decode)`` over ``mesh`` (cached like :func:`score_function`)."""
+    ``model.predict_batch`` over ``mesh`` (cached like :func:`score_function`)."""
     return _decode_function(model, decode, mesh, _rules_key(rules))

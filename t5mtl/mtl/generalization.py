@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from t5mtl.infer.evaluation import TaskEvaluator
-from t5mtl.models.encoder_decoder import EncoderDecoderModel
+from t5mtl.models.base import BaseModel
 
 LEVELS = ("heldout_categories", "heldout_tasks", "heldout_instances")
 LEVEL_LABELS = {
@@ -31,7 +31,7 @@ def synthetic_level_mixtures() -> dict[str, str]:
     return dict(mixtures.SYNTH_EVAL_MIXTURES)
 
 
-def evaluate_levels(model: EncoderDecoderModel, params, level_mixtures: Mapping[str, str],
+def evaluate_levels(model: BaseModel, params, level_mixtures: Mapping[str, str],
                     task_feature_lengths: Mapping[str, int], split: str = "validation",
                     num_examples: int | None = None, batch_size: int = 64,
                     mesh=None) -> dict:
