@@ -16,6 +16,7 @@ import t5mtl
 import t5mtl.data.registry  # noqa: F401  (registers the synthetic suite)
 from t5mtl.errors import T5mtlError
 from t5mtl.models import get_config
+from t5mtl.models.encoder_decoder import EncoderDecoderModel
 from t5mtl.train.checkpointer import TrainCheckpointer
 from t5mtl.train.init_from import merge_params
 from t5mtl.data.data_config import DataConfig
@@ -119,7 +120,7 @@ def test_torn_checkpoints_are_skipped(tmp_path, caplog):
 
 
 def _train_tiny(model_dir, **kwargs):
-    args = dict(model_config=get_config("t5_tiny"),
+    args = dict(model=EncoderDecoderModel(get_config("t5_tiny")),
                 data=DataConfig(mixture_or_task_name="synth_all",
                                 task_feature_lengths={"inputs": 32, "targets": 8}, batch_size=8),
                 num_steps=3, checkpoints=CheckpointConfig(period=100, async_save=False),
@@ -264,7 +265,7 @@ def test_incompatible_checkpoint_is_refused_and_left_intact(tmp_path, capsys, mo
     with pytest.raises(T5mtlError, match=r"checkpoints/2 does not fit this run: 50 parameter "
                        r"shape\(s\) differ: 'decoder/decoder_norm/scale' is \(64,\) in the "
                        r"checkpoint but \(96,\) in this run"):
-        _train_tiny(run, model_config=get_config("t5_tiny", d_model=96))
+        _train_tiny(run, model=EncoderDecoderModel(get_config("t5_tiny", d_model=96)))
     os.rename(str(tmp_path / "model.json"), os.path.join(run, "model.json"))
     assert _files(run) == before
 
