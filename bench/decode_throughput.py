@@ -8,7 +8,7 @@ One random-init HF T5ForConditionalGeneration (t5_1_1_small-shaped) is saved
 and imported into t5mtl with t5mtl.convert.hf.import_hf, so both systems hold
 identical weights. Systems:
 
-  t5mtl        t5mtl.infer.decoding.compiled_sampler (what t5mtl.load(...).generate
+  t5mtl        EncoderDecoderModel.decoder (what t5mtl.load(...).generate
                and predict_batch run): prefill, then a jitted while_loop over
                one-token steps with the KV cache
   torch        model.generate(do_sample=False, num_beams=1, use_cache=True)

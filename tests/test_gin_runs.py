@@ -33,7 +33,8 @@ def test_run_file_parses_and_names_registered_data(run):
         for task in FewShotConfig().tasks:
             assert seqio.get_mixture_or_task(task).splits
         return
-    from t5mtl.train.trainer import DataConfig, EvalConfig, resolve_mixture
+    from t5mtl.data.data_config import DataConfig, resolve_mixture
+    from t5mtl.train.trainer import EvalConfig
     data = DataConfig()
     assert seqio.get_mixture_or_task(resolve_mixture(data.mixture_or_task_name))
     for task in EvalConfig().tasks:

@@ -170,7 +170,7 @@ def test_registered_generalization_mixtures():
      lambda p: all(n.startswith("synth_") for n in p)),
 ])
 def test_gin_files_name_and_build_the_mixture(gin_file, expected, check):
-    from t5mtl.train.trainer import DataConfig
+    from t5mtl.data.data_config import DataConfig
 
     gin.clear_config()
     try:

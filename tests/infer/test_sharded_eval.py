@@ -114,9 +114,9 @@ def _save_model_dir(path, model, params):
     import seqio
 
     from t5mtl.train import model_dir
-    from t5mtl.train.trainer import vocabulary_spec
+    from t5mtl.data.vocab import vocabulary_spec
     vocab = seqio.get_mixture_or_task(TASK).output_features["targets"].vocabulary
-    model_dir.write_model_json(path, model.config, vocabulary_spec(vocab))
+    model_dir.write_model_json(path, model, vocabulary_spec(vocab))
     model_dir.save_params(path, params, step=TRAIN_STEPS)
 
 
