@@ -63,11 +63,15 @@ def _prefix(cfg, layers, length, rng, mask=None, batch=1):
     return KVPrefix(k, v, jnp.asarray(mask))
 
 
-def _logits_with(cfg, params, enc, dec, enc_prefix, dec_prefix):
+def _logits_with_jax(cfg, params, enc, dec, enc_prefix, dec_prefix):
     def run(m):
         encoded = m.encode_embedded(m.encoder_inputs(enc), kv_prefix=enc_prefix)
         return m.decode(encoded, dec, kv_prefix=dec_prefix)
-    return np.asarray(Transformer(cfg).apply({"params": params}, method=run))
+    return Transformer(cfg).apply({"params": params}, method=run)
+
+
+def _logits_with(*args):
+    return np.asarray(_logits_with_jax(*args))
 
 
 @pytest.mark.parametrize("scan", [False, True])
@@ -101,11 +105,17 @@ def test_prefix_is_live_masked_slots_drop_out_and_scan_slices_per_layer():
     cut = jax.tree.map(lambda x: x[:, :, :2], full)
     np.testing.assert_allclose(_logits_with(cfg, params, enc, dec, masked, None),
                                _logits_with(cfg, params, enc, dec, cut, None), atol=1e-5)
-    # nn.scan hands each layer its own slice: same logits as the loop.
+    # nn.scan hands each layer its own slice: same logits as the loop; remat
+    # changes nothing either, and gradients reach the prefix through both.
     from t5mtl.models.layout import stack_layers
-    scfg = cfg.replace(scan_layers=True)
-    np.testing.assert_allclose(_logits_with(scfg, stack_layers(params, scfg), enc, dec, full,
-                                            dec_full), with_prefix, atol=1e-5)
+    for scan, remat in ((True, "none"), (False, "full"), (True, "dots_saveable")):
+        ocfg = cfg.replace(scan_layers=scan, remat_policy=remat)
+        oparams = stack_layers(params, ocfg) if scan else params
+        np.testing.assert_allclose(_logits_with(ocfg, oparams, enc, dec, full, dec_full),
+                                   with_prefix, atol=1e-5, err_msg=f"{scan} {remat}")
+        grad = jax.grad(lambda k: jnp.sum(_logits_with_jax(
+            ocfg, oparams, enc, dec, KVPrefix(k, full.value, full.mask), dec_full) ** 2))(full.key)
+        assert float(jnp.max(jnp.abs(grad))) > 0
 
 
 class FixedPrefix(nn.Module):

@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from t5mtl.errors import T5mtlError
-from t5mtl.train import optimizers, partitioning
+from t5mtl.train import optimizers, partitioning, train_step
 
 from tests.train import toy_sharded_lm as toy
 
@@ -63,8 +63,10 @@ def test_opt_state_shardings_follow_params():
                  "scale": NamedSharding(mesh, P("fsdp"))}
     tx = optax.chain(optimizers.adafactor(0.1, min_dim_size_to_factor=8),
                      optax.scale_by_adam())
-    tx = optimizers.with_frozen_params(tx, ["frozen/.*"])
-    abstract = jax.eval_shape(tx.init, params)
+    # The optimizer state covers the trainable subtree; shardings come from
+    # the full param tree's.
+    trainable = train_step.trainable_part(params, ["dense/kernel", "scale"])
+    abstract = jax.eval_shape(tx.init, trainable)
     out = partitioning.opt_state_shardings(abstract, params, shardings, mesh)
     got = {jax.tree_util.keystr(p): (x.shape, s.spec) for (p, x), s in zip(
         jax.tree_util.tree_leaves_with_path(abstract), jax.tree.leaves(out))}

@@ -10,6 +10,7 @@ import pytest
 
 import t5mtl
 import t5mtl.data.registry  # noqa: F401  (registers the synthetic suite)
+from t5mtl.data.batches import scoring_batch
 from t5mtl.data.data_config import DataConfig
 from t5mtl.errors import T5mtlError
 from t5mtl.models import get_config, param_names
@@ -30,11 +31,8 @@ def _nbytes(tree):
 def _batches(vocab, n, batch=4, enc_len=64, tgt_len=16):
     rng = np.random.RandomState(0)
     for _ in range(n):
-        enc = rng.randint(2, vocab, (batch, enc_len)).astype(np.int32)
-        tgt = rng.randint(2, vocab, (batch, tgt_len)).astype(np.int32)
-        dec = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1)
-        yield {"encoder_input_tokens": enc, "decoder_input_tokens": dec,
-               "decoder_target_tokens": tgt, "decoder_loss_weights": np.ones_like(tgt)}
+        yield scoring_batch(rng.randint(2, vocab, (batch, enc_len)).tolist(),
+                            rng.randint(2, vocab, (batch, tgt_len)).tolist())
 
 
 def _step(model, tx, mesh, trainable_names):

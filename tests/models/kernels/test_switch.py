@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from t5mtl.data.batches import scoring_batch
 from t5mtl.errors import T5mtlError
 from t5mtl.models import get_config, kernels
 from t5mtl.models.encoder_decoder import EncoderDecoderModel
@@ -13,13 +14,11 @@ from t5mtl.models.encoder_decoder import EncoderDecoderModel
 
 def _batch():
     rng = np.random.RandomState(0)
-    enc = rng.randint(2, 300, (4, 12)).astype(np.int32)
-    enc[1, 7:] = 0
-    tgt = rng.randint(2, 300, (4, 6)).astype(np.int32)
-    tgt[2, 4:] = 0
-    dec = np.concatenate([np.zeros((4, 1), np.int32), tgt[:, :-1]], axis=1)
-    return {"encoder_input_tokens": enc, "decoder_input_tokens": dec,
-            "decoder_target_tokens": tgt, "decoder_loss_weights": (tgt > 0).astype(np.int32)}
+    enc = rng.randint(2, 300, (4, 12)).tolist()
+    enc[1] = enc[1][:7]
+    tgt = rng.randint(2, 300, (4, 6)).tolist()
+    tgt[2] = tgt[2][:4]
+    return scoring_batch(enc, tgt, 12, 6)
 
 
 def _loss(name, kind, **overrides):
