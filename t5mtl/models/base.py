@@ -25,11 +25,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import flax.linen as nn
 import jax
-import seqio
+
+if TYPE_CHECKING:
+    import seqio
 
 from t5mtl.errors import T5mtlError
 
@@ -93,7 +95,7 @@ class BaseModel(abc.ABC):
 
     # -- data ---------------------------------------------------------------------
     def feature_converter(self, pack: bool = True,
-                          task_ids: bool = False) -> seqio.FeatureConverter:
+                          task_ids: bool = False) -> "seqio.FeatureConverter":
         """The converter its batches come from: encoder-decoder features,
         with the task-id features (t5mtl.data.task_ids) if asked."""
         from t5mtl.data.batches import make_feature_converter

@@ -24,14 +24,14 @@ from t5mtl.train.train_step import trainable_part
 log = logging.getLogger(__name__)
 
 
-def load_source_params(path: str, model: BaseModel):
-    """Params of a t5mtl model_dir (latest checkpoint) or an HF T5 directory,
-    in `model`'s layout."""
+def load_source_params(path: str, model: BaseModel, step: int | None = None):
+    """Params of a t5mtl model_dir (checkpoint `step`, latest if None) or an
+    HF T5 directory, in `model`'s layout."""
     from t5mtl.train import model_dir
     if not (model_dir.is_model_dir(path) or os.path.isfile(os.path.join(path, "config.json"))):
         raise T5mtlError(f"init_from {path!r} is neither a t5mtl model directory nor an HF "
                          f"T5 directory")
-    _, params = model_dir.load_params(path)
+    _, params = model_dir.load_params(path, step)
     return model.adapt_params(params)
 
 
@@ -73,10 +73,12 @@ def merge_params(fresh, source, fresh_patterns: Sequence[str] = (), shardings=No
 
 
 def init_params_from(state, shardings, tx, model: BaseModel, path: str,
-                     fresh_patterns: Sequence[str], mesh, rules, trainable_names=None):
+                     fresh_patterns: Sequence[str], mesh, rules, trainable_names=None,
+                     step: int | None = None):
     """(a new TrainState (step 0, fresh optimizer state of the trainable
-    subtree) with params from `path`, the names of the params kept fresh)."""
-    source = load_source_params(path, model)
+    subtree) with params from `path` (checkpoint `step`, latest if None), the
+    names of the params kept fresh)."""
+    source = load_source_params(path, model, step)
     params, kept_fresh = merge_params(state.params, source, fresh_patterns, shardings.params,
                                       source_name=repr(path))
     if kept_fresh:

@@ -121,8 +121,11 @@ def _check_same_architecture(model_dir: str, model: BaseModel, latest_step: int 
             f"CheckpointConfig.init_from={model_dir!r}")
 
 
-def _base_reference(checkpoints: CheckpointConfig, trainable_names) -> dict | None:
-    """model.json's "base" for trainable-only checkpoints (None otherwise)."""
+def _base_reference(model_dir: str, checkpoints: CheckpointConfig, trainable_names,
+                    resuming: bool) -> dict | None:
+    """model.json's "base" for trainable-only checkpoints (None otherwise): the
+    init_from directory and its checkpoint step, kept from model.json when a
+    run resumes (the saved subsets were trained against that step)."""
     if not checkpoints.save_trainable_only:
         return None
     if trainable_names is None or not checkpoints.init_from:
@@ -130,6 +133,10 @@ def _base_reference(checkpoints: CheckpointConfig, trainable_names) -> dict | No
                          "or train.frozen_patterns (what to save) and "
                          "CheckpointConfig.init_from (where the rest comes from)")
     path = os.path.abspath(checkpoints.init_from)
+    if resuming and model_dir_lib.is_model_dir(model_dir):
+        saved = model_dir_lib.read_model_json(model_dir).base
+        if saved and saved["path"] == path:
+            return saved
     step = None
     if model_dir_lib.is_model_dir(path):
         with model_dir_lib.checkpoint_manager(path, read_only=True) as mngr:
@@ -137,7 +144,7 @@ def _base_reference(checkpoints: CheckpointConfig, trainable_names) -> dict | No
     return {"path": path, "step": step}
 
 
-def _restore_or_init(ckpt, state, shardings, tx, model, checkpoints, trainable_names,
+def _restore_or_init(ckpt, state, shardings, tx, model, checkpoints, trainable_names, base,
                      mesh, rules):
     """(state, data_position): the latest checkpoint, else finetuning init,
     else the fresh state. Trainable-only checkpoints get the rest from init_from."""
@@ -151,7 +158,7 @@ def _restore_or_init(ckpt, state, shardings, tx, model, checkpoints, trainable_n
     if restored is None or checkpoints.save_trainable_only:
         initialized, kept_fresh = init_params_from(
             state, shardings, tx, model, checkpoints.init_from, checkpoints.init_fresh_patterns,
-            mesh, rules, trainable_names)
+            mesh, rules, trainable_names, base["step"] if base else None)
         if checkpoints.save_trainable_only:
             untrained = sorted(set(kept_fresh) - set(trainable_names))
             if untrained:
@@ -203,22 +210,23 @@ def train(model_dir: str, *, model: BaseModel | None = None,
     rules = partitioning.logical_axis_rules()
     trainable_names = param_names.select(list(param_names.flatten(model.abstract_params())),
                                          trainable_patterns, frozen_patterns)
-    base = _base_reference(checkpoints, trainable_names)
 
     state, shardings = create_train_state(model.init_boxed, tx, jax.random.PRNGKey(seed),
                                           rng=jax.random.PRNGKey(seed + 1), mesh=mesh,
                                           rules=rules, trainable_names=trainable_names)
     ckpt = TrainCheckpointer(model_dir, keep=checkpoints.keep,
                              keep_best_metric=checkpoints.keep_best_metric,
-                             best_mode=checkpoints.best_mode, async_save=checkpoints.async_save,
-                             saved_params=trainable_names if base else None)
+                             best_mode=checkpoints.best_mode, async_save=checkpoints.async_save)
     try:
         # A model_dir that holds another model's checkpoints is an error
         # before anything in it is touched (resuming would fail, and starting
         # over would overwrite its model.json and, keep-N, its checkpoints).
         _check_same_architecture(model_dir, model, ckpt.latest_step())
+        base = _base_reference(model_dir, checkpoints, trainable_names,
+                               ckpt.latest_step() is not None)
+        ckpt.saved_params = trainable_names if base else None
         state, data_position = _restore_or_init(ckpt, state, shardings, tx, model, checkpoints,
-                                                trainable_names, mesh, rules)
+                                                trainable_names, base, mesh, rules)
     except BaseException:
         ckpt.close()
         raise

@@ -59,11 +59,12 @@ def test_per_task_losses_of_a_packed_batch_equal_each_tasks_own_loss(packed_batc
     segments = _segments(packed_batch)
     assert {t for t, _, _ in segments} == {0, 1, 2}               # three tasks mixed
     assert max(len(np.unique(r[r > 0])) for r in packed_batch["decoder_segment_ids"]) > 1
-    _, metrics = model.loss_fn(params, packed_batch, None, num_tasks=3)
+    loss_fn = jax.jit(model.loss_fn, static_argnames="num_tasks")
+    _, metrics = loss_fn(params, packed_batch, None, num_tasks=3)
     for t, name in enumerate(names):
         own = [(i, o) for task, i, o in segments if task == t]
-        alone = scoring_batch([i for i, _ in own], [o for _, o in own])
-        loss, m = model.loss_fn(params, alone, None)
+        alone = scoring_batch([i for i, _ in own], [o for _, o in own], 64, 16)
+        loss, m = loss_fn(params, alone, None)
         np.testing.assert_allclose(metrics["task/loss"][t], loss, rtol=1e-5, err_msg=name)
         assert float(metrics["task/target_tokens"][t]) == float(m["target_tokens"])
         np.testing.assert_allclose(metrics["task/accuracy"][t], m["accuracy"], rtol=1e-6)

@@ -45,22 +45,22 @@ def test_forward_mode_through_the_model_under_xla():
     params = nn.unbox(model.init_boxed(jax.random.PRNGKey(1)))
     tangent = jax.tree.map(lambda p: jnp.asarray(np.random.RandomState(p.size % 97).randn(
         *p.shape), p.dtype), params)
-    value, derivative = jax.jvp(loss, (params,), (tangent,))
+    value, derivative = jax.jit(lambda p, t: jax.jvp(loss, (p,), (t,)))(params, tangent)
     # The directional derivative equals the gradient's inner product with it.
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)
     dot = sum(jnp.vdot(g, t) for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(tangent)))
     np.testing.assert_allclose(derivative, dot, rtol=1e-4)
-    np.testing.assert_allclose(value, loss(params), rtol=1e-6)
+    np.testing.assert_allclose(value, jax.jit(loss)(params), rtol=1e-6)
     # Forward-over-reverse Hessian-vector product equals reverse-over-reverse.
-    fwd = jax.jvp(jax.grad(loss), (params,), (tangent,))[1]
-    rev = jax.grad(lambda p: sum(jnp.vdot(g, t) for g, t in zip(
-        jax.tree.leaves(jax.grad(loss)(p)), jax.tree.leaves(tangent))))(params)
+    fwd = jax.jit(lambda p, t: jax.jvp(jax.grad(loss), (p,), (t,))[1])(params, tangent)
+    rev = jax.jit(jax.grad(lambda p: sum(jnp.vdot(g, t) for g, t in zip(
+        jax.tree.leaves(jax.grad(loss)(p)), jax.tree.leaves(tangent)))))(params)
     for a, b in zip(jax.tree.leaves(fwd), jax.tree.leaves(rev)):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
     # The CPU kernels' custom VJPs have no forward-mode rule: why "xla" exists.
     _, cpu_loss = _loss("t5_tiny", "cpu")
     with pytest.raises(TypeError, match="custom_vjp"):
-        jax.jvp(cpu_loss, (params,), (tangent,))
+        jax.jvp(cpu_loss, (params,), (tangent,))   # fails while tracing, before any compute
 
 
 def test_auto_picks_cpu_only_when_jax_runs_on_cpu_alone(monkeypatch):
