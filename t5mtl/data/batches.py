@@ -31,12 +31,16 @@ FEATURE_CONVERTERS = ("encdec", "prefix_lm")
 
 
 def make_feature_converter(kind: str = "encdec", pack: bool = True,
-                           task_ids: bool = False) -> seqio.FeatureConverter:
+                           task_ids: bool | Sequence[str] = False) -> seqio.FeatureConverter:
     """The seqio feature converter for `kind` ("encdec" or "prefix_lm"); with
-    `task_ids`, its subclass that adds the task-id features."""
+    `task_ids` (True: all of them, or the names of those wanted, e.g.
+    ("decoder_task_ids",)), its subclass that adds the task-id features."""
     if kind == "encdec":
-        cls = task_ids_lib.EncDecTaskIdsConverter if task_ids else seqio.EncDecFeatureConverter
-        return cls(pack=pack)
+        if not task_ids:
+            return seqio.EncDecFeatureConverter(pack=pack)
+        if task_ids is True:
+            return task_ids_lib.EncDecTaskIdsConverter(pack=pack)
+        return task_ids_lib.EncDecTaskIdsConverter(pack=pack, features=tuple(task_ids))
     if kind == "prefix_lm":
         cls = (task_ids_lib.PrefixLMTaskIdsConverter if task_ids
                else seqio.PrefixLMFeatureConverter)
@@ -80,7 +84,7 @@ def host_batches(mixture_or_task_name: str,
       use_cached: read the task's offline cache (seqio cache_tasks_main).
       feature_converter: "encdec", "prefix_lm", or a converter object (a
         model's `feature_converter(pack, task_ids)`, which then decides
-        packing; give it the same `task_ids`).
+        packing and the task-id features).
       task_ids: add "encoder_task_ids" and "decoder_task_ids" (int32, like
         encoder_input_tokens and decoder_target_tokens): the index of each
         token's task in `task_ids.task_names(mixture_or_task_name)`, -1 at
@@ -91,6 +95,7 @@ def host_batches(mixture_or_task_name: str,
         raise T5mtlError(f"batch_size_per_host must be >= 1, got {batch_size_per_host}")
     converter = (feature_converter if isinstance(feature_converter, seqio.FeatureConverter)
                  else make_feature_converter(feature_converter, pack, task_ids))
+    task_ids = bool(getattr(converter, "task_id_features", ()))
     try:
         provider = seqio.get_mixture_or_task(mixture_or_task_name)
     except ValueError as e:

@@ -109,14 +109,25 @@ def _check_has_index(ds: tf.data.Dataset) -> None:
 
 
 class EncDecTaskIdsConverter(seqio.EncDecFeatureConverter):
-    """seqio.EncDecFeatureConverter plus encoder_task_ids and decoder_task_ids.
+    """seqio.EncDecFeatureConverter plus encoder_task_ids and/or decoder_task_ids.
 
-    Input examples need TASK_INDEX (see `with_task_index`).
+    `features` names the task-id features to add (both by default): each one
+    is packed with the tokens, so a run pays only for those it uses. Input
+    examples need TASK_INDEX (see `with_task_index`).
     """
 
-    MODEL_FEATURES = {**seqio.EncDecFeatureConverter.MODEL_FEATURES,
-                      ENCODER_TASK_IDS: _INT, DECODER_TASK_IDS: _INT}
-    _TOKEN_FEATURES = {"inputs": "inputs_task_ids", "targets": "targets_task_ids"}
+    _TOKENS = {ENCODER_TASK_IDS: "inputs", DECODER_TASK_IDS: "targets"}
+
+    def __init__(self, pack: bool = True,
+                 features: tuple[str, ...] = (ENCODER_TASK_IDS, DECODER_TASK_IDS), **kwargs):
+        unknown = sorted(set(features) - set(self._TOKENS))
+        if unknown or not features:
+            raise T5mtlError(f"task-id features {list(features)}: choose from "
+                             f"{sorted(self._TOKENS)}")
+        self.task_id_features = tuple(features)
+        self.MODEL_FEATURES = {**seqio.EncDecFeatureConverter.MODEL_FEATURES,
+                               **{f: _INT for f in features}}
+        super().__init__(pack=pack, **kwargs)
 
     def _convert_features(self, ds: tf.data.Dataset,
                           task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
@@ -125,27 +136,29 @@ class EncDecTaskIdsConverter(seqio.EncDecFeatureConverter):
         def add_token_ids(ex):
             ex = dict(ex)
             index = ex.pop(TASK_INDEX)
-            for tokens, ids in self._TOKEN_FEATURES.items():
-                ex[ids] = _token_ids(ex[tokens], index)
+            for feature in self.task_id_features:
+                tokens = self._TOKENS[feature]
+                ex[f"{tokens}_task_ids"] = _token_ids(ex[tokens], index)
             return ex
 
         ds = ds.map(add_token_ids, num_parallel_calls=tf.data.experimental.AUTOTUNE)
         lengths = dict(task_feature_lengths)
-        for tokens, ids in self._TOKEN_FEATURES.items():
-            lengths[ids] = task_feature_lengths[tokens]
+        for feature in self.task_id_features:
+            tokens = self._TOKENS[feature]
+            lengths[f"{tokens}_task_ids"] = task_feature_lengths[tokens]
         return super()._convert_features(ds, lengths)
 
     def _convert_example(self, features: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
         d = dict(super()._convert_example(features))
-        d[ENCODER_TASK_IDS] = features["inputs_task_ids"] - 1
-        d[DECODER_TASK_IDS] = features["targets_task_ids"] - 1
+        for feature in self.task_id_features:
+            d[feature] = features[f"{self._TOKENS[feature]}_task_ids"] - 1
         return d
 
     def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
                                   ) -> Mapping[str, int]:
         lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
-        lengths[ENCODER_TASK_IDS] = task_feature_lengths["inputs"]
-        lengths[DECODER_TASK_IDS] = task_feature_lengths["targets"]
+        for feature in self.task_id_features:
+            lengths[feature] = task_feature_lengths[self._TOKENS[feature]]
         return lengths
 
 
@@ -158,6 +171,7 @@ class PrefixLMTaskIdsConverter(seqio.PrefixLMFeatureConverter):
 
     MODEL_FEATURES = {**seqio.PrefixLMFeatureConverter.MODEL_FEATURES,
                       DECODER_TASK_IDS: _INT}
+    task_id_features = (DECODER_TASK_IDS,)
 
     def _convert_features(self, ds: tf.data.Dataset,
                           task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -95,11 +95,13 @@ class BaseModel(abc.ABC):
 
     # -- data ---------------------------------------------------------------------
     def feature_converter(self, pack: bool = True,
-                          task_ids: bool = False) -> "seqio.FeatureConverter":
-        """The converter its batches come from: encoder-decoder features,
-        with the task-id features (t5mtl.data.task_ids) if asked."""
+                          task_ids: Sequence[str] = ()) -> "seqio.FeatureConverter":
+        """The converter its batches come from: encoder-decoder features plus
+        the task-id features (t5mtl.data.task_ids) named in `task_ids` (the
+        trainer asks for "decoder_task_ids" for per-task metrics) and those
+        the model's own inputs use. Each one costs input-pipeline time."""
         from t5mtl.data.batches import make_feature_converter
-        return make_feature_converter("encdec", pack, task_ids)
+        return make_feature_converter("encdec", pack, tuple(task_ids))
 
     # -- parameters -----------------------------------------------------------------
     @abc.abstractmethod

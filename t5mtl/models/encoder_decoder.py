@@ -119,6 +119,13 @@ class EncoderDecoderModel(BaseModel):
         arch["attention_prefix"] = module_spec(self.attention_prefix)
         return arch
 
+    def feature_converter(self, pack: bool = True, task_ids=()):
+        """With seam modules (they may condition on the task) the encoder's
+        task ids come along too."""
+        if self.encoder_input is not None or self.attention_prefix is not None:
+            task_ids = tuple(dict.fromkeys(("encoder_task_ids", *task_ids)))
+        return super().feature_converter(pack, task_ids)
+
     # -- parameters ---------------------------------------------------------------
     def init_boxed(self, rng):
         """Params with nn.Partitioned boxes (logical axis names), for sharding."""

@@ -241,8 +241,9 @@ def train(model_dir: str, *, model: BaseModel | None = None,
     batches = host_batches(data.mixture_or_task_name, data.task_feature_lengths, data.split,
                            batch_size_per_host=data.batch_size // num_shards,
                            shuffle=data.shuffle, seed=data.seed, pack=data.pack,
-                           shard_info=seqio.ShardInfo(shard_index, num_shards), task_ids=True,
-                           feature_converter=model.feature_converter(data.pack, task_ids=True))
+                           shard_info=seqio.ShardInfo(shard_index, num_shards),
+                           feature_converter=model.feature_converter(
+                               data.pack, ("decoder_task_ids",) if len(tasks) > 1 else ()))
     batches = itertools.islice(batches, data_position, None)     # exact resume
 
     step_fn = jit_train_step(
