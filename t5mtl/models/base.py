@@ -14,6 +14,7 @@ trainer changes.
   score_batch(params, batch)            -> per-example log-likelihood [b]
   predict_batch(params, batch, decode, rng) -> decoded ids [b, length]
   feature_converter(pack, task_ids)     -> the seqio FeatureConverter its batches come from
+  warm_start(params, fresh, context)    -> params once a base is loaded (e.g. prompt inits)
 
 Metrics are additive over microbatches except the ratios
 `models.losses.finalize_metrics` recomputes; with `num_tasks > 0` and
@@ -36,6 +37,19 @@ if TYPE_CHECKING:
 from t5mtl.errors import T5mtlError
 
 Batch = Mapping[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStart:
+    """What a parameter that did not come from the base (finetuning init) may
+    be initialized from once the base's parameters are in place: the run's
+    vocabulary (a seqio.Vocabulary), the label names of its classification
+    tasks (in task order, without repeats) and a PRNG key. Models add what
+    their modules need (the encoder-decoder adds the token `embedding`)."""
+    vocabulary: Any = None
+    labels: tuple[str, ...] = ()
+    rng: Any = None
+    embedding: Any = None
 
 
 def class_path(obj_or_cls) -> str:
@@ -115,6 +129,13 @@ class BaseModel(abc.ABC):
     def adapt_params(self, params: Any) -> Any:
         """Params restored from a checkpoint, in this model's layout (e.g.
         scanned or per-layer). Default: as they are."""
+        return params
+
+    def warm_start(self, params: Any, fresh: Sequence[str], context: WarmStart) -> Any:
+        """Params after finetuning init: the leaves named in `fresh` kept their
+        random init; a model may set them from the base's (e.g. a soft prompt
+        from token embeddings). Called once, when a run starts from a base.
+        Default: unchanged."""
         return params
 
     # -- computation ----------------------------------------------------------------

@@ -136,6 +136,20 @@ class EncoderDecoderModel(BaseModel):
         """Per-layer or scanned, as this config's `scan_layers` asks."""
         return to_layout(params, self.config)
 
+    def warm_start(self, params, fresh, context):
+        """Each seam module with a `warm_start(own_params, context)` method
+        whose parameters are all fresh gets to set them; the context carries
+        the token embedding table."""
+        context = dataclasses.replace(context, embedding=params["token_embedder"]["embedding"])
+        params = dict(params)
+        for name, module in (("encoder_input", self.encoder_input),
+                             ("attention_prefix", self.attention_prefix)):
+            own = [n for n in fresh if n.startswith(name + "/")]
+            if module is None or not own or not hasattr(module, "warm_start"):
+                continue
+            params[name] = module.warm_start(params[name], context)
+        return params
+
     # -- forward ------------------------------------------------------------------
     def logits(self, params, batch: Batch, dropout_rng=None):
         rngs = None if dropout_rng is None else {"dropout": dropout_rng}

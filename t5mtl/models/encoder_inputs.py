@@ -35,14 +35,17 @@ class PrependVectors(nn.Module):
     length: int
     stddev: float = 1.0
 
+    def initializer(self):
+        """The vectors' fresh init (before any `warm_start` from a base)."""
+        return nn.initializers.normal(self.stddev)
+
     @nn.compact
     def __call__(self, inputs: EncoderInputs, deterministic: bool = True) -> EncoderInputs:
         if inputs.packed:
             raise T5mtlError("PrependVectors needs unpacked rows: set DataConfig.pack=False")
         b, _, d = inputs.embedded.shape
         vectors = self.param("vectors", nn.with_logical_partitioning(
-            nn.initializers.normal(self.stddev), ("prompt", "embed")), (self.length, d),
-            jnp.float32)
+            self.initializer(), ("prompt", "embed")), (self.length, d), jnp.float32)
         prefix = jnp.broadcast_to(vectors.astype(inputs.embedded.dtype)[None], (b, self.length, d))
         segment_ids = jnp.concatenate(
             [jnp.ones((b, self.length), inputs.segment_ids.dtype), inputs.segment_ids], axis=1)

@@ -17,7 +17,7 @@ import numpy as np
 
 from t5mtl.errors import T5mtlError
 from t5mtl.models import param_names
-from t5mtl.models.base import BaseModel
+from t5mtl.models.base import BaseModel, WarmStart
 from t5mtl.train import partitioning
 from t5mtl.train.train_step import trainable_part
 
@@ -74,13 +74,18 @@ def merge_params(fresh, source, fresh_patterns: Sequence[str] = (), shardings=No
 
 def init_params_from(state, shardings, tx, model: BaseModel, path: str,
                      fresh_patterns: Sequence[str], mesh, rules, trainable_names=None,
-                     step: int | None = None):
+                     step: int | None = None, warm_start: WarmStart | None = None):
     """(a new TrainState (step 0, fresh optimizer state of the trainable
     subtree) with params from `path` (checkpoint `step`, latest if None), the
-    names of the params kept fresh)."""
+    names of the params kept fresh). With `warm_start`, the model's
+    `warm_start` then sets the fresh params from the loaded ones."""
     source = load_source_params(path, model, step)
     params, kept_fresh = merge_params(state.params, source, fresh_patterns, shardings.params,
                                       source_name=repr(path))
+    if warm_start is not None and kept_fresh:
+        with partitioning.mesh_context(mesh, rules):
+            params = jax.device_put(model.warm_start(params, kept_fresh, warm_start),
+                                    shardings.params)
     if kept_fresh:
         log.warning("init_from %s: %d parameters start fresh: %s", path, len(kept_fresh),
                     ", ".join(kept_fresh[:10]) + (" ..." if len(kept_fresh) > 10 else ""))

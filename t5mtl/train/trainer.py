@@ -33,11 +33,12 @@ import seqio
 
 from t5mtl.data.data_config import DataConfig, count_tokens, example_input, resolve_mixture
 from t5mtl.data.task_ids import task_names as mixture_task_names
+from t5mtl.data.task_info import get_task_info, has_task_info
 from t5mtl.data.vocab import vocabulary_spec
 from t5mtl.errors import T5mtlError
 from t5mtl.infer.evaluation import TaskEvaluator, flatten_metrics, score_table
 from t5mtl.models import param_names
-from t5mtl.models.base import BaseModel
+from t5mtl.models.base import BaseModel, WarmStart
 from t5mtl.models.config import T5Config
 from t5mtl.models.encoder_decoder import DecodeConfig, EncoderDecoderModel, LossConfig
 from t5mtl.train import dispatch, partitioning
@@ -145,7 +146,7 @@ def _base_reference(model_dir: str, checkpoints: CheckpointConfig, trainable_nam
 
 
 def _restore_or_init(ckpt, state, shardings, tx, model, checkpoints, trainable_names, base,
-                     mesh, rules):
+                     mesh, rules, warm_start=None):
     """(state, data_position): the latest checkpoint, else finetuning init,
     else the fresh state. Trainable-only checkpoints get the rest from init_from."""
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -158,7 +159,8 @@ def _restore_or_init(ckpt, state, shardings, tx, model, checkpoints, trainable_n
     if restored is None or checkpoints.save_trainable_only:
         initialized, kept_fresh = init_params_from(
             state, shardings, tx, model, checkpoints.init_from, checkpoints.init_fresh_patterns,
-            mesh, rules, trainable_names, base["step"] if base else None)
+            mesh, rules, trainable_names, base["step"] if base else None,
+            None if restored is not None else warm_start)
         if checkpoints.save_trainable_only:
             untrained = sorted(set(kept_fresh) - set(trainable_names))
             if untrained:
@@ -174,6 +176,15 @@ def _restore_or_init(ckpt, state, shardings, tx, model, checkpoints, trainable_n
         state, data_position = restored
     print(f"resumed from {ckpt.directory}/{int(state.step)} (data position {data_position})")
     return state, data_position
+
+
+def _warm_start_context(provider, tasks, seed: int) -> WarmStart:
+    """The run's vocabulary, its tasks' label names and a key, for the
+    model's warm_start after finetuning init."""
+    labels = [label for task in tasks if has_task_info(task)
+              for label in get_task_info(task).label_names]
+    return WarmStart(provider.output_features["targets"].vocabulary,
+                     tuple(dict.fromkeys(labels)), jax.random.PRNGKey(seed + 2))
 
 
 @gin.configurable(denylist=["model_dir", "before_training"])
@@ -225,8 +236,9 @@ def train(model_dir: str, *, model: BaseModel | None = None,
         base = _base_reference(model_dir, checkpoints, trainable_names,
                                ckpt.latest_step() is not None)
         ckpt.saved_params = trainable_names if base else None
-        state, data_position = _restore_or_init(ckpt, state, shardings, tx, model, checkpoints,
-                                                trainable_names, base, mesh, rules)
+        state, data_position = _restore_or_init(
+            ckpt, state, shardings, tx, model, checkpoints, trainable_names, base, mesh, rules,
+            _warm_start_context(provider, tasks, seed))
     except BaseException:
         ckpt.close()
         raise
