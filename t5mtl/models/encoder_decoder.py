@@ -12,6 +12,12 @@ In gin:
     EncoderDecoderModel.config = @get_config()
     EncoderDecoderModel.loss = @LossConfig()              # optional
     EncoderDecoderModel.encoder_input = @SomeModule()    # optional seam modules
+    EncoderDecoderModel.weight_adapter = @LoRA()         # optional weight adapter
+
+A weight adapter (t5mtl.peft.lora) keeps its parameters in its own subtree
+(`subtree`), `init(rng, boxed_params)` creates them, and `apply(params)`
+returns the params the T5 modules compute with; every forward pass goes
+through `weights(params)`.
 """
 from __future__ import annotations
 
@@ -83,7 +89,7 @@ class EncoderDecoderModel(BaseModel):
 
     def __init__(self, config: T5Config = gin.REQUIRED, loss: LossConfig | None = None,
                  encoder_input: nn.Module | None = None,
-                 attention_prefix: nn.Module | None = None):
+                 attention_prefix: nn.Module | None = None, weight_adapter=None):
         if not isinstance(config, T5Config):
             raise T5mtlError(f"EncoderDecoderModel.config must be a T5Config (e.g. "
                              f"@get_config()), got {config!r}")
@@ -91,25 +97,28 @@ class EncoderDecoderModel(BaseModel):
         self.loss = loss or LossConfig()
         self.encoder_input = encoder_input
         self.attention_prefix = attention_prefix
+        self.weight_adapter = weight_adapter
         self.module = Transformer(config, encoder_input, attention_prefix)
         self._decoders: dict[DecodeConfig, Any] = {}
 
     def replace(self, **changes) -> "EncoderDecoderModel":
         args = dict(config=self.config, loss=self.loss, encoder_input=self.encoder_input,
-                    attention_prefix=self.attention_prefix)
+                    attention_prefix=self.attention_prefix, weight_adapter=self.weight_adapter)
         return EncoderDecoderModel(**{**args, **changes})
 
     # -- what it is ---------------------------------------------------------------
     def spec(self) -> dict:
         return {"config": self.config.to_dict(), "loss": dataclasses.asdict(self.loss),
                 "encoder_input": module_spec(self.encoder_input),
-                "attention_prefix": module_spec(self.attention_prefix)}
+                "attention_prefix": module_spec(self.attention_prefix),
+                "weight_adapter": module_spec(self.weight_adapter)}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> "EncoderDecoderModel":
         return cls(T5Config.from_dict(spec["config"]), LossConfig(**spec.get("loss", {})),
                    module_from_spec(spec.get("encoder_input")),
-                   module_from_spec(spec.get("attention_prefix")))
+                   module_from_spec(spec.get("attention_prefix")),
+                   module_from_spec(spec.get("weight_adapter")))
 
     def architecture(self) -> dict:
         cfg = self.config
@@ -117,6 +126,7 @@ class EncoderDecoderModel(BaseModel):
                 for f in ARCHITECTURE_FIELDS}
         arch["encoder_input"] = module_spec(self.encoder_input)
         arch["attention_prefix"] = module_spec(self.attention_prefix)
+        arch["weight_adapter"] = module_spec(self.weight_adapter)
         return arch
 
     def feature_converter(self, pack: bool = True, task_ids=()):
@@ -130,7 +140,16 @@ class EncoderDecoderModel(BaseModel):
     def init_boxed(self, rng):
         """Params with nn.Partitioned boxes (logical axis names), for sharding."""
         dummy = jnp.ones((1, 4), jnp.int32)
-        return self.module.init(rng, dummy, dummy)["params"]
+        params = self.module.init(rng, dummy, dummy)["params"]
+        if self.weight_adapter is not None:
+            adapter = self.weight_adapter
+            params = {**params, adapter.subtree: adapter.init(jax.random.fold_in(rng, 1), params)}
+        return params
+
+    def weights(self, params):
+        """The params the T5 modules compute with: the weight adapter's
+        (e.g. LoRA's W + scale A B) applied, its own subtree gone."""
+        return params if self.weight_adapter is None else self.weight_adapter.apply(params)
 
     def adapt_params(self, params):
         """Per-layer or scanned, as this config's `scan_layers` asks."""
@@ -154,7 +173,7 @@ class EncoderDecoderModel(BaseModel):
     def logits(self, params, batch: Batch, dropout_rng=None):
         rngs = None if dropout_rng is None else {"dropout": dropout_rng}
         return self.module.apply(
-            {"params": params},
+            {"params": self.weights(params)},
             batch["encoder_input_tokens"], batch["decoder_input_tokens"],
             batch.get("encoder_segment_ids"), batch.get("decoder_segment_ids"),
             batch.get("encoder_positions"), batch.get("decoder_positions"),
@@ -205,7 +224,7 @@ class EncoderDecoderModel(BaseModel):
 
     # -- decoding -----------------------------------------------------------------
     def decode_fns(self, max_decode_length: int):
-        """(prefill, step) over the KV cache, params passed at call:
+        """(prefill, step) over the KV cache, `weights(params)` passed at call:
 
           prefill(params, batch) -> (logits [b, V] at position 0, DecodeState)
           step(params, state, tokens [b], position) -> (logits [b, V], state)
@@ -259,6 +278,7 @@ class EncoderDecoderModel(BaseModel):
 
         @jax.jit
         def run(params, batch, rng):
+            params = self.weights(params)
             logits, state = prefill(params, batch)
             return sample_loop(logits, state, lambda *a: step(params, *a),
                                decode.max_decode_length, rng, temperature, decode.top_k,
@@ -277,6 +297,7 @@ class EncoderDecoderModel(BaseModel):
 
     def _beam(self, prefill, step, decode: DecodeConfig, params, batch):
         batch_size, beams = batch["encoder_input_tokens"].shape[0], decode.beam_size
+        params = self.weights(params)
         logits, state = prefill(params, jax.tree.map(lambda x: jnp.repeat(x, beams, axis=0),
                                                      batch))
         return beam_search(logits, state, lambda *a: step(params, *a), batch_size, beams,

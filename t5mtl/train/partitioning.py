@@ -45,6 +45,7 @@ DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("abspos_buckets", None),
     ("layers", None),
     ("prompt", None),
+    ("lora", None),
 )
 
 
