@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -74,12 +74,16 @@ def merge_params(fresh, source, fresh_patterns: Sequence[str] = (), shardings=No
 
 def init_params_from(state, shardings, tx, model: BaseModel, path: str,
                      fresh_patterns: Sequence[str], mesh, rules, trainable_names=None,
-                     step: int | None = None, warm_start: WarmStart | None = None):
+                     step: int | None = None, warm_start: WarmStart | None = None,
+                     on_source: Callable[[Any], None] | None = None):
     """(a new TrainState (step 0, fresh optimizer state of the trainable
     subtree) with params from `path` (checkpoint `step`, latest if None), the
     names of the params kept fresh). With `warm_start`, the model's
-    `warm_start` then sets the fresh params from the loaded ones."""
+    `warm_start` then sets the fresh params from the loaded ones;
+    `on_source` sees the source params as loaded (numpy, model layout)."""
     source = load_source_params(path, model, step)
+    if on_source is not None:
+        on_source(source)
     params, kept_fresh = merge_params(state.params, source, fresh_patterns, shardings.params,
                                       source_name=repr(path))
     if warm_start is not None and kept_fresh:

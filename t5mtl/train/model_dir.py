@@ -5,7 +5,7 @@
                        "model": {"class": "pkg.module:Class", "spec": {...}},
                        "vocabulary": {...} | null,
                        "tasks": [task names] | null,     (task index = position)
-                       "base": {"path": dir, "step": N} | null}
+                       "base": {"path": dir, "step": N, "fingerprint": sha256} | null}
     checkpoints/      an orbax CheckpointManager directory: <step>/params (+ the
                       trainer's items: opt_state, progress)
     config.gin        the resolved gin config of the run that wrote it
@@ -13,7 +13,9 @@
 The model's class and `spec` (t5mtl.models.base) rebuild the model that wrote
 the directory. With a "base", the checkpoints hold only the trained subset
 of the params; the rest are the base's (a t5mtl model_dir or an HF T5
-directory, at that step), and every loader joins the two. model.json files
+directory, at that step), and every loader joins the two, after checking
+that the base's parameters are still the ones it was trained against (their
+`params_fingerprint`). model.json files
 written before the model protocol ({"config": T5Config}) read as an
 EncoderDecoderModel. `t5mtl convert --from hf` writes step 0 with params
 only; training resumes from, or finetunes from, the same layout.
@@ -21,6 +23,7 @@ only; training resumes from, or finetunes from, the same layout.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -140,6 +143,28 @@ def _restore_saved_params(model_dir: str, step: int | None) -> tuple[Any, int]:
     return jax.tree.map(np.asarray, restored["params"]), step
 
 
+def params_fingerprint(params) -> str:
+    """sha256 over every leaf's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, leaf in sorted(param_names.flatten(params).items()):
+        leaf = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{name}:{leaf.dtype}:{leaf.shape};".encode())
+        digest.update(memoryview(leaf).cast("B"))
+    return digest.hexdigest()
+
+
+def check_base(base_ref: dict, params, model_dir: str) -> None:
+    """Raises T5mtlError if `params` (the base, in the adapted model's layout)
+    are not the ones model.json's base reference was trained against."""
+    expected = base_ref.get("fingerprint")
+    if expected and params_fingerprint(params) != expected:
+        raise T5mtlError(
+            f"{model_dir} was trained on the base {base_ref['path']} at step "
+            f"{base_ref.get('step')}, whose parameters have changed since (fingerprint "
+            f"{expected[:12]}, now {params_fingerprint(params)[:12]}); restore that base or "
+            f"train the adapter again")
+
+
 def restore_params(model_dir: str, step: int | None = None):
     """The full params of checkpoint `step` (latest if None) as numpy, in the
     layout of the model in model.json, base joined in. Params that do not fit
@@ -149,7 +174,9 @@ def restore_params(model_dir: str, step: int | None = None):
     saved, step = _restore_saved_params(model_dir, step)
     if info.base:
         _, base = load_params(info.base["path"], info.base.get("step"))
-        saved = param_names.merge(info.model.adapt_params(base), saved)
+        base = info.model.adapt_params(base)
+        check_base(info.base, base, model_dir)
+        saved = param_names.merge(base, saved)
     params = model.adapt_params(saved)
     from t5mtl.train.checkpointer import leaf_shapes, shape_differences
     diffs = shape_differences(leaf_shapes(params), leaf_shapes(model.abstract_params()))

@@ -145,6 +145,17 @@ def _base_reference(model_dir: str, checkpoints: CheckpointConfig, trainable_nam
     return {"path": path, "step": step}
 
 
+def _fingerprint_base(base: dict | None, model_dir: str, source) -> None:
+    """Records the base's fingerprint in `base` (model.json's reference) or,
+    resuming, checks it against the recorded one."""
+    if base is None:
+        return
+    if base.get("fingerprint"):
+        model_dir_lib.check_base(base, source, model_dir)
+    else:
+        base["fingerprint"] = model_dir_lib.params_fingerprint(source)
+
+
 def _restore_or_init(ckpt, state, shardings, tx, model, checkpoints, trainable_names, base,
                      mesh, rules, warm_start=None):
     """(state, data_position): the latest checkpoint, else finetuning init,
@@ -160,7 +171,8 @@ def _restore_or_init(ckpt, state, shardings, tx, model, checkpoints, trainable_n
         initialized, kept_fresh = init_params_from(
             state, shardings, tx, model, checkpoints.init_from, checkpoints.init_fresh_patterns,
             mesh, rules, trainable_names, base["step"] if base else None,
-            None if restored is not None else warm_start)
+            None if restored is not None else warm_start,
+            on_source=functools.partial(_fingerprint_base, base, os.path.dirname(ckpt.directory)))
         if checkpoints.save_trainable_only:
             untrained = sorted(set(kept_fresh) - set(trainable_names))
             if untrained:

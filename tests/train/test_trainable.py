@@ -3,6 +3,7 @@
 alone, frozen parameters stay bit-identical, and a checkpoint can hold only
 the trained subset next to a reference to its base model."""
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -19,6 +20,7 @@ from t5mtl.models.encoder_inputs import PrependVectors
 from t5mtl.train import partitioning
 from t5mtl.train.optimizers import create_optimizer
 from t5mtl.train.train_step import create_train_state, jit_train_step, make_train_step
+from t5mtl.train.model_dir import params_fingerprint, save_params
 from t5mtl.train.trainer import CheckpointConfig, EvalConfig, train
 
 PROMPT = ["encoder_input/.*"]
@@ -110,7 +112,9 @@ def test_trainable_only_checkpoints_refer_to_their_base(tmp_path, base_dir):
     run = tmp_path / "prompt"
     _prompt_run(run, base_dir, 3, save_trainable_only=True)
     saved = json.load(open(run / "model.json"))
-    assert saved["base"] == {"path": str(base_dir), "step": 2}
+    base_params = t5mtl.load(str(base_dir)).params
+    assert saved["base"] == {"path": str(base_dir), "step": 2,
+                             "fingerprint": params_fingerprint(base_params)}
     # The checkpoint holds the prompt alone.
     from t5mtl.train.model_dir import checkpoint_manager
     with checkpoint_manager(str(run), read_only=True) as mngr:
@@ -131,6 +135,22 @@ def test_trainable_only_checkpoints_refer_to_their_base(tmp_path, base_dir):
     np.testing.assert_array_equal(t5mtl.load(str(run)).params["encoder_input"]["vectors"],
                                   t5mtl.load(str(tmp_path / "straight")).params[
                                       "encoder_input"]["vectors"])
+
+
+def test_a_changed_base_is_refused(tmp_path, base_dir):
+    base = tmp_path / "base"
+    shutil.copytree(base_dir, base)
+    run = tmp_path / "prompt"
+    _prompt_run(run, base, 3, save_trainable_only=True)
+    # The base's step 2 is rewritten with other values (as if retrained).
+    params = t5mtl.load(str(base)).params
+    shutil.rmtree(base / "checkpoints" / "2")
+    save_params(str(base), jax.tree.map(lambda x: x * 1.5, params), step=2)
+    with pytest.raises(T5mtlError, match=r"trained on the base .* whose parameters have "
+                                         r"changed since"):
+        t5mtl.load(str(run))
+    with pytest.raises(T5mtlError, match="whose parameters have changed since"):
+        _prompt_run(run, base, 5, save_trainable_only=True)
 
 
 def test_trainable_only_needs_a_base_and_a_subset(tmp_path, base_dir):
