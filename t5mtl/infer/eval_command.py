@@ -1,5 +1,9 @@
 """`t5mtl eval --model_dir DIR [--gin_file F] [--task NAME ...]`: evaluate a checkpoint.
 
+`--adapter DIR` (repeatable) evaluates adapter directories instead: one is
+that adapter on its base; several are their ensemble in one batched pass
+(t5mtl.peft.ensemble: averaged scores, majority-voted generations).
+
 Tasks come from --task (repeatable) or from gin's EvalConfig.tasks; results
 print as one table and append to model_dir/metrics.jsonl (split "eval").
 Decoding and scoring run over a device mesh (see --mesh_shape): each eval
@@ -14,7 +18,11 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model_dir", required=True)
+    parser.add_argument("--model_dir", default=None,
+                        help="the checkpoint to evaluate; with --adapter, where to append "
+                             "the metrics (optional)")
+    parser.add_argument("--adapter", action="append", default=[],
+                        help="an adapter directory (repeatable: several form an ensemble)")
     parser.add_argument("--gin_file", action="append", default=[])
     parser.add_argument("--task", action="append", default=[],
                         help="a seqio task or mixture to evaluate (repeatable)")
@@ -46,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
     from t5mtl.infer.sharded import place_params
     from t5mtl.train.command import maybe_initialize_distributed
     from t5mtl.train.metrics_writer import MetricsLogger
-    from t5mtl.train.model_dir import load_params
     from t5mtl.train.trainer import EvalConfig
     maybe_initialize_distributed()       # several processes, when a launcher asks
     if args.data_dir:
@@ -61,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         raise T5mtlError("nothing to evaluate: pass --task NAME or bind EvalConfig.tasks in gin")
     lengths = cfg.task_feature_lengths or DataConfig().task_feature_lengths
     mesh = eval_mesh(args.mesh_shape)
-    model, params = load_params(args.model_dir, args.step)
+    model, params = _load(args)
     params = place_params(model, params, mesh)          # once, for every task
     results = {}
     for name in tasks:
@@ -72,11 +79,25 @@ def run(args: argparse.Namespace) -> int:
     if args.rank:
         _add_rank_accuracy(results, model, params, args.split or cfg.split,
                            args.num_examples or cfg.num_examples, lengths["inputs"], mesh)
-    logger = MetricsLogger(args.model_dir)
-    logger.write(int(args.step or 0), "eval", flatten_metrics(results))
-    logger.close()
+    if args.model_dir:
+        logger = MetricsLogger(args.model_dir)
+        logger.write(int(args.step or 0), "eval", flatten_metrics(results))
+        logger.close()
     print(format_table(results))
     return 0
+
+
+def _load(args):
+    """(model, params) of --model_dir, one --adapter, or several (an ensemble)."""
+    from t5mtl.errors import T5mtlError
+    from t5mtl.train.model_dir import load_params
+    if len(args.adapter) > 1:
+        from t5mtl.peft.ensemble import load_ensemble
+        return load_ensemble(args.adapter)
+    path = args.adapter[0] if args.adapter else args.model_dir
+    if path is None:
+        raise T5mtlError("t5mtl eval needs --model_dir DIR or --adapter DIR")
+    return load_params(path, args.step)
 
 
 def _run_levels(args, cfg) -> int:
@@ -86,16 +107,17 @@ def _run_levels(args, cfg) -> int:
     from t5mtl.data.data_config import DataConfig
     from t5mtl.infer.sharded import place_params
     from t5mtl.mtl.generalization import evaluate_levels, levels_table, synthetic_level_mixtures
-    from t5mtl.train.model_dir import load_params
     mesh = eval_mesh(args.mesh_shape)
-    model, params = load_params(args.model_dir, args.step)
+    model, params = _load(args)
     lengths = cfg.task_feature_lengths or DataConfig().task_feature_lengths
     results = evaluate_levels(model, place_params(model, params, mesh),
                               synthetic_level_mixtures(), lengths, args.split or cfg.split,
                               args.num_examples or cfg.num_examples, cfg.batch_size, mesh=mesh)
-    with open(os.path.join(args.model_dir, "generalization_levels.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    print(levels_table({os.path.basename(os.path.normpath(args.model_dir)): results}))
+    name = "ensemble" if len(args.adapter) > 1 else (args.adapter or [args.model_dir])[0]
+    if args.model_dir:
+        with open(os.path.join(args.model_dir, "generalization_levels.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    print(levels_table({os.path.basename(os.path.normpath(name)): results}))
     return 0
 
 

@@ -124,9 +124,8 @@ class EncoderDecoderModel(BaseModel):
         cfg = self.config
         arch = {f: (cfg.n_decoder_layers if f == "num_decoder_layers" else getattr(cfg, f))
                 for f in ARCHITECTURE_FIELDS}
-        arch["encoder_input"] = module_spec(self.encoder_input)
-        arch["attention_prefix"] = module_spec(self.attention_prefix)
-        arch["weight_adapter"] = module_spec(self.weight_adapter)
+        for seam in ("encoder_input", "attention_prefix", "weight_adapter"):
+            arch[seam] = _architecture_spec(getattr(self, seam))
         return arch
 
     def feature_converter(self, pack: bool = True, task_ids=()):
@@ -303,6 +302,16 @@ class EncoderDecoderModel(BaseModel):
         return beam_search(logits, state, lambda *a: step(params, *a), batch_size, beams,
                            decode.max_decode_length, decode.alpha, decode.eos_id,
                            cache_batch_axis=1 if self.config.scan_layers else 0)
+
+
+def _architecture_spec(module) -> dict | None:
+    """A seam module's spec less the fields that only choose its fresh init
+    (listed in its `init_fields`): they do not change what it computes."""
+    spec = module_spec(module)
+    if spec is not None:
+        drop = set(getattr(module, "init_fields", ()))
+        spec["args"] = {k: v for k, v in spec["args"].items() if k not in drop}
+    return spec
 
 
 def _decoder_inputs(batch) -> dict:

@@ -13,6 +13,8 @@ Its fields must be JSON values: model.json records them to rebuild it.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import gin
 import jax.numpy as jnp
@@ -34,6 +36,7 @@ class PrependVectors(nn.Module):
     """
     length: int
     stddev: float = 1.0
+    init_fields: ClassVar[tuple[str, ...]] = ("stddev",)   # not architecture
 
     def initializer(self):
         """The vectors' fresh init (before any `warm_start` from a base)."""

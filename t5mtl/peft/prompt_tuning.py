@@ -30,6 +30,8 @@ init_from) every init is the random one its `initializer` draws.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import gin
 import jax
 import jax.numpy as jnp
@@ -49,6 +51,7 @@ class PromptTuning(PrependVectors):
     init: str = "sampled_vocab"
     init_range: float = 0.5
     population: int = 5000
+    init_fields: ClassVar[tuple[str, ...]] = ("stddev", "init", "init_range", "population")
 
     def __post_init__(self):
         if self.init not in INITS:

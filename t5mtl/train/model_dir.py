@@ -143,6 +143,12 @@ def _restore_saved_params(model_dir: str, step: int | None) -> tuple[Any, int]:
     return jax.tree.map(np.asarray, restored["params"]), step
 
 
+def saved_params(model_dir: str, step: int | None = None):
+    """What checkpoint `step` (latest if None) holds of the params, as saved
+    (an adapter directory's own params alone), as numpy."""
+    return _restore_saved_params(model_dir, step)[0]
+
+
 def params_fingerprint(params) -> str:
     """sha256 over every leaf's name, dtype, shape and bytes, in name order."""
     digest = hashlib.sha256()

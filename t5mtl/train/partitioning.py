@@ -46,6 +46,7 @@ DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("layers", None),
     ("prompt", None),
     ("lora", None),
+    ("ensemble", None),
 )
 
 

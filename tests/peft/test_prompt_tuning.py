@@ -62,16 +62,6 @@ def test_unknown_init_is_one_clear_error():
         PromptTuning(4, init="vocab")
 
 
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    base = tmp_path_factory.mktemp("base")
-    train(str(base), model=EncoderDecoderModel(get_config("t5_tiny")),
-          data=DataConfig(mixture_or_task_name="synth_parity", **DATA), num_steps=2,
-          checkpoints=CheckpointConfig(async_save=False), evaluation=EvalConfig(),
-          show_progress=False)
-    return base
-
-
 def _tune(model_dir, base, init, num_steps=1, lr=0.0, task="synth_parity", length=6, seed=0):
     train(str(model_dir), model=EncoderDecoderModel(
               get_config("t5_tiny"), encoder_input=PromptTuning(length, init=init)),
@@ -84,10 +74,10 @@ def _tune(model_dir, base, init, num_steps=1, lr=0.0, task="synth_parity", lengt
 
 
 @pytest.mark.parametrize("init", ["random_uniform", "sampled_vocab", "class_labels"])
-def test_inits_from_the_base_embeddings_through_the_trainer(tmp_path, base_dir, init):
-    embedding = np.asarray(t5mtl.load(str(base_dir)).params["token_embedder"]["embedding"])
+def test_inits_from_the_base_embeddings_through_the_trainer(tmp_path, peft_base, init):
+    embedding = np.asarray(t5mtl.load(str(peft_base)).params["token_embedder"]["embedding"])
     # A zero learning rate: the saved prompt is the initialization.
-    prompt = np.asarray(_tune(tmp_path / init, base_dir, init))
+    prompt = np.asarray(_tune(tmp_path / init, peft_base, init))
     assert prompt.shape == (6, embedding.shape[1])
     rows_of_table = [int(np.flatnonzero((embedding == row).all(1))[0])
                      if (embedding == row).all(1).any() else None for row in prompt]
@@ -104,7 +94,7 @@ def test_inits_from_the_base_embeddings_through_the_trainer(tmp_path, base_dir, 
         labels = 2
     sampled = rows_of_table[labels:]
     assert None not in sampled and len(set(sampled)) == len(sampled)     # distinct rows
-    assert json.load(open(tmp_path / init / "model.json"))["base"]["path"] == str(base_dir)
+    assert json.load(open(tmp_path / init / "model.json"))["base"]["path"] == str(peft_base)
 
 
 def test_class_label_init_needs_labels():
@@ -157,15 +147,15 @@ def _eval_nll(model_dir, task="synth_parity", n=32):
     return -float(np.mean(loaded.score(inputs, targets)))
 
 
-def test_tuned_prompt_beats_the_frozen_base(tmp_path, base_dir):
-    before = _eval_nll(base_dir)
-    _tune(tmp_path / "tuned", base_dir, "sampled_vocab", num_steps=30, lr=0.3)
+def test_tuned_prompt_beats_the_frozen_base(tmp_path, peft_base):
+    before = _eval_nll(peft_base)
+    _tune(tmp_path / "tuned", peft_base, "sampled_vocab", num_steps=30, lr=0.3)
     after = _eval_nll(tmp_path / "tuned")
     print(f"synth_parity validation NLL: base {before:.3f}, prompt-tuned {after:.3f}")
     assert after < 0.9 * before
     # The base is untouched: the run saved nothing but the prompt.
     loaded = t5mtl.load(str(tmp_path / "tuned"))
-    base = param_names.flatten(t5mtl.load(str(base_dir)).params)
+    base = param_names.flatten(t5mtl.load(str(peft_base)).params)
     for name, value in param_names.flatten(loaded.params).items():
         if name != "encoder_input/vectors":
             np.testing.assert_array_equal(value, base[name])
