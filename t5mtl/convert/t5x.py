@@ -354,7 +354,8 @@ def _write_array(step_dir: str, key: str, array: np.ndarray | None, shape, dtype
                 "shape": list(shape)}
     spec = {"driver": "zarr", "dtype": dtype.name,
             "kvstore": {"driver": "file", "path": os.path.join(step_dir, key + "/")},
-            "metadata": dict(metadata, fill_value=0 if array is None else None)}
+            "metadata": dict(metadata, fill_value=0 if array is None else None,
+                             dtype="bfloat16" if dtype.name == "bfloat16" else dtype.str)}
     store = ts.open(spec, create=True, open=False).result()
     if array is not None:
         store.write(np.asarray(array, dtype)).result()

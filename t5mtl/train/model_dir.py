@@ -12,11 +12,12 @@
 
 The model's class and `spec` (t5mtl.models.base) rebuild the model that wrote
 the directory. With a "base", the checkpoints hold only the trained subset
-of the params; the rest are the base's (a t5mtl model_dir or an HF T5
-directory, at that step), and every loader joins the two. model.json files
-written before the model protocol ({"config": T5Config}) read as an
-EncoderDecoderModel. `t5mtl convert --from hf` writes step 0 with params
-only; training resumes from, or finetunes from, the same layout.
+of the params; the rest are the base's (a t5mtl model_dir, an HF T5
+directory or a t5x checkpoint, at that step), and every loader joins the
+two. model.json files written before the model protocol ({"config":
+T5Config}) read as an EncoderDecoderModel. `t5mtl convert --from hf` writes
+step 0 with params only, `--from t5x` t5x's step (with the optimizer state
+on request); training resumes from, or finetunes from, the same layout.
 """
 from __future__ import annotations
 
@@ -148,7 +149,7 @@ def restore_params(model_dir: str, step: int | None = None):
     model = info.model
     saved, step = _restore_saved_params(model_dir, step)
     if info.base:
-        _, base = load_params(info.base["path"], info.base.get("step"))
+        _, base = load_params(info.base["path"], info.base.get("step"), model=model)
         saved = param_names.merge(info.model.adapt_params(base), saved)
     params = model.adapt_params(saved)
     from t5mtl.train.checkpointer import leaf_shapes, shape_differences
@@ -160,11 +161,17 @@ def restore_params(model_dir: str, step: int | None = None):
     return params
 
 
-def load_params(path: str, step: int | None = None) -> tuple[BaseModel, Any]:
-    """(model, params) of a t5mtl model_dir (checkpoint `step`, latest if None)
-    or an HF T5 directory."""
+def load_params(path: str, step: int | None = None,
+                model: BaseModel | None = None) -> tuple[BaseModel, Any]:
+    """(model, params) of a t5mtl model_dir (checkpoint `step`, latest if None),
+    an HF T5 directory, or, given the `model` it holds (a t5x checkpoint
+    carries no config), a t5x checkpoint (its names that `model` has)."""
     if is_model_dir(path):
         return read_model_json(path).model, restore_params(path, step)
+    from t5mtl.convert import t5x
+    if model is not None and t5x.is_t5x_checkpoint(path):
+        return model, t5x.read_params(t5x.open_checkpoint(path, step), model.abstract_params(),
+                                      strict=False)
     if os.path.isfile(os.path.join(path, "config.json")):
         from t5mtl.convert.hf import import_hf
         from t5mtl.models.encoder_decoder import EncoderDecoderModel
