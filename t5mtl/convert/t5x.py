@@ -206,11 +206,15 @@ def open_checkpoint(path: str, step: int | None = None) -> T5xCheckpoint:
             raise T5mtlError(f"{path}: no t5x checkpoint_{step} (there are {sorted(steps)})")
         path = steps[step]
     if os.path.isdir(os.path.join(path, "state")):
-        return _open_orbax(path)
-    if os.path.isfile(os.path.join(path, "checkpoint")):
-        return _open_legacy(path)
-    raise T5mtlError(f"{path}: not a t5x checkpoint (no msgpack 'checkpoint' file, no orbax "
-                     f"'state' directory, no checkpoint_<step> directories)")
+        ckpt = _open_orbax(path)
+    elif os.path.isfile(os.path.join(path, "checkpoint")):
+        ckpt = _open_legacy(path)
+    else:
+        raise T5mtlError(f"{path}: not a t5x checkpoint (no msgpack 'checkpoint' file, no "
+                         f"orbax 'state' directory, no checkpoint_<step> directories)")
+    if not steps and step is not None and ckpt.step != step:
+        raise T5mtlError(f"{path}: holds t5x step {ckpt.step}, not {step}")
+    return ckpt
 
 
 # -- name and layout mapping ---------------------------------------------------------------

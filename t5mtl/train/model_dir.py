@@ -178,6 +178,10 @@ def load_params(path: str, step: int | None = None,
         config, params = import_hf(path)
         model = EncoderDecoderModel(config)
         return model, model.adapt_params(params)
+    if t5x.is_t5x_checkpoint(path):
+        raise T5mtlError(f"{path}: a t5x checkpoint holds no model config; convert it first "
+                         f"(t5mtl convert --from t5x --t5x_config CONFIG) or use it as "
+                         f"CheckpointConfig.init_from")
     raise T5mtlError(f"{path}: neither a t5mtl model directory (model.json) nor an HF "
                      f"directory (config.json)")
 

@@ -377,3 +377,44 @@ def test_sharded_read_on_8_devices_reads_only_each_shard(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "scan False" in result.stdout and "scan True" in result.stdout
+
+
+def test_init_from_takes_t5x_leaves_already_in_the_runs_shards(imported):
+    from t5mtl.train.init_from import load_source_params, merge_params
+    _, model, params = imported
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: device, params)
+    source = load_source_params(STEP_DIR, model, None, shardings)
+    fresh = jax.tree.map(lambda p: jax.device_put(np.zeros_like(p), device), params)
+    merged, kept_fresh = merge_params(fresh, source, shardings=shardings)
+    assert kept_fresh == []
+    for name, leaf in param_names.flatten(merged).items():
+        assert leaf is param_names.flatten(source)[name]          # no host round trip
+        np.testing.assert_array_equal(np.asarray(leaf), param_names.flatten(params)[name])
+
+
+def test_factored_t5x_moments_of_an_attention_kernel():
+    """t5x factors the 2-D [embed, heads*kv] moment; optax factors the 3-D
+    [embed, heads, kv] one over (embed, kv). Averaging t5x's estimate
+    row (x) col / mean(row) over embed gives t5x's column statistic back."""
+    import optax
+    embed, heads, kv = 256, 2, 128
+    rng = np.random.RandomState(0)
+    row = rng.uniform(0.1, 1.0, embed).astype(np.float32)          # t5x v_row [embed]
+    col = rng.uniform(0.1, 1.0, heads * kv).astype(np.float32)     # t5x v_col [heads*kv]
+    base = "state/param_states/enc/attention/query/kernel"
+    one = np.zeros((1,), np.float32)
+    leaves = {"target/enc/attention/query/kernel": t5x._inline(np.zeros((embed, heads * kv),
+                                                                      np.float32)),
+              base + "/v": t5x._inline(one), base + "/m": t5x._inline(one),
+              base + "/v_row": t5x._inline(row), base + "/v_col": t5x._inline(col)}
+    ckpt = t5x.T5xCheckpoint("synthetic", 9, "legacy", leaves)
+    params = {"enc": {"attention": {"query": {"kernel": np.zeros((embed, heads, kv),
+                                                                 np.float32)}}}}
+    state = read_adafactor_state(ckpt, optax.adafactor(0.01), params)[0]
+    v_row = state.v_row["enc"]["attention"]["query"]["kernel"]
+    v_col = state.v_col["enc"]["attention"]["query"]["kernel"]
+    assert int(state.count) == 9 and state.v["enc"]["attention"]["query"]["kernel"].shape == (1,)
+    np.testing.assert_allclose(v_row, col.reshape(heads, kv), rtol=1e-6)
+    np.testing.assert_allclose(v_col, (row / row.mean())[:, None]
+                               * col.reshape(heads, kv).mean(axis=1)[None, :], rtol=1e-6)
