@@ -164,6 +164,26 @@ def test_orbax_layout_reads_like_legacy(imported, tmp_path):
     _, again = model_dir_lib.load_params(dst, 7)
     for name, leaf in param_names.flatten(params).items():
         assert param_names.flatten(again)[name].tobytes() == leaf.tobytes(), name
+    tx = adafactor(learning_rate=0.01)
+    from_orbax = read_adafactor_state(t5x.open_checkpoint(directory), tx, params)
+    from_legacy = read_adafactor_state(t5x.open_checkpoint(CKPT), tx, params)
+    assert int(from_orbax[0].count) == 7 and int(from_legacy[0].count) == 0
+    for a, b in zip(jax.tree.leaves(from_orbax[0].v), jax.tree.leaves(from_legacy[0].v)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_scanned_import_exports_the_same_t5x_arrays(tmp_path):
+    dst, out = str(tmp_path / "scanned"), str(tmp_path / "t5x_out")
+    t5x_to_model_dir(CKPT, dst, CONFIG, scan_layers=True)
+    model, params = model_dir_lib.load_params(dst)
+    assert model.config.scan_layers and params["encoder"]["layers"]["mlp"]["wo"]["kernel"].shape \
+        == (2, 48, 32)
+    assert main(["convert", "--to", "t5x", "--src", dst, "--dst", out]) == 0
+    exported, original = _stored_arrays(os.path.join(out, "checkpoint_0")), \
+        _stored_arrays(STEP_DIR)
+    assert exported.keys() == original.keys()
+    for name, array in original.items():
+        np.testing.assert_array_equal(exported[name], array)
 
 
 _BASE_GIN = """\
