@@ -95,8 +95,7 @@ def t5x_to_model_dir(src: str, dst: str, t5x_config: str | None, step: int | Non
     model = EncoderDecoderModel(config.replace(scan_layers=scan_layers))
     ckpt = t5x.open_checkpoint(src, step)
     mesh, shardings = _host_shardings(model)
-    params = t5x.read_params(ckpt, model.abstract_params(), shardings.params if shardings
-                             else None)
+    params = t5x.read_params(ckpt, model.abstract_params(), shardings.params)
     vocab = None
     if sentencepiece_model and not os.path.isfile(sentencepiece_model):
         raise T5mtlError(f"--sentencepiece_model {sentencepiece_model}: no such file")

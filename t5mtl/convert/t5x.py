@@ -292,19 +292,19 @@ def read_tree(ckpt: T5xCheckpoint, abstract, shardings=None, *, prefix: str = "t
         path = tuple(name.split("/"))
         kind = kind_of(path)
         sources = _sources(ckpt, prefix, path, suffix)
-        scanned = sources[0][1] is not None
+        scanned = "layers" in path
         layer_shape = tuple(leaf.shape[1:]) if scanned else tuple(leaf.shape)
-        if scanned and len(sources) != leaf.shape[0]:
-            problems.append(f"{prefix}/{name}: {leaf.shape[0]} layers expected, the checkpoint "
-                            f"has {len(sources)}")
-            continue
+        want = t5x_shape(kind, layer_shape)
         missing = [s for s, _ in sources if s not in ckpt.leaves]
         if missing or not sources:
             if strict:
-                problems.append(f"{missing[0] if missing else name!r} {t5x_shape(kind, layer_shape)}"
-                                f" is not in the checkpoint")
+                where = missing[0] if missing else f"{prefix}/{name.replace('layers', 'layers_*')}"
+                problems.append(f"{where!r} {want} is not in the checkpoint")
             continue
-        want = t5x_shape(kind, layer_shape)
+        if scanned and len(sources) != leaf.shape[0]:
+            problems.append(f"{prefix}/{name}: the model has {leaf.shape[0]} layers, the "
+                            f"checkpoint {len(sources)}")
+            continue
         bad = [(s, ckpt.leaves[s].shape) for s, _ in sources if ckpt.leaves[s].shape != want]
         if bad:
             problems.append(f"{bad[0][0]!r} has shape {bad[0][1]} in the checkpoint but the "
@@ -354,8 +354,8 @@ def _write_array(step_dir: str, key: str, array: np.ndarray | None, shape, dtype
     the index entry t5x writes (kvstore path relative to the step directory)."""
     import tensorstore as ts
     dtype = np.dtype(dtype)
-    metadata = {"chunks": _chunks(list(shape), dtype.itemsize), "compressor": {"id": "gzip", "level": 1},
-                "shape": list(shape)}
+    metadata = {"chunks": _chunks(list(shape), dtype.itemsize),
+                "compressor": {"id": "gzip", "level": 1}, "shape": list(shape)}
     spec = {"driver": "zarr", "dtype": dtype.name,
             "kvstore": {"driver": "file", "path": os.path.join(step_dir, key + "/")},
             "metadata": dict(metadata, fill_value=0 if array is None else None,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 from t5mtl.errors import T5mtlError
@@ -230,5 +231,7 @@ def _resolve(value, macros: dict, source: str, depth: int = 0):
 
 
 def _dtype_name(value) -> str:
+    """'float32' of 'float32', 'jnp.float32', "<class 'jax.numpy.float32'>"..."""
     name = getattr(value, "__name__", None) or str(value)
-    return name.rsplit(".", 1)[-1].strip("'\"")
+    found = re.search(r"(bfloat16|float16|float32|float64)", name)
+    return found.group(1) if found else name

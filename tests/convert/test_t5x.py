@@ -21,7 +21,6 @@ from t5mtl.convert.t5x_adafactor import read_adafactor_state
 from t5mtl.errors import T5mtlError
 from t5mtl.models import param_names
 from t5mtl.models.configs import NAMED_CONFIGS
-from t5mtl.models.encoder_decoder import EncoderDecoderModel
 from t5mtl.train import model_dir as model_dir_lib
 from t5mtl.train.optimizers import adafactor
 
@@ -350,7 +349,6 @@ import os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import jax, numpy as np
 from t5mtl.convert import t5x, t5x_config
-from t5mtl.convert.command import _host_shardings
 from t5mtl.models import param_names
 from t5mtl.models.encoder_decoder import EncoderDecoderModel
 from t5mtl.train import partitioning
