@@ -116,7 +116,7 @@ def t5x_to_model_dir(src: str, dst: str, t5x_config: str | None, step: int | Non
                      "path": os.path.join(os.path.abspath(dst), "spiece.model")}
         write_model_json(tmp, model, vocab)
         if opt_state is None:
-            save_params(tmp, params, step=ckpt.step)
+            save_params(tmp, params, step=ckpt.step, save_concurrent_gb=1)
         else:
             _save_train_state(tmp, params, opt_state, ckpt.step)
     return ckpt.step

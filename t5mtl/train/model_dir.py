@@ -110,9 +110,14 @@ def checkpoint_manager(model_dir: str, item_handlers: dict | None = None,
                                  options=ocp.CheckpointManagerOptions(**options))
 
 
-def save_params(model_dir: str, params, step: int = 0) -> None:
-    """Saves params alone as checkpoint `step` (synchronously)."""
-    with checkpoint_manager(model_dir, enable_async_checkpointing=False) as mngr:
+def save_params(model_dir: str, params, step: int = 0,
+                save_concurrent_gb: int | None = None) -> None:
+    """Saves params alone as checkpoint `step` (synchronously); with
+    `save_concurrent_gb`, orbax serializes at most that many GB at once
+    (bounds the host memory a large model's save takes)."""
+    handlers = None if save_concurrent_gb is None else {
+        "params": ocp.StandardCheckpointHandler(save_concurrent_gb=save_concurrent_gb)}
+    with checkpoint_manager(model_dir, handlers, enable_async_checkpointing=False) as mngr:
         mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
         mngr.wait_until_finished()
 
