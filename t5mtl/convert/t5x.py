@@ -19,8 +19,9 @@ t5mtl's parameter names are t5x's; three layouts differ:
 
 Reading goes one leaf at a time: with target shardings, each device's shard
 is read from its own slice of the stored array (`jax.make_array_from_callback`
-over tensorstore), so no host ever holds a full copy of the checkpoint; with
-the scanned layout a shard gathers its slice of each layer's array.
+over tensorstore), so a host reads only its own shards and no leaf is read
+whole to be split afterwards; with the scanned layout a shard gathers its
+slice of each layer's array.
 """
 from __future__ import annotations
 
@@ -262,28 +263,29 @@ def read_region(leaf: StoredLeaf, kind: str, shape: tuple[int, ...], index: Inde
     return leaf.read(index)
 
 
-def _sources(ckpt: T5xCheckpoint, prefix: str, path: tuple[str, ...], suffix: str = ""):
+def _sources(ckpt: T5xCheckpoint, prefix: str, path: tuple[str, ...]):
     """[(t5x name, layer index or None)] for a t5mtl param path (scanned: one per layer)."""
     if "layers" in path:
         i = path.index("layers")
         n_layers = sum(1 for name in ckpt.leaves
                        if re.fullmatch(re.escape("/".join((prefix,) + path[:i])) + r"/layers_\d+/"
-                                       + re.escape("/".join(path[i + 1:]) + suffix), name))
-        return [("/".join((prefix,) + path[:i] + (f"layers_{j}",) + path[i + 1:]) + suffix, j)
+                                       + re.escape("/".join(path[i + 1:])), name))
+        return [("/".join((prefix,) + path[:i] + (f"layers_{j}",) + path[i + 1:]), j)
                 for j in range(n_layers)]
-    return [("/".join((prefix,) + path) + suffix, None)]
+    return [("/".join((prefix,) + path), None)]
 
 
-def read_tree(ckpt: T5xCheckpoint, abstract, shardings=None, *, prefix: str = "target",
-              suffix: str = "", strict: bool = True, what: str = "parameter"):
+def read_params(ckpt: T5xCheckpoint, abstract, shardings=None, strict: bool = True):
     """`abstract`'s tree (t5mtl names, shapes, dtypes; per-layer or scanned)
-    read from the t5x arrays `prefix/<name><suffix>`, each leaf straight into
+    read from the t5x arrays `target/<name>`, each leaf straight into
     its sharding (numpy when `shardings` is None).
 
     strict: every name must be in the checkpoint and every `prefix` array of
-    the checkpoint used. Otherwise names the checkpoint lacks are left out.
+    the checkpoint used. Otherwise names the checkpoint lacks are left out
+    (finetuning init: seam parameters start fresh).
     Shape mismatches raise one T5mtlError naming each parameter and both shapes.
     """
+    prefix = "target"
     flat_abstract = param_names.flatten(abstract)
     flat_shardings = (param_names.flatten(shardings) if shardings is not None
                       else dict.fromkeys(flat_abstract))
@@ -291,7 +293,7 @@ def read_tree(ckpt: T5xCheckpoint, abstract, shardings=None, *, prefix: str = "t
     for name, leaf in flat_abstract.items():
         path = tuple(name.split("/"))
         kind = kind_of(path)
-        sources = _sources(ckpt, prefix, path, suffix)
+        sources = _sources(ckpt, prefix, path)
         scanned = "layers" in path
         layer_shape = tuple(leaf.shape[1:]) if scanned else tuple(leaf.shape)
         want = t5x_shape(kind, layer_shape)
@@ -313,14 +315,13 @@ def read_tree(ckpt: T5xCheckpoint, abstract, shardings=None, *, prefix: str = "t
         used.update(s for s, _ in sources)
         plan[name] = (kind, [ckpt.leaves[s] for s, _ in sources], scanned, layer_shape)
     if strict:
-        extra = sorted(n for n in ckpt.leaves if n.startswith(prefix + "/")
-                       and n.endswith(suffix) and n not in used)
+        extra = sorted(n for n in ckpt.leaves if n.startswith(prefix + "/") and n not in used)
         problems += [f"{n!r} {ckpt.leaves[n].shape} is in the checkpoint but not in the model"
                      for n in extra]
     if problems:
         more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
         raise T5mtlError(f"{ckpt.directory}: the t5x checkpoint does not fit the model config: "
-                         f"{len(problems)} {what}(s) differ: {'; '.join(problems[:3])}{more}")
+                         f"{len(problems)} parameter(s) differ: {'; '.join(problems[:3])}{more}")
 
     out = {}
     for name, (kind, leaves, scanned, layer_shape) in plan.items():
@@ -339,12 +340,6 @@ def read_tree(ckpt: T5xCheckpoint, abstract, shardings=None, *, prefix: str = "t
         out[name] = (region(full) if sharding is None
                      else jax.make_array_from_callback(tuple(leaf.shape), sharding, region))
     return param_names.unflatten(out)
-
-
-def read_params(ckpt: T5xCheckpoint, abstract_params, shardings=None, strict: bool = True):
-    """The t5mtl params (`abstract_params`' names, shapes, dtypes and layout)
-    of a t5x checkpoint; see `read_tree`."""
-    return read_tree(ckpt, abstract_params, shardings, strict=strict)
 
 
 # -- writing (legacy layout) ---------------------------------------------------------------
