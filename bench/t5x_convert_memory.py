@@ -47,14 +47,14 @@ def main() -> int:
     import jax
     from bench.common import peak_rss_mib
     from t5mtl.convert import t5x
-    from t5mtl.convert.command import _host_shardings
+    from t5mtl.convert.command import host_param_shardings
     from t5mtl.convert.t5x_config import read_t5x_config
     from t5mtl.models.encoder_decoder import EncoderDecoderModel
     from t5mtl.models.init import count_params
     from t5mtl.train.model_dir import save_params
     config = read_t5x_config(src + ".json")
     model = EncoderDecoderModel(config)
-    _, shardings = _host_shardings(model)
+    _, shardings = host_param_shardings(model)
     jax.block_until_ready(jax.numpy.zeros(1))
     base = peak_rss_mib()
     size = count_params(config) * 4 / 2**20

@@ -91,14 +91,14 @@ def t5x_to_model_dir(src: str, dst: str, t5x_config: str | None, step: int | Non
     from t5mtl.errors import T5mtlError
     from t5mtl.models.encoder_decoder import EncoderDecoderModel
     from t5mtl.train.model_dir import save_params, write_model_json
+    if sentencepiece_model and not os.path.isfile(sentencepiece_model):
+        raise T5mtlError(f"--sentencepiece_model {sentencepiece_model}: no such file")
     config = read_t5x_config(t5x_config)
     model = EncoderDecoderModel(config.replace(scan_layers=scan_layers))
     ckpt = t5x.open_checkpoint(src, step)
-    mesh, shardings = _host_shardings(model)
+    mesh, shardings = host_param_shardings(model)
     params = t5x.read_params(ckpt, model.abstract_params(), shardings.params)
     vocab = None
-    if sentencepiece_model and not os.path.isfile(sentencepiece_model):
-        raise T5mtlError(f"--sentencepiece_model {sentencepiece_model}: no such file")
     opt_state = None
     if optimizer_state:
         import jax
@@ -122,7 +122,7 @@ def t5x_to_model_dir(src: str, dst: str, t5x_config: str | None, step: int | Non
     return ckpt.step
 
 
-def _host_shardings(model):
+def host_param_shardings(model):
     """(mesh, TrainState-like shardings) of `model`'s params over this host's
     devices (FSDP): what the trainer would use on one host."""
     import jax
