@@ -8,6 +8,8 @@ INSTALL_REQUIRES = [
     "flax>=0.12.8,<0.13",
     "optax>=0.2.8,<0.3",
     "orbax-checkpoint>=0.12.8,<0.13",
+    "tensorstore>=0.1.86,<0.2",
+    "msgpack>=1.2.4,<2",
     "seqio==0.0.20",
     "tensorflow>=2.21.0,<2.22",
     "tensorflow-text>=2.21.1,<2.22",

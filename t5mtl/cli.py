@@ -25,7 +25,7 @@ from t5mtl.errors import T5mtlError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "params": ("t5mtl.models.params_command", "count a named model's parameters"),
-    "convert": ("t5mtl.convert.command", "import/export HF T5 checkpoints"),
+    "convert": ("t5mtl.convert.command", "import/export HF T5 and t5x checkpoints"),
     "train": ("t5mtl.train.command", "train or finetune a model from gin configs"),
     "eval": ("t5mtl.infer.eval_command", "evaluate a checkpoint on tasks or mixtures"),
     "fewshot": ("t5mtl.train.fewshot_command", "the K-shot x seeds finetuning protocol"),

@@ -24,13 +24,20 @@ from t5mtl.train.train_step import trainable_part
 log = logging.getLogger(__name__)
 
 
-def load_source_params(path: str, model: BaseModel, step: int | None = None):
-    """Params of a t5mtl model_dir (checkpoint `step`, latest if None) or an
-    HF T5 directory, in `model`'s layout."""
+def load_source_params(path: str, model: BaseModel, step: int | None = None,
+                       shardings=None):
+    """Params of a t5mtl model_dir (checkpoint `step`, latest if None), an
+    HF T5 directory or a t5x checkpoint, in `model`'s layout. A t5x
+    checkpoint's parameters are read leaf by leaf straight into `shardings`
+    (a tree like the model's params), and only the names it has."""
+    from t5mtl.convert import t5x
     from t5mtl.train import model_dir
+    if not model_dir.is_model_dir(path) and t5x.is_t5x_checkpoint(path):
+        return t5x.read_params(t5x.open_checkpoint(path, step), model.abstract_params(),
+                               shardings, strict=False)
     if not (model_dir.is_model_dir(path) or os.path.isfile(os.path.join(path, "config.json"))):
-        raise T5mtlError(f"init_from {path!r} is neither a t5mtl model directory nor an HF "
-                         f"T5 directory")
+        raise T5mtlError(f"init_from {path!r} is neither a t5mtl model directory, an HF "
+                         f"T5 directory nor a t5x checkpoint")
     _, params = model_dir.load_params(path, step)
     return model.adapt_params(params)
 
@@ -66,6 +73,9 @@ def merge_params(fresh, source, fresh_patterns: Sequence[str] = (), shardings=No
         name = param_names.path_name(path)
         if name not in take:
             return leaf
+        if isinstance(src[name], jax.Array) and src[name].dtype == leaf.dtype \
+                and sharding is not None and src[name].sharding == sharding:
+            return src[name]          # read straight into its shards (t5x)
         value = np.asarray(src[name], leaf.dtype)
         return value if sharding is None else jax.device_put(value, sharding)
     merged = jax.tree_util.tree_map_with_path(pick, fresh, shardings)
@@ -80,8 +90,8 @@ def init_params_from(state, shardings, tx, model: BaseModel, path: str,
     subtree) with params from `path` (checkpoint `step`, latest if None), the
     names of the params kept fresh). With `warm_start`, the model's
     `warm_start` then sets the fresh params from the loaded ones;
-    `on_source` sees the source params as loaded (numpy, model layout)."""
-    source = load_source_params(path, model, step)
+    `on_source` sees the source params as loaded (model layout)."""
+    source = load_source_params(path, model, step, shardings.params)
     if on_source is not None:
         on_source(source)
     params, kept_fresh = merge_params(state.params, source, fresh_patterns, shardings.params,

@@ -12,13 +12,14 @@
 
 The model's class and `spec` (t5mtl.models.base) rebuild the model that wrote
 the directory. With a "base", the checkpoints hold only the trained subset
-of the params; the rest are the base's (a t5mtl model_dir or an HF T5
-directory, at that step), and every loader joins the two, after checking
-that the base's parameters are still the ones it was trained against (their
-`params_fingerprint`). model.json files
-written before the model protocol ({"config": T5Config}) read as an
+of the params; the rest are the base's (a t5mtl model_dir, an HF T5
+directory or a t5x checkpoint, at that step), and every loader joins the
+two, after checking that the base's parameters are still the ones it was
+trained against (their `params_fingerprint`). model.json files written
+before the model protocol ({"config": T5Config}) read as an
 EncoderDecoderModel. `t5mtl convert --from hf` writes step 0 with params
-only; training resumes from, or finetunes from, the same layout.
+only, `--from t5x` t5x's step (with the optimizer state on request);
+training resumes from, or finetunes from, the same layout.
 """
 from __future__ import annotations
 
@@ -112,9 +113,14 @@ def checkpoint_manager(model_dir: str, item_handlers: dict | None = None,
                                  options=ocp.CheckpointManagerOptions(**options))
 
 
-def save_params(model_dir: str, params, step: int = 0) -> None:
-    """Saves params alone as checkpoint `step` (synchronously)."""
-    with checkpoint_manager(model_dir, enable_async_checkpointing=False) as mngr:
+def save_params(model_dir: str, params, step: int = 0,
+                save_concurrent_gb: int | None = None) -> None:
+    """Saves params alone as checkpoint `step` (synchronously); with
+    `save_concurrent_gb`, orbax serializes at most that many GB at once
+    (bounds the host memory a large model's save takes)."""
+    handlers = None if save_concurrent_gb is None else {
+        "params": ocp.StandardCheckpointHandler(save_concurrent_gb=save_concurrent_gb)}
+    with checkpoint_manager(model_dir, handlers, enable_async_checkpointing=False) as mngr:
         mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
         mngr.wait_until_finished()
 
@@ -179,7 +185,7 @@ def restore_params(model_dir: str, step: int | None = None):
     model = info.model
     saved, step = _restore_saved_params(model_dir, step)
     if info.base:
-        _, base = load_params(info.base["path"], info.base.get("step"))
+        _, base = load_params(info.base["path"], info.base.get("step"), model=model)
         base = info.model.adapt_params(base)
         check_base(info.base, base, model_dir)
         saved = param_names.merge(base, saved)
@@ -193,17 +199,27 @@ def restore_params(model_dir: str, step: int | None = None):
     return params
 
 
-def load_params(path: str, step: int | None = None) -> tuple[BaseModel, Any]:
-    """(model, params) of a t5mtl model_dir (checkpoint `step`, latest if None)
-    or an HF T5 directory."""
+def load_params(path: str, step: int | None = None,
+                model: BaseModel | None = None) -> tuple[BaseModel, Any]:
+    """(model, params) of a t5mtl model_dir (checkpoint `step`, latest if None),
+    an HF T5 directory, or, given the `model` it holds (a t5x checkpoint
+    carries no config), a t5x checkpoint (its names that `model` has)."""
     if is_model_dir(path):
         return read_model_json(path).model, restore_params(path, step)
+    from t5mtl.convert import t5x
+    if model is not None and t5x.is_t5x_checkpoint(path):
+        return model, t5x.read_params(t5x.open_checkpoint(path, step), model.abstract_params(),
+                                      strict=False)
     if os.path.isfile(os.path.join(path, "config.json")):
         from t5mtl.convert.hf import import_hf
         from t5mtl.models.encoder_decoder import EncoderDecoderModel
         config, params = import_hf(path)
         model = EncoderDecoderModel(config)
         return model, model.adapt_params(params)
+    if t5x.is_t5x_checkpoint(path):
+        raise T5mtlError(f"{path}: a t5x checkpoint holds no model config; convert it first "
+                         f"(t5mtl convert --from t5x --t5x_config CONFIG) or use it as "
+                         f"CheckpointConfig.init_from")
     raise T5mtlError(f"{path}: neither a t5mtl model directory (model.json) nor an HF "
                      f"directory (config.json)")
 

@@ -68,7 +68,7 @@ class CheckpointConfig:
     keep_best_metric: str | None = None     # e.g. "eval/synth_all/accuracy"
     best_mode: str = "max"
     async_save: bool = True
-    init_from: str | None = None            # a t5mtl model_dir or an HF T5 directory
+    init_from: str | None = None            # a t5mtl model_dir, HF T5 dir or t5x checkpoint
     init_fresh_patterns: Sequence[str] = ()  # param-name regexes that start fresh
     save_trainable_only: bool = False
 
@@ -142,6 +142,10 @@ def _base_reference(model_dir: str, checkpoints: CheckpointConfig, trainable_nam
     if model_dir_lib.is_model_dir(path):
         with model_dir_lib.checkpoint_manager(path, read_only=True) as mngr:
             step = mngr.latest_step()
+    else:
+        from t5mtl.convert import t5x
+        if t5x.is_t5x_checkpoint(path):
+            step = t5x.open_checkpoint(path).step
     return {"path": path, "step": step}
 
 
