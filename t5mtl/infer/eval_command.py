@@ -125,13 +125,32 @@ def eval_mesh(mesh_shape: str | None):
     return partitioning.create_mesh(shape)
 
 
+def rank_options(tasks) -> dict[str, tuple[str, ...]]:
+    """Each task's label set for --rank; an error naming the first task that has none."""
+    from t5mtl.data.task_info import get_task_info, has_task_info
+    from t5mtl.errors import T5mtlError
+    options = {}
+    for task in tasks:
+        if not has_task_info(task):
+            raise T5mtlError(f"--rank: task {task!r} has no TaskInfo, so no label_names to "
+                             f"rank; register it with info=TaskInfo(..., label_names=(...)) "
+                             f"or label_names= (docs/tasks.md)")
+        labels = get_task_info(task).label_names
+        if not labels:
+            raise T5mtlError(f"--rank: task {task!r} has no label_names (TaskInfo.label_names "
+                             f"is empty): rank classification needs the closed label set; "
+                             f"drop --rank or register the task with label_names")
+        options[task] = labels
+    return options
+
+
 def _add_rank_accuracy(results, model, params, split, num_examples, input_length,
                        mesh) -> None:
-    """Adds "rank_accuracy" next to the generative metrics of classification tasks."""
-    from t5mtl.data.task_info import get_task_info, has_task_info
+    """Adds "rank_accuracy" next to the generative metrics of every evaluated
+    task; a task without label_names is an error (checked before any scoring)."""
     from t5mtl.infer.rank_classification import rank_classify
-    for task in results:
-        if has_task_info(task) and get_task_info(task).label_names:
-            results[task]["rank_accuracy"] = rank_classify(
-                model, params, task, get_task_info(task).label_names, split, num_examples,
-                input_length, mesh=mesh)["accuracy"]
+    options = rank_options(results)
+    for task, labels in options.items():
+        results[task]["rank_accuracy"] = rank_classify(
+            model, params, task, labels, split, num_examples, input_length,
+            mesh=mesh)["accuracy"]
