@@ -47,6 +47,10 @@ def _build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Na
     module = importlib.import_module(COMMANDS[name][0])
     cmd_parser = argparse.ArgumentParser(prog=f"t5mtl {name}", description=COMMANDS[name][1])
     module.add_arguments(cmd_parser)
+    cmd_parser.add_argument(
+        "--module_import", action="append", default=[], metavar="MODULE",
+        help="import MODULE first (repeatable), e.g. one that registers your own tasks; "
+             "searched on sys.path and the current directory (seqio's flag of that name)")
     from t5mtl.gin_config import split_gin_overrides
     rest, bindings = split_gin_overrides(argv[1:])
     args = cmd_parser.parse_args(rest)
@@ -75,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     try:
+        if args.module_import:
+            from t5mtl.gin_config import import_modules
+            import_modules(args.module_import)
         return int(args._run(args) or 0)
     except T5mtlError as e:
         # gin appends "  In call to configurable 'train' (<function ...>)" lines.

@@ -1,6 +1,10 @@
 """`t5mtl eval --model_dir DIR [--gin_file F] [--task NAME ...]`: evaluate a checkpoint.
 
-Tasks come from --task (repeatable) or from gin's EvalConfig.tasks; results
+gin: the run's own model_dir/config.gin is parsed first (unless
+--ignore_run_config), then --gin_file and --gin.X=Y, so the model is
+evaluated under what it was trained with (its tasks, lengths, generalization
+split, --module_import modules). Tasks come from --task (repeatable) or from
+gin's EvalConfig.tasks; results
 print as one table and append to model_dir/metrics.jsonl (split "eval").
 Decoding and scoring run over a device mesh (see --mesh_shape): each eval
 batch splits over its data x fsdp axes, the params shard by their logical
@@ -15,7 +19,10 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model_dir", required=True)
-    parser.add_argument("--gin_file", action="append", default=[])
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="gin file (repeatable), parsed after the run's config.gin")
+    parser.add_argument("--ignore_run_config", action="store_true",
+                        help="do not parse model_dir/config.gin first")
     parser.add_argument("--task", action="append", default=[],
                         help="a seqio task or mixture to evaluate (repeatable)")
     parser.add_argument("--split", default=None)
@@ -52,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if args.data_dir:
         from t5mtl.data.data_dir import set_data_dir
         set_data_dir(args.data_dir)
-    gin_config.parse(args.gin_file, args.gin_bindings)
+    run_gin = [] if args.ignore_run_config else gin_config.run_config(args.model_dir)
+    gin_config.parse(run_gin + list(args.gin_file), args.gin_bindings)
     cfg = EvalConfig()
     if args.levels:
         return _run_levels(args, cfg)
