@@ -5,6 +5,7 @@ and every run writes the resolved config to model_dir/config.gin.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Sequence
 
@@ -40,14 +41,16 @@ def import_modules(modules: Sequence[str]) -> None:
         if not module or not all(part.isidentifier() for part in module.split(".")):
             raise T5mtlError(f"--module_import {module!r} is not a Python module name")
         try:
-            gin.parse_config(f"import {module}")
-        except T5mtlError:
-            raise
+            importlib.import_module(module)
+        except T5mtlError as e:
+            raise T5mtlError(f"--module_import {module!r}: {e}") from e
         except ImportError as e:
             raise T5mtlError(f"--module_import {module!r}: {e}") from e
         except Exception as e:  # noqa: BLE001  (the module's own error, at import)
+            first = str(e).splitlines()[0] if str(e) else ""
             raise T5mtlError(f"--module_import {module!r} failed while importing: "
-                             f"{type(e).__name__}: {e}") from e
+                             f"{type(e).__name__}: {first}") from e
+        gin.parse_config(f"import {module}")     # recorded in config.gin
 
 
 def _register_configurables() -> None:
@@ -73,9 +76,12 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
     _register_configurables()
     for path in (".", os.path.dirname(REPO_GIN_DIR), REPO_GIN_DIR, *search_paths):
         gin.add_config_file_search_path(path)
+    import sys
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())     # a config.gin's `import my_tasks`, as --module_import
     for f in gin_files:
-        if not any(os.path.isfile(os.path.join(p, f)) for p in (".", REPO_GIN_DIR, *search_paths)) \
-                and not os.path.isfile(f):
+        roots = (".", os.path.dirname(REPO_GIN_DIR), REPO_GIN_DIR, *search_paths)
+        if not any(os.path.isfile(os.path.join(p, f)) for p in roots) and not _exists(f):
             raise T5mtlError(f"gin file {f!r} not found (searched ., {REPO_GIN_DIR})")
     try:
         gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
@@ -99,6 +105,11 @@ def run_config(model_dir: str | None) -> list[str]:
     from etils import epath
     path = epath.Path(model_dir) / "config.gin"
     return [os.fspath(path)] if path.exists() else []
+
+
+def _exists(path: str) -> bool:
+    from etils import epath
+    return epath.Path(path).exists()
 
 
 def _bound(name: str) -> bool:

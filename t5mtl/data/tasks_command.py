@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "cot, inv)")
     show = sub.add_parser("show", help="print raw and preprocessed examples of a task")
     _gin_arguments(show)
-    show.add_argument("--check_examples", type=int, default=1000,
+    show.add_argument("--check_examples", type=int, default=200,
                       help="examples checked for truncation (0: skip the check)")
     show.add_argument("name", help="task (or mixture) name")
     show.add_argument("--split", help="split to read (default: train if the task has it)")

@@ -211,7 +211,8 @@ def register_dataset_task(
     schema = "classification" if label_names else "text_to_text"
     info = task_info_lib.TaskInfo(
         name=name, category=category, schema=schema,
-        metrics=tuple(getattr(f, "__name__", str(f)) for f in metric_fns),
+        metrics=tuple(m if isinstance(m, str) else getattr(m, "__name__", str(m))
+                      for m in metric_names),
         label_names=label_names, fields=tuple(slots), splits=tuple(files_by_split),
         suite="user", source=", ".join(sorted({str(v) for v in files_by_split.values()})),
         languages=tuple(languages), license=license, citation=citation,

@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from t5mtl import gin_config
     from t5mtl.data.data_config import DataConfig
     from t5mtl.errors import T5mtlError
-    from t5mtl.infer.evaluation import TaskEvaluator, flatten_metrics, format_table
+    from t5mtl.infer.evaluation import (TaskEvaluator, flatten_metrics, format_table,
+                                         score_table)
     from t5mtl.infer.sharded import place_params
     from t5mtl.train.command import maybe_initialize_distributed
     from t5mtl.train.metrics_writer import MetricsLogger
@@ -84,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     logger.write(int(args.step or 0), "eval", flatten_metrics(results))
     logger.close()
     print(format_table(results))
+    print()
+    print(score_table(results))
     return 0
 
 
