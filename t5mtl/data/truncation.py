@@ -51,13 +51,11 @@ def count_truncated(task: seqio.Task, split: str, lengths: Mapping[str, int],
     what trimming removed. Features without that text (span corruption
     builds ids that fit) are not counted.
     """
-    ds = task.get_dataset(dict(lengths), split=split, shuffle=False, num_epochs=1,
-                          use_cached=False)
     checked = 0
     truncated = {f: 0 for f in FEATURES if f in lengths}
     longest = {f: 0 for f in truncated}
     counted = set()
-    for ex in ds.take(max_examples).as_numpy_iterator():
+    for ex in _texts(task, split, lengths, max_examples):
         checked += 1
         for f in truncated:
             text = ex.get(f"{f}_pretokenized")
@@ -72,6 +70,29 @@ def count_truncated(task: seqio.Task, split: str, lengths: Mapping[str, int],
                 truncated[f] += 1
     return Truncation(task.name, split, checked, dict(lengths),
                       {f: truncated[f] for f in counted}, {f: longest[f] for f in counted})
+
+
+def _texts(task: seqio.Task, split: str, lengths: Mapping[str, int], n: int):
+    """The first n examples' "<feature>_pretokenized" texts. A Python source
+    formatted by one template (file tasks, the synthetic suite) is rendered in
+    Python, without building a tf.data pipeline; anything else goes through
+    the task's own dataset."""
+    import itertools
+
+    from t5mtl.data import files
+    steps = [getattr(p, "func", p) for p in task.preprocessors]
+    tail = {seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim,
+            seqio.preprocessors.append_eos}
+    if (isinstance(task.source, files.PythonSource) and steps and steps[0] is files.apply_template
+            and set(steps[1:]) <= tail):
+        template = task.preprocessors[0].keywords["template"]
+        for ex in itertools.islice(task.source.iter_examples(split), n):
+            text = template.render(ex)
+            yield {f"{k}_pretokenized": v for k, v in text.items()}
+        return
+    ds = task.get_dataset(dict(lengths), split=split, shuffle=False, num_epochs=1,
+                          use_cached=False)
+    yield from ds.take(n).as_numpy_iterator()
 
 
 def log_truncation(mixture_or_task: str, lengths: Mapping[str, int], split: str = "train",
