@@ -116,11 +116,21 @@ class TaskEvaluator:
         metrics, _ = self.evaluator.evaluate(compute_metrics=True, step=step,
                                              predict_fn=predict_fn, score_fn=score_fn)
         result = metrics.result()
-        for task, targets in self.evaluator.cached_targets.items():
+        self._record_majority()
+        return {task: {k: _scalar(v) for k, v in m.items()} for task, m in result.items()}
+
+
+    def _record_majority(self) -> None:
+        """MAJORITY_SHARE of each classification task, from its eval targets."""
+        from t5mtl.data.task_info import get_task_info, has_task_info
+        for task, ds in self.evaluator.cached_task_datasets.items():
+            if not (has_task_info(task) and get_task_info(task).label_names):
+                continue
+            targets = [ex["targets_pretokenized"] for ex in ds.as_numpy_iterator()
+                       if "targets_pretokenized" in ex]
             share = majority_share(targets)
             if share is not None:
                 MAJORITY_SHARE[task] = share
-        return {task: {k: _scalar(v) for k, v in m.items()} for task, m in result.items()}
 
 
 def _scalar(value) -> float:
