@@ -241,3 +241,12 @@ def test_module_import_errors_are_one_line(capsys):
     err = capsys.readouterr().err
     assert "--module_import 'no_such_module_xyz': No module named 'no_such_module_xyz'" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_fewshot_reads_the_run_config_or_asks_for_a_gin_file(tmp_path, capsys):
+    assert cli.main(["fewshot", f"--model_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "pass --gin_file" in err and "has no config.gin of an earlier run" in err
+    (tmp_path / "config.gin").write_text("FewShotConfig.ks = [4]\n")
+    assert gin_config.run_config(str(tmp_path)) == [str(tmp_path / "config.gin")]
+    assert gin_config.run_config(str(tmp_path / "elsewhere")) == []
