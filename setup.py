@@ -28,6 +28,13 @@ TEST_REQUIRES = [
     "pytest>=9.2.0,<10",
     "transformers==5.24.0",
     "torch==2.13.0",
+    # notebooks/quickstart.ipynb, executed by tests/test_notebook.py
+    "nbclient==0.11.0",
+    "nbformat==5.11.1",
+    "ipykernel==7.4.0",
+    "matplotlib==3.11.2",
+    # a local GCS server for the gs:// tests
+    "gcp-storage-emulator==2026.7.19",
 ]
 
 setuptools.setup(

@@ -47,12 +47,33 @@ def _build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Na
     module = importlib.import_module(COMMANDS[name][0])
     cmd_parser = argparse.ArgumentParser(prog=f"t5mtl {name}", description=COMMANDS[name][1])
     module.add_arguments(cmd_parser)
+    cmd_parser.add_argument(
+        "--module_import", action="append", default=[], metavar="MODULE",
+        help="import MODULE first (repeatable), e.g. one that registers your own tasks; "
+             "searched on sys.path and the current directory (seqio's flag of that name)")
     from t5mtl.gin_config import split_gin_overrides
     rest, bindings = split_gin_overrides(argv[1:])
+    rest, modules = _split_module_imports(rest)
     args = cmd_parser.parse_args(rest)
     args.gin_bindings = bindings
+    args.module_import = modules
     args._run = module.run
     return parser, args
+
+
+def _split_module_imports(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Takes every `--module_import M` / `--module_import=M` out of argv (they
+    may stand anywhere, also after a subcommand's action like `tasks list`)."""
+    rest, modules = [], []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--module_import":
+            modules.append(next(it, ""))
+        elif arg.startswith("--module_import="):
+            modules.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return rest, modules
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     try:
+        if args.module_import:
+            from t5mtl.gin_config import import_modules
+            import_modules(args.module_import)
         return int(args._run(args) or 0)
     except T5mtlError as e:
         # gin appends "  In call to configurable 'train' (<function ...>)" lines.

@@ -5,6 +5,7 @@ and every run writes the resolved config to model_dir/config.gin.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Sequence
 
@@ -29,12 +30,36 @@ def split_gin_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, bindings
 
 
+def import_modules(modules: Sequence[str]) -> None:
+    """Imports user modules (--module_import) through gin, so a run's
+    config.gin records them as `import` lines and `eval` of that run imports
+    them again; the current directory is searched too."""
+    import sys
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    for module in modules:
+        if not module or not all(part.isidentifier() for part in module.split(".")):
+            raise T5mtlError(f"--module_import {module!r} is not a Python module name")
+        try:
+            importlib.import_module(module)
+        except T5mtlError as e:
+            raise T5mtlError(f"--module_import {module!r}: {e}") from e
+        except ImportError as e:
+            raise T5mtlError(f"--module_import {module!r}: {e}") from e
+        except Exception as e:  # noqa: BLE001  (the module's own error, at import)
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise T5mtlError(f"--module_import {module!r} failed while importing: "
+                             f"{type(e).__name__}: {first}") from e
+        gin.parse_config(f"import {module}")     # recorded in config.gin
+
+
 def _register_configurables() -> None:
     """Import the modules whose configurables gin files may name."""
     import t5mtl.data.batches  # noqa: F401
     import t5mtl.data.data_config  # noqa: F401
     import t5mtl.data.data_dir  # noqa: F401
     import t5mtl.data.registry  # noqa: F401  (tasks and mixtures)
+    import t5mtl.data.user_tasks  # noqa: F401  (register_task_specs)
     import t5mtl.data.vocab  # noqa: F401
     import t5mtl.models.configs  # noqa: F401
     import t5mtl.models.encoder_decoder  # noqa: F401
@@ -52,9 +77,12 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
     _register_configurables()
     for path in (".", os.path.dirname(REPO_GIN_DIR), REPO_GIN_DIR, *search_paths):
         gin.add_config_file_search_path(path)
+    import sys
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())     # a config.gin's `import my_tasks`, as --module_import
     for f in gin_files:
-        if not any(os.path.isfile(os.path.join(p, f)) for p in (".", REPO_GIN_DIR, *search_paths)) \
-                and not os.path.isfile(f):
+        roots = (".", os.path.dirname(REPO_GIN_DIR), REPO_GIN_DIR, *search_paths)
+        if not any(os.path.isfile(os.path.join(p, f)) for p in roots) and not _exists(f):
             raise T5mtlError(f"gin file {f!r} not found (searched ., {REPO_GIN_DIR})")
     try:
         gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
@@ -65,6 +93,24 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
         # them with the one gin asks for.
         from t5mtl.data import registry, vocab
         registry.register_all(vocabulary=vocab.get_vocabulary(), overwrite=True)
+    from t5mtl.data.user_tasks import register_bound_specs
+    register_bound_specs()          # register_task_specs.paths / .tasks / .mixtures
+
+
+def run_config(model_dir: str | None) -> list[str]:
+    """[model_dir/config.gin] when that run config exists, else []: what
+    `eval` and `fewshot` parse before their own --gin_file, so the model is
+    evaluated under the gin it was trained with (tasks, splits, lengths)."""
+    if not model_dir:
+        return []
+    from etils import epath
+    path = epath.Path(model_dir) / "config.gin"
+    return [os.fspath(path)] if path.exists() else []
+
+
+def _exists(path: str) -> bool:
+    from etils import epath
+    return epath.Path(path).exists()
 
 
 def _bound(name: str) -> bool:

@@ -127,6 +127,10 @@ def _load_safetensors(path, load_file):
 
 
 def read_hf_config(src: str) -> T5Config:
+    return T5Config.from_hf_dict(read_hf_json(src), source=os.path.join(src, "config.json"))
+
+
+def read_hf_json(src: str) -> dict:
     path = os.path.join(src, "config.json")
     if not os.path.isdir(src):
         raise T5mtlError(f"{src}: not a directory")
@@ -137,14 +141,16 @@ def read_hf_config(src: str) -> T5Config:
             d = json.load(f)
     except json.JSONDecodeError as e:
         raise T5mtlError(f"{path}: not valid JSON ({e})") from e
-    return T5Config.from_hf_dict(d, source=path)
+    return d
 
 
 def import_hf(src: str) -> tuple[T5Config, dict]:
     """Reads an HF T5 directory; returns (config, params) with numpy leaves."""
     from t5mtl.models.init import param_shapes
-    cfg = read_hf_config(src)
+    d = read_hf_json(src)
+    cfg = T5Config.from_hf_dict(d, source=os.path.join(src, "config.json"))
     tensors = _read_tensors(src)
+    cfg = _output_head(src, d, cfg, tensors)
     expected = param_shapes(cfg)
     for name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
         if name in tensors and not np.array_equal(tensors[name], tensors.get("shared.weight")):
@@ -162,6 +168,37 @@ def import_hf(src: str) -> tuple[T5Config, dict]:
                              f"{tuple(want)})")
         _set(params, path, value)
     return cfg, params
+
+
+def _output_head(src: str, d: dict, cfg: T5Config, tensors: dict) -> T5Config:
+    """Puts the output layer t5mtl computes into tensors["lm_head.weight"];
+    returns cfg, untied where the checkpoint's head is its own.
+
+    t5mtl has two heads: tied (the embedding, output scaled by
+    d_model**-0.5) and untied (a dense kernel, unscaled). An HF head is the
+    checkpoint's lm_head.weight when it is there and differs from the
+    embedding, else the embedding; an HF scaling with an untied head is
+    folded into the kernel, so every (tied, scaled) combination computes
+    the same logits as transformers (which, like this, keeps an lm_head
+    that differs from the embedding even where the config says tied).
+    """
+    from t5mtl.models.config import hf_output_layer
+    tied, scaled = hf_output_layer(d)
+    head = tensors.get("lm_head.weight")
+    own_head = head is not None and not (
+        "shared.weight" in tensors and np.array_equal(head, tensors["shared.weight"]))
+    if not tied and not own_head:
+        raise T5mtlError(f"{src}: config.json has tie_word_embeddings=false but the weights "
+                         f"have no lm_head.weight of their own")
+    if cfg.tie_word_embeddings and not own_head:
+        tensors.pop("lm_head.weight", None)
+        return cfg
+    cfg = cfg.replace(tie_word_embeddings=False)
+    if "shared.weight" not in tensors and not own_head:
+        return cfg                              # the table reports the missing tensor
+    weight = head if own_head else tensors["shared.weight"]
+    tensors["lm_head.weight"] = weight * np.float32(cfg.d_model ** -0.5) if scaled else weight
+    return cfg
 
 
 # -- writing -------------------------------------------------------------------

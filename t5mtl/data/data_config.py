@@ -32,6 +32,10 @@ class DataConfig:
     pack: bool = True
     shuffle: bool = True
     seed: int = 0
+    # At start, `t5mtl train` counts the examples of each task (among its
+    # first N) that the feature lengths cut, and warns above 1%
+    # (t5mtl.data.truncation); 0 skips the check.
+    truncation_check_examples: int = 200
 
 
 def resolve_mixture(name_or_names: str | Sequence[str]) -> str:

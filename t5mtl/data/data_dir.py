@@ -25,21 +25,42 @@ def set_data_dir(path: str | None) -> None:
     _data_dir = path
 
 
+def is_remote(path: str) -> bool:
+    """Whether `path` is a cloud URL (gs://..., s3://...) rather than a local path."""
+    return "://" in str(path)
+
+
+def _join(base: str, *parts: str) -> str:
+    from etils import epath
+    return os.fspath(epath.Path(base).joinpath(*parts)) if parts else str(base)
+
+
 def resolve_data_dir(explicit: str | None = None) -> str:
-    """Returns the data_dir to read from, checking that it exists."""
+    """Returns the data_dir to read from (a directory or gs://... URL), checked to exist."""
+    from etils import epath
     path = explicit or _data_dir or os.environ.get(ENV_VAR)
     if not path:
         raise T5mtlError(
             f"no data_dir given: pass --data_dir, bind set_data_dir.path in gin, "
             f"or set {ENV_VAR}")
-    if not os.path.isdir(path):
+    if not epath.Path(path).is_dir():
         raise T5mtlError(f"data_dir {path!r} is not a directory")
     return path
 
 
 def data_path(*parts: str, data_dir: str | None = None) -> str:
-    """Joins `parts` under the data_dir and checks that the result exists."""
-    path = os.path.join(resolve_data_dir(data_dir), *parts)
-    if not os.path.exists(path):
+    """Joins `parts` under the data_dir and checks that the result exists.
+
+    An absolute first part (/data/x.tsv, gs://bucket/x.tsv) is used as it is,
+    without a data_dir.
+    """
+    from etils import epath
+    if parts and (os.path.isabs(parts[0]) or is_remote(parts[0])):
+        path = _join(parts[0], *parts[1:])
+        if not epath.Path(path).exists():
+            raise T5mtlError(f"missing data file {path!r}")
+        return path
+    path = _join(resolve_data_dir(data_dir), *parts)
+    if not epath.Path(path).exists():
         raise T5mtlError(f"missing data file {path!r} (data_dir={resolve_data_dir(data_dir)!r})")
     return path

@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import io
 import json
 import logging
 import string
@@ -59,13 +60,27 @@ class RecordError(T5mtlError):
     """One bad record (its message starts with "path:line:")."""
 
 
+def _open(path: str, mode: str = "rb"):
+    """Opens a local or cloud (gs://...) file through etils.epath; mode "rb",
+    or "rt" for UTF-8 text with a leading byte-order mark skipped and line
+    endings kept (as open(..., newline="") keeps them, which csv needs)."""
+    from etils import epath
+    raw = epath.Path(path).open("rb")
+    if mode == "rb":
+        return raw
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+
+
 def read_jsonl(path: str) -> Iterator[Located]:
-    """Yields ("path:line", object) for each non-blank line of a JSONL file."""
-    with open(path, "rb") as f:
+    """Yields ("path:line", object) for each non-blank line of a JSONL file.
+
+    A UTF-8 byte-order mark at the start of the file is skipped.
+    """
+    with _open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             loc = f"{path}:{lineno}"
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise T5mtlError(f"{loc}: not UTF-8 text ({e.reason})") from None
             if not line.strip():
@@ -84,13 +99,14 @@ def read_delimited(path: str, delimiter: str = "\t", header: bool = True) -> Ite
     """Yields ("path:line", row) for a TSV/CSV file; blank lines are skipped.
 
     With a header, rows are dicts keyed by column name; without, lists.
-    TSV is read with quoting off (GLUE files hold unbalanced quotes), CSV
+    A UTF-8 byte-order mark at the start (GLUE's MRPC files have one) is
+    skipped, so the first column keeps its name. TSV is read with quoting off (GLUE files hold unbalanced quotes), CSV
     with standard quoting. Every row must have as many cells as the header
     (or the first row).
     """
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     kind = "tab-separated" if delimiter == "\t" else f"{delimiter!r}-separated"
-    with open(path, newline="", encoding="utf-8") as f:
+    with _open(path, "rt") as f:
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
         names, width = None, None
         while True:
@@ -119,7 +135,7 @@ def read_delimited(path: str, delimiter: str = "\t", header: bool = True) -> Ite
 def read_parallel(paths: Mapping[str, str]) -> Iterator[Located]:
     """Yields ("path:line", {field: line}) from line-aligned text files."""
     names = list(paths)
-    files = [open(paths[n], encoding="utf-8", newline="") for n in names]
+    files = [_open(paths[n], "rt") for n in names]
     try:
         lineno = 0
         while True:
@@ -187,7 +203,7 @@ class Field:
         if not found:
             if split in self.missing_in:
                 return self.default
-            raise T5mtlError(f"{where} is missing")
+            raise T5mtlError(f"{where} is missing{_present(record)}")
         if self.values is not None:
             if isinstance(raw, (dict, list)) or raw not in self.values:
                 allowed = ", ".join(repr(v) for v in self.values)
@@ -217,6 +233,15 @@ class Field:
             raise T5mtlError(f"{where} should be {'an integer' if kind is int else 'a number'}, "
                              f"got {raw!r}") from None
         return value
+
+
+def _present(record: Any) -> str:
+    """What a record does have, for the missing-field error."""
+    if isinstance(record, dict):
+        return f"; the record has {', '.join(repr(k) for k in record) or 'no fields'}"
+    if isinstance(record, list):
+        return f"; the row has {len(record)} columns (0 to {len(record) - 1})"
+    return ""
 
 
 def _lookup(record: Any, column: Union[str, int]) -> tuple[bool, Any]:

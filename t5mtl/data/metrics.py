@@ -69,6 +69,23 @@ def matthews_corrcoef(targets: Sequence[int], predictions: Sequence[int]) -> dic
     return {"matthews_corrcoef": 100.0 * float(cov_tp / np.sqrt(cov_tt * cov_pp))}
 
 
+def binary_f1(targets: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
+    """F1 of the positive class (id 1), as GLUE reports for MRPC and QQP.
+
+    A prediction that is neither 0 nor 1 (an unparseable answer, -1) counts
+    as the wrong class, as T5's f1_score_with_invalid counts it.
+    """
+    _check_lengths(targets, predictions)
+    t = np.asarray(targets, np.int64)
+    p = np.asarray(predictions, np.int64)
+    p = np.where((p == 0) | (p == 1), p, 1 - t)
+    tp = int(np.sum((t == 1) & (p == 1)))
+    fp = int(np.sum((t != 1) & (p == 1)))
+    fn = int(np.sum((t == 1) & (p != 1)))
+    denom = 2 * tp + fp + fn
+    return {"f1": 100.0 * 2 * tp / denom if denom else 0.0}
+
+
 def mean_multiclass_f1(num_classes: int):
     """Returns a metric fn: macro-averaged F1 over class ids 0..num_classes-1.
 

@@ -1,6 +1,7 @@
 """`t5mtl tasks`: list registered tasks and inspect their examples.
 
     t5mtl tasks list [--category C] [--schema S] [--suite S] [--variants | --variant V]
+    t5mtl tasks ... [--module_import MODULE] [--gin_file F] [--gin.X=Y]
     t5mtl tasks show NAME [--split S] [--n N] [--data_dir D]
     t5mtl tasks show NAME --card
 
@@ -12,7 +13,13 @@ tasks; --variants adds their instruction variants ("<task>_zs", "_fs", ...),
 --variant V lists only variants of kind V. With --card `show`
 prints only the task's metadata card (category, schema, labels, languages,
 licence, source, homepage, citation, ...) and reads no data. For a mixture
-it prints each task's share of the samples.
+it prints each task's share of the samples. `show` also counts, over the
+first --check_examples examples of the split, how many have inputs or
+targets longer than --inputs_length/--targets_length (seqio cuts them).
+
+Your own tasks: --module_import MODULE imports a module that registers them
+(any command takes it); --gin_file / --gin.X=Y are parsed before listing, so
+`register_task_specs.paths = [...]` (a JSON spec, docs/tasks.md) works too.
 """
 from __future__ import annotations
 
@@ -23,9 +30,15 @@ from typing import Any, Iterable
 from t5mtl.errors import T5mtlError
 
 
+def _gin_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="gin file (repeatable), e.g. one binding register_task_specs.paths")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     ls = sub.add_parser("list", help="list registered tasks and mixtures")
+    _gin_arguments(ls)
     ls.add_argument("--category", help="only tasks of this category")
     ls.add_argument("--schema", help="only tasks of this schema")
     ls.add_argument("--suite", help="only tasks of this suite (synthetic, glue, ...)")
@@ -34,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ls.add_argument("--variant", help="only instruction variants of this kind (zs, fs, opt, "
                                       "cot, inv)")
     show = sub.add_parser("show", help="print raw and preprocessed examples of a task")
+    _gin_arguments(show)
+    show.add_argument("--check_examples", type=int, default=200,
+                      help="examples checked for truncation (0: skip the check)")
     show.add_argument("name", help="task (or mixture) name")
     show.add_argument("--split", help="split to read (default: train if the task has it)")
     show.add_argument("--n", type=int, default=3, help="number of examples (default 3)")
@@ -50,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.gin_file or args.gin_bindings:
+        from t5mtl import gin_config
+        gin_config.parse(args.gin_file, args.gin_bindings)
     if args.action == "list":
         return _list(args)
     return _show(args)
@@ -144,6 +163,15 @@ def _show(args) -> int:
             print(f"    {feature}: {_text(text, args.max_chars)}")
             print(f"    {feature} ids ({len(ids)} tokens): "
                   f"[{', '.join(map(str, shown))}{more}]")
+    if args.check_examples:
+        from t5mtl.data.truncation import WARN_FRACTION, count_truncated
+        t = _guard(name, split, lambda: count_truncated(task, split, lengths,
+                                                        args.check_examples))
+        print(f"\ntruncation: {t.describe()}")
+        if any(t.fraction(f) > WARN_FRACTION for f in t.truncated):
+            print(f"warning: more than {100 * WARN_FRACTION:g}% of the checked examples are cut; "
+                  f"pass larger --inputs_length/--targets_length here and raise "
+                  f"DataConfig.task_feature_lengths to train on them whole")
     return 0
 
 

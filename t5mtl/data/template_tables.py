@@ -215,11 +215,77 @@ def tables() -> dict[str, TaskTemplates]:
 
 
 def get(task: str) -> TaskTemplates:
-    """The template table of a base task."""
+    """The template table of a base task: its hand-written one, else one
+    generated from its fields and label names (`generic_table`)."""
+    from t5mtl.data.task_info import has_task_info
     found = tables().get(task)
-    if found is None:
+    if found is not None:
+        return found
+    if not has_task_info(task):
         import difflib
         close = difflib.get_close_matches(task, list(tables()), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise T5mtlError(f"no instruction templates for task {task!r}{hint}")
-    return found
+        raise T5mtlError(f"no instruction templates for task {task!r} (no such task){hint}")
+    return generic_table(task)
+
+
+# ---------------------------------------------------------------- any other task
+
+GENERIC_TEMPLATE_COUNT = 5
+
+
+def _title(field: str) -> str:
+    return field.replace("_", " ").strip().capitalize()
+
+
+def task_fields(task: str) -> tuple[tuple[str, ...], str]:
+    """(input fields, answer field) of a registered task: the slots of its
+    file template (inputs, then the one targets slot), else its TaskInfo's
+    fields with "label"/"answer"/"target" as the answer."""
+    import seqio
+
+    from t5mtl.data import files
+    from t5mtl.data.task_info import get_task_info
+    info = get_task_info(task)
+    template = None
+    if task in seqio.TaskRegistry.names():
+        for p in seqio.TaskRegistry.get(task).preprocessors:
+            if getattr(p, "func", None) is files.apply_template:
+                template = p.keywords["template"]
+    if template is not None:
+        targets = [n for _, n in files._parse(template.targets) if n]
+        inputs = [n for _, n in files._parse(template.inputs) if n and n not in targets]
+        if len(targets) == 1 and inputs:
+            return tuple(dict.fromkeys(inputs)), targets[0]
+    answer = next((f for f in ("label", "answer", "target", "targets") if f in info.fields), "")
+    inputs = tuple(f for f in info.fields if f != answer)
+    if not answer or not inputs:
+        raise T5mtlError(
+            f"no instruction templates for task {task!r}: it has no hand-written table and "
+            f"its fields {list(info.fields)} do not say which one is the answer (register it "
+            f"with a Template whose targets are one field, or pass a TaskTemplates)")
+    return inputs, answer
+
+
+def generic_table(task: str) -> TaskTemplates:
+    """Templates generated from a task's fields and label names, for tasks
+    without a hand-written table (a user's own tasks): zero-shot, few-shot
+    and (classification) options variants; the answers are the label names."""
+    from t5mtl.data.task_info import get_task_info
+    info = get_task_info(task)
+    inputs, answer = task_fields(task)
+    block = "\n".join(f"{_title(f)}: {{{f}}}" for f in inputs)
+    flat = " ".join(f"{f}: {{{f}}}" for f in inputs)
+    names = " and ".join(_title(f).lower() for f in inputs)
+    what = _title(answer).lower()
+    about = (info.description or info.instruction).replace("{", "{{").replace("}", "}}")
+    target = f"{{{answer}}}"
+    table = (
+        T(f"{block}\n{_title(answer)}:", target),
+        T(f"Read the {names} below, then give the {what}.\n{block}", target),
+        T(f"{info.name} {flat}", target),
+        T(f"{block}\n\nWhat is the {what}?", target),
+        T(f"{about or 'Task: ' + info.name}\n{block}", target),
+    )
+    assert len(table) == GENERIC_TEMPLATE_COUNT
+    return TaskTemplates(task, table, label_field=answer if info.label_names else "")

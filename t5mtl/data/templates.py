@@ -18,7 +18,10 @@ into an instruction and its answer. Each variant is an ordinary seqio Task:
 Formats (literal):
 
     options suffix   inputs + "\\n\\nAnswer with one of: " + " | ".join(options)
-    few-shot         shot_1 + "\\n\\n" + ... + shot_j + "\\n\\n" + inputs,
+    few-shot         shot_1 + SEP + ... + shot_j + SEP + inputs, SEP = "\\n\\n###\\n\\n"
+                     (SHOT_SEPARATOR, which no template may contain, so the
+                     exemplars split apart unambiguously even when a template
+                     or a text holds blank lines),
                      shot_i = exemplar inputs + "\\n" + exemplar targets
     chain of thought targets end in "... <rationale>. Answer: <answer>"
 
@@ -60,7 +63,7 @@ Template = files.Template
 
 OPTIONS_PREFIX = "\n\nAnswer with one of: "
 OPTIONS_SEPARATOR = " | "
-SHOT_SEPARATOR = "\n\n"
+SHOT_SEPARATOR = "\n\n###\n\n"
 ANSWER_SEPARATOR = "\n"
 COT_ANSWER_MARK = "Answer: "
 DEFAULT_K = 3
@@ -432,6 +435,10 @@ def register_instruction_task(base: str, variant: str, table: TaskTemplates | No
     templates = table.templates_for(variant)
     if not templates:
         raise T5mtlError(f"task {base!r} has no {variant} templates")
+    for t in templates:
+        if SHOT_SEPARATOR in t.inputs or SHOT_SEPARATOR in t.targets:
+            raise T5mtlError(f"task {base!r}: template {t.inputs!r} -> {t.targets!r} contains "
+                             f"the few-shot separator {SHOT_SEPARATOR!r}")
     if v.options and not table.label_field:
         raise T5mtlError(f"task {base!r} is not a classification task: no options to list")
     if v.fewshot and "train" not in base_task.splits:

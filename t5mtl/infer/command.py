@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.6, help="beam length penalty")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="gin file (repeatable), e.g. one binding a custom model's modules")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from t5mtl.errors import T5mtlError
     from t5mtl.models.encoder_decoder import DecodeConfig
     from t5mtl.train.model_dir import describe, load_params
+    if args.gin_file or args.gin_bindings:
+        from t5mtl import gin_config
+        gin_config.parse(args.gin_file, args.gin_bindings)
     vocab = vocabulary_from_spec(describe(args.model_dir)["vocabulary"])
     if vocab is None:
         raise T5mtlError(f"{args.model_dir}: no vocabulary recorded; use the Python API with ids")

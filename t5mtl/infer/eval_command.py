@@ -4,7 +4,11 @@
 that adapter on its base; several are their ensemble in one batched pass
 (t5mtl.peft.ensemble: averaged scores, majority-voted generations).
 
-Tasks come from --task (repeatable) or from gin's EvalConfig.tasks; results
+gin: the run's own config.gin (model_dir's, or the first adapter's) is
+parsed first (unless --ignore_run_config), then --gin_file and --gin.X=Y, so
+the model is evaluated under what it was trained with (its tasks, lengths,
+generalization split, --module_import modules). Tasks come from --task
+(repeatable) or from gin's EvalConfig.tasks; results
 print as one table and append to model_dir/metrics.jsonl (split "eval").
 Decoding and scoring run over a device mesh (see --mesh_shape): each eval
 batch splits over its data x fsdp axes, the params shard by their logical
@@ -23,7 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the metrics (optional)")
     parser.add_argument("--adapter", action="append", default=[],
                         help="an adapter directory (repeatable: several form an ensemble)")
-    parser.add_argument("--gin_file", action="append", default=[])
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="gin file (repeatable), parsed after the run's config.gin")
+    parser.add_argument("--ignore_run_config", action="store_true",
+                        help="do not parse the run's config.gin first")
     parser.add_argument("--task", action="append", default=[],
                         help="a seqio task or mixture to evaluate (repeatable)")
     parser.add_argument("--split", default=None)
@@ -50,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from t5mtl import gin_config
     from t5mtl.data.data_config import DataConfig
     from t5mtl.errors import T5mtlError
-    from t5mtl.infer.evaluation import TaskEvaluator, flatten_metrics, format_table
+    from t5mtl.infer.evaluation import (TaskEvaluator, flatten_metrics, format_table,
+                                         score_table)
     from t5mtl.infer.sharded import place_params
     from t5mtl.train.command import maybe_initialize_distributed
     from t5mtl.train.metrics_writer import MetricsLogger
@@ -59,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     if args.data_dir:
         from t5mtl.data.data_dir import set_data_dir
         set_data_dir(args.data_dir)
-    gin_config.parse(args.gin_file, args.gin_bindings)
+    run_dir = args.adapter[0] if args.adapter else args.model_dir
+    run_gin = [] if args.ignore_run_config or run_dir is None else gin_config.run_config(run_dir)
+    gin_config.parse(run_gin + list(args.gin_file), args.gin_bindings)
     cfg = EvalConfig()
     if args.levels:
         return _run_levels(args, cfg)
@@ -84,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         logger.write(int(args.step or 0), "eval", flatten_metrics(results))
         logger.close()
     print(format_table(results))
+    print()
+    print(score_table(results))
     return 0
 
 
@@ -147,13 +159,32 @@ def eval_mesh(mesh_shape: str | None):
     return partitioning.create_mesh(shape)
 
 
+def rank_options(tasks) -> dict[str, tuple[str, ...]]:
+    """Each task's label set for --rank; an error naming the first task that has none."""
+    from t5mtl.data.task_info import get_task_info, has_task_info
+    from t5mtl.errors import T5mtlError
+    options = {}
+    for task in tasks:
+        if not has_task_info(task):
+            raise T5mtlError(f"--rank: task {task!r} has no TaskInfo, so no label_names to "
+                             f"rank; register it with info=TaskInfo(..., label_names=(...)) "
+                             f"or label_names= (docs/tasks.md)")
+        labels = get_task_info(task).label_names
+        if not labels:
+            raise T5mtlError(f"--rank: task {task!r} has no label_names (TaskInfo.label_names "
+                             f"is empty): rank classification needs the closed label set; "
+                             f"drop --rank or register the task with label_names")
+        options[task] = labels
+    return options
+
+
 def _add_rank_accuracy(results, model, params, split, num_examples, input_length,
                        mesh) -> None:
-    """Adds "rank_accuracy" next to the generative metrics of classification tasks."""
-    from t5mtl.data.task_info import get_task_info, has_task_info
+    """Adds "rank_accuracy" next to the generative metrics of every evaluated
+    task; a task without label_names is an error (checked before any scoring)."""
     from t5mtl.infer.rank_classification import rank_classify
-    for task in results:
-        if has_task_info(task) and get_task_info(task).label_names:
-            results[task]["rank_accuracy"] = rank_classify(
-                model, params, task, get_task_info(task).label_names, split, num_examples,
-                input_length, mesh=mesh)["accuracy"]
+    options = rank_options(results)
+    for task, labels in options.items():
+        results[task]["rank_accuracy"] = rank_classify(
+            model, params, task, labels, split, num_examples, input_length,
+            mesh=mesh)["accuracy"]

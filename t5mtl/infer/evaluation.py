@@ -116,7 +116,21 @@ class TaskEvaluator:
         metrics, _ = self.evaluator.evaluate(compute_metrics=True, step=step,
                                              predict_fn=predict_fn, score_fn=score_fn)
         result = metrics.result()
+        self._record_majority()
         return {task: {k: _scalar(v) for k, v in m.items()} for task, m in result.items()}
+
+
+    def _record_majority(self) -> None:
+        """MAJORITY_SHARE of each classification task, from its eval targets."""
+        from t5mtl.data.task_info import get_task_info, has_task_info
+        for task, ds in self.evaluator.cached_task_datasets.items():
+            if not (has_task_info(task) and get_task_info(task).label_names):
+                continue
+            targets = [ex["targets_pretokenized"] for ex in ds.as_numpy_iterator()
+                       if "targets_pretokenized" in ex]
+            share = majority_share(targets)
+            if share is not None:
+                MAJORITY_SHARE[task] = share
 
 
 def _scalar(value) -> float:
@@ -143,18 +157,50 @@ def format_table(results: Mapping[str, Mapping[str, float]],
     return "\n".join(lines)
 
 
-def score_table(results: dict) -> str:
-    """Per task: category, metric, score and chance (classification tasks)."""
+# task -> the share (%) of its most frequent target in the split last
+# evaluated here (classification tasks only): the accuracy of always
+# answering the majority class, score_table's "chance".
+MAJORITY_SHARE: dict[str, float] = {}
+
+
+def majority_share(targets: Sequence) -> float | None:
+    """100 x the frequency of the most common target; None when targets are
+    not single class ids or strings (spans, reference lists, scores)."""
+    if not len(targets) or not all(isinstance(t, (int, np.integer, str, bytes))
+                                   and not isinstance(t, bool) for t in targets):
+        return None
+    counts: dict = {}
+    for t in targets:
+        counts[t] = counts.get(t, 0) + 1
+    return 100.0 * max(counts.values()) / len(targets)
+
+
+def score_table(results: dict, chance: Mapping[str, float] | None = None) -> str:
+    """Per task: category, metric, score and chance; then the mean of each metric.
+
+    Chance is the majority-class accuracy of the evaluated split (`chance`,
+    else what TaskEvaluator recorded in MAJORITY_SHARE), shown in the
+    accuracy rows of classification tasks; 1/len(labels) when the split's
+    targets were not seen. Means are per metric, over the tasks reporting it.
+    """
     from t5mtl.data.task_info import get_task_info, has_task_info
+    chance = dict(MAJORITY_SHARE, **(chance or {}))
     rows = []
     for task in sorted(results):
         info = get_task_info(task) if has_task_info(task) else None
+        labels = info.label_names if info is not None else ()
         for metric, value in sorted(results[task].items()):
-            chance = (f"{100.0 / len(info.label_names):.1f}"
-                      if info is not None and info.label_names else "-")
-            rows.append((task, info.category if info else "-", metric, f"{value:.1f}", chance))
-    scores = [v for m in results.values() for v in m.values()]
-    rows.append(("mean", "", "", f"{sum(scores) / len(scores):.1f}", ""))
+            text = "-"
+            if labels and metric.endswith("accuracy"):
+                text = f"{chance.get(task, 100.0 / len(labels)):.1f}"
+            rows.append((task, info.category if info else "-", metric, f"{value:.1f}", text))
+    by_metric: dict[str, list[float]] = {}
+    for m in results.values():
+        for metric, value in m.items():
+            by_metric.setdefault(metric, []).append(value)
+    for metric, values in sorted(by_metric.items()):
+        rows.append((f"mean ({len(values)} tasks)", "", metric,
+                     f"{sum(values) / len(values):.1f}", ""))
     head = ("task", "category", "metric", "score", "chance")
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(5)]
     fmt = lambda r: "  ".join(c.ljust(w) if i < 3 else c.rjust(w)

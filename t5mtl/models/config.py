@@ -89,6 +89,8 @@ class T5Config:
                 "dense_act_fn": "gelu_new" if self.gated else "relu",
                 "is_gated_act": self.gated,
                 "tie_word_embeddings": self.tie_word_embeddings,
+                # transformers >= 5 reads the output scaling from this key.
+                "scale_decoder_outputs": self.tie_word_embeddings,
                 "relative_attention_num_buckets": self.relative_attention_num_buckets,
                 "relative_attention_max_distance": self.relative_attention_max_distance,
                 "dropout_rate": self.dropout_rate,
@@ -103,6 +105,17 @@ class T5Config:
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "T5Config":
+        """The architecture an HF T5 config.json describes.
+
+        Every field that changes the math is read: sizes, layer counts
+        (num_decoder_layers, default num_layers), feed_forward_proj,
+        relative-attention buckets and max distance, layer-norm epsilon, and
+        the output layer (`hf_output_layer`). t5mtl's tied output is the
+        input embedding scaled by d_model**-0.5, so `tie_word_embeddings`
+        here is true only when the config both ties and scales; a tied but
+        unscaled head (transformers 5.x saving a v1.1 model) becomes an
+        untied one whose weights t5mtl.convert.hf copies from the embedding.
+        """
         required = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers")
         missing = [k for k in required if k not in d]
         if missing:
@@ -110,19 +123,36 @@ class T5Config:
         if d.get("model_type", "t5") != "t5":
             raise T5mtlError(f"{source}: model_type={d.get('model_type')!r}, expected 't5'")
         proj = d.get("feed_forward_proj", "relu")
-        if proj == "gated-gelu" or proj == "gated-gelu_new":
-            proj = "gated-gelu"
+        if proj in ("gated-gelu", "gated-gelu_new"):
+            proj = "gated-gelu"          # transformers runs both as gelu_new (tanh)
         elif proj != "relu":
             raise T5mtlError(f"{source}: feed_forward_proj={proj!r} is not supported "
-                                             f"(relu or gated-gelu)")
+                             f"(relu, gated-gelu or gated-gelu_new)")
+        tied, scaled = hf_output_layer(d)
         return cls(
                 vocab_size=d["vocab_size"], d_model=d["d_model"], d_kv=d["d_kv"], d_ff=d["d_ff"],
                 num_heads=d["num_heads"], num_layers=d["num_layers"],
                 num_decoder_layers=d.get("num_decoder_layers") or d["num_layers"],
                 feed_forward_proj=proj,
-                tie_word_embeddings=d.get("tie_word_embeddings", True),
+                tie_word_embeddings=tied and scaled,
                 relative_attention_num_buckets=d.get("relative_attention_num_buckets", 32),
                 relative_attention_max_distance=d.get("relative_attention_max_distance", 128),
                 dropout_rate=d.get("dropout_rate", 0.1),
                 layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-6),
         )
+
+
+def hf_output_layer(d: dict[str, Any]) -> tuple[bool, bool]:
+    """(tied, scaled) of an HF T5 config.json's output layer.
+
+    tied: lm_head shares the input embedding (`tie_word_embeddings`, default
+    true). scaled: the decoder output is multiplied by d_model**-0.5 before
+    it (`scale_decoder_outputs`, which transformers 5.x writes; older
+    configs have no such key, and there the scaling follows
+    tie_word_embeddings, as transformers 4.x computed it). transformers 5.x
+    writes a v1.1 model as `"tie_word_embeddings": true,
+    "scale_decoder_outputs": false`.
+    """
+    tied = d.get("tie_word_embeddings", True) is not False
+    scaled = d.get("scale_decoder_outputs")
+    return tied, bool(tied if scaled is None else scaled)

@@ -26,9 +26,13 @@ LEVEL_LABELS = {
 
 
 def synthetic_level_mixtures() -> dict[str, str]:
-    """The synthetic suite's registered level mixtures (the default split)."""
+    """The synthetic suite's level mixtures for the split gin binds
+    (synthetic_generalization.held_out_categories, ..., as a run's config.gin
+    records them; the default split when nothing is bound), registered again
+    so they hold that split's tasks."""
     from t5mtl.data import mixtures
-    return dict(mixtures.SYNTH_EVAL_MIXTURES)
+    return {level: mixtures.synthetic_generalization(level=level)
+            for level in mixtures.SYNTH_EVAL_MIXTURES}
 
 
 def evaluate_levels(model: BaseModel, params, level_mixtures: Mapping[str, str],

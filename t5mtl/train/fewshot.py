@@ -78,18 +78,27 @@ class FewShotConfig:
 
 
 def summarize_runs(runs: Sequence[dict]) -> dict:
-    """{task: {K: {metric: (mean, std, n)}}} over the seeds of each (task, K)."""
+    """{task: {K: {metric: (mean, std, n)}}} over the seeds of each (task, K).
+
+    std is the sample standard deviation (ddof=1), as CLUES and most papers
+    report it; NaN for a single seed.
+    """
     grouped: dict = {}
     for run in runs:
         per = grouped.setdefault(run["task"], {}).setdefault(run["k"], {})
         for metric, value in run["metrics"].items():
             per.setdefault(metric, []).append(value)
-    return {task: {k: {m: (float(np.mean(v)), float(np.std(v)), len(v)) for m, v in ms.items()}
+    return {task: {k: {m: (float(np.mean(v)), _sample_std(v), len(v)) for m, v in ms.items()}
                    for k, ms in by_k.items()} for task, by_k in grouped.items()}
 
 
+def _sample_std(values: Sequence[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
 def format_summary(summary: dict) -> str:
-    """One row per (task, K): mean ± std over seeds for every metric."""
+    """One row per (task, K): mean ± sample std over seeds for every metric
+    ("-" for the std of a single seed)."""
     metrics = sorted({m for by_k in summary.values() for ms in by_k.values() for m in ms})
     head = f"{'task':<16} {'K':>4}  " + "  ".join(f"{m:>22}" for m in metrics)
     lines = [head]
@@ -99,7 +108,8 @@ def format_summary(summary: dict) -> str:
             for m in metrics:
                 if m in summary[task][k]:
                     mean, std, n = summary[task][k][m]
-                    cells.append(f"{mean:8.1f} ± {std:5.1f} (n={n})".rjust(22))
+                    spread = f"{std:5.1f}" if n > 1 else "    -"
+                    cells.append(f"{mean:8.1f} ± {spread} (n={n})".rjust(22))
                 else:
                     cells.append(" " * 22)
             lines.append(f"{task:<16} {k:>4}  " + "  ".join(cells))

@@ -263,6 +263,10 @@ def train(model_dir: str, *, model: BaseModel | None = None,
     if jax.process_index() == 0:
         vocab = provider.output_features["targets"].vocabulary
         model_dir_lib.write_model_json(model_dir, model, vocabulary_spec(vocab), tasks, base)
+        if data.truncation_check_examples:
+            from t5mtl.data.truncation import log_truncation
+            log_truncation(data.mixture_or_task_name, data.task_feature_lengths, data.split,
+                           data.truncation_check_examples)
 
     shard_index, num_shards = partitioning.process_batch_shard(mesh, data.batch_size)
     from t5mtl.data.batches import host_batches

@@ -111,8 +111,9 @@ def test_literal_zero_shot():
 def test_literal_few_shot():
     (ex,) = _examples("synth_sort_letters_fs")
     assert int(ex["_num_exemplars"]) == 3 and int(ex["_template_idx"]) == 0
-    assert _text(ex) == ("Sort the letters: bjdm\nbdjm\n\nSort the letters: fenbhd\nbdefhn\n\n"
-                         "Sort the letters: cnikj\ncijkn\n\nSort the letters: maidk")
+    assert _text(ex) == ("Sort the letters: bjdm\nbdjm\n\n###\n\nSort the letters: fenbhd\n"
+                         "bdefhn\n\n###\n\nSort the letters: cnikj\ncijkn\n\n###\n\n"
+                         "Sort the letters: maidk")
     assert _text(ex, "targets") == "adikm"
 
 
@@ -182,7 +183,7 @@ Q_TABLE = TaskTemplates("synth_add", (T("Q: {query}", "{answer}"),))
 
 
 def _shots(text):
-    *shots, query = text.split("\n\n")
+    *shots, query = text.split(templates.SHOT_SEPARATOR)
     return [s.split("\n") for s in shots], query
 
 
@@ -213,10 +214,10 @@ def test_real_exemplars_come_from_the_train_file(shared_data_dir):
                           label_field="label", verbalizers=("yes", "no", "maybe"))
     _fresh("superglue_cb_fs_q", "superglue_cb", "fs", table, k=2)
     for ex in _examples("superglue_cb_fs_q", n=20, lengths={"inputs": 4096, "targets": 8}):
-        blocks = _text(ex).split("\n\nP: ")
+        blocks = _text(ex).split(templates.SHOT_SEPARATOR)
         assert len(blocks) == 3
         shot_premises = [b.split("\nH: ")[0].removeprefix("P: ") for b in blocks[:2]]
-        query_premise = blocks[2].split("\nH: ")[0]
+        query_premise = blocks[2].split("\nH: ")[0].removeprefix("P: ")
         assert query_premise in val
         assert all(p in train and p != query_premise for p in shot_premises)
 
@@ -224,18 +225,19 @@ def test_real_exemplars_come_from_the_train_file(shared_data_dir):
 def test_exemplars_are_dropped_until_the_inputs_fit():
     _fresh("synth_add_fs_q", "synth_add", "fs", Q_TABLE, k=4)
     full = _examples("synth_add_fs_q", n=40, lengths={"inputs": 512, "targets": 8})
-    limit = 40
+    limit = 52
     pruned = _examples("synth_add_fs_q", n=40, lengths={"inputs": limit, "targets": 8})
     counts = set()
     for f, p in zip(full, pruned):
         shots, query = _shots(_text(f))
         j = int(p["_num_exemplars"])
         counts.add(j)
-        kept = "\n\n".join(["\n".join(s) for s in shots[:j]] + [query])
+        kept = templates.SHOT_SEPARATOR.join(["\n".join(s) for s in shots[:j]] + [query])
         assert _text(p) == kept
         assert len(kept.encode()) + 1 <= limit  # byte vocabulary, plus EOS
         if j < 4:
-            longer = "\n\n".join(["\n".join(s) for s in shots[:j + 1]] + [query])
+            longer = templates.SHOT_SEPARATOR.join(["\n".join(s) for s in shots[:j + 1]]
+                                                   + [query])
             assert len(longer.encode()) + 1 > limit
         assert len(p["inputs"]) <= limit
     assert counts <= {1, 2} and len(counts) == 2

@@ -51,8 +51,13 @@ def test_summary_is_mean_and_std_over_seeds():
             for s, v in enumerate([50.0, 60.0, 70.0])]
     summary = summarize_runs(runs)
     mean, std, n = summary["t"][8]["accuracy"]
-    assert (mean, n) == (60.0, 3) and std == pytest.approx(np.std([50, 60, 70]))
-    assert "60.0 ±   8.2 (n=3)" in format_summary(summary)
+    # The sample std (ddof=1): sqrt((10² + 0 + 10²) / 2) = 10, not the
+    # population std 8.16 (CLUES and most papers report the sample std).
+    assert (mean, n) == (60.0, 3) and std == pytest.approx(10.0)
+    assert "60.0 ±  10.0 (n=3)" in format_summary(summary)
+    single = summarize_runs(runs[:1])
+    assert np.isnan(single["t"][8]["accuracy"][1])
+    assert "50.0 ±     - (n=1)" in format_summary(single)
 
 
 def test_fewshot_command_end_to_end(tmp_path, capsys):
