@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         if name in DATA_COMMANDS:
             from t5mtl.quiet_start import prepare
             prepare(verbose)
+        if not verbose:
+            _drop_orbax_error_logs()
         return int(args._run(args) or 0)
     except T5mtlError as e:
         return _report(prog, _one_line(e), 2, verbose)
@@ -105,6 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - a bug: one line unless asked for more
         return _report(prog, f"{type(e).__name__}: {_one_line(e)}", 1, verbose,
                        hint=" (rerun with --verbose or T5MTL_DEBUG=1 for the traceback)")
+
+
+def _drop_orbax_error_logs() -> None:
+    """orbax logs a failed async save from each of its threads, traceback
+    included, before raising it; the command reports it once, in one line."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and
+                    f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+    logging.getLogger("absl").addFilter(keep)
 
 
 def _one_line(error: BaseException) -> str:

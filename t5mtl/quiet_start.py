@@ -6,11 +6,10 @@ its libraries) and, once a tf.data pipeline runs, logs a failed cuInit
 as an error on a machine without a GPU. None of them is about the user's
 run. `prepare` is called by the CLI before a command that reads data:
 
-* where JAX has no accelerator plugin (t5mtl.host_memory.accelerator_plugins)
-  TensorFlow gets no GPU to probe (CUDA_VISIBLE_DEVICES="", unless set);
-  JAX itself only runs on the CPU there, so nothing else changes;
-* TensorFlow is imported with the process's stderr (file descriptor 2)
-  held aside; if the import fails, what it printed is shown with the error.
+* TensorFlow is imported, and told to use no GPU (the accelerator is
+  JAX's; the t5x idiom), with the process's stderr (file descriptor 2) held
+  aside: its device probe, and the cuInit error it logs without a GPU,
+  happen then. If that fails, what it printed is shown with the error.
 
 With --verbose or T5MTL_DEBUG=1 nothing is hidden.
 """
@@ -52,13 +51,11 @@ def prepare(verbose: bool) -> None:
     if verbose:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from t5mtl.host_memory import accelerator_plugins
-    if not accelerator_plugins():
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     if "tensorflow" in sys.modules:
         return
     try:
         with native_stderr_held():
-            import tensorflow  # noqa: F401
+            import tensorflow as tf
+            tf.config.set_visible_devices([], "GPU")
     except ImportError:
         pass

@@ -47,8 +47,8 @@ class SaveError(T5mtlError):
 
 
 def save_failure(path: str, error: BaseException) -> str:
-    """"<path>: <cause>" for a failed write: the OS error's text where the
-    error carries one (orbax/tensorstore report `[os_error_code='28']`)."""
+    """The cause of a failed write of `path` ("<other path>: <cause>" where
+    the error names another file): the OS error's text where the error carries one (orbax/tensorstore report `[os_error_code='28']`)."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     code = re.search(r"os_error_code='?(\d+)", text)
     if isinstance(error, OSError) and error.errno:
@@ -59,7 +59,7 @@ def save_failure(path: str, error: BaseException) -> str:
         where = path
     else:
         cause, where = f"{type(error).__name__}: {text[:300]}", path
-    return f"{where}: {cause}"
+    return cause if where == path else f"{where}: {cause}"
 
 
 class TrainCheckpointer:

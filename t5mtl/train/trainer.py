@@ -238,6 +238,15 @@ def train(model_dir: str, *, model: BaseModel | None = None,
     except BaseException:
         ckpt.close()
         raise
+    start_step = int(jax.device_get(state.step))
+    if start_step >= num_steps:
+        # A finished run (or one asked for fewer steps than it has): nothing
+        # to train, and nothing in model_dir changes.
+        ckpt.close()
+        print(f"{model_dir} is already trained to step {start_step} (train.num_steps="
+              f"{num_steps}); nothing to do")
+        return {"step": start_step, "loss": float("nan"), "eval": {}, "stopped": False,
+                "finished": True, "skipped_steps": 0}
     if before_training is not None:
         before_training()
     if jax.process_index() == 0:
@@ -276,15 +285,6 @@ def train(model_dir: str, *, model: BaseModel | None = None,
         return results
 
     start_step = int(jax.device_get(state.step))
-    if start_step >= num_steps:
-        # A finished run (or one asked for fewer steps than it has): nothing
-        # to train, and nothing in model_dir changes.
-        ckpt.close()
-        logger.close()
-        print(f"{model_dir} is already trained to step {start_step} (train.num_steps="
-              f"{num_steps}); nothing to do")
-        return {"step": start_step, "loss": float("nan"), "eval": {}, "stopped": False,
-                "finished": True, "skipped_steps": 0}
     guard = NonFiniteGuard(skip_nonfinite_steps, lambda: (ckpt.latest_step(), ckpt.directory))
     try:
         summary = _loop(state, batches, data_position, start_step, num_steps, step_fn, ckpt,
