@@ -98,10 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return _report(prog, _one_line(e), 2, verbose)
     except OSError as e:
         # A model_dir or file that cannot be written or read: name it.
-        where = f"{e.filename}: " if e.filename else ""
-        cause = e.strerror or _one_line(e)
-        return _report(prog, f"{where}{cause}" + (f" (errno {e.errno})" if e.errno else ""), 2,
-                       verbose)
+        return _report(prog, _os_error(e), 2, verbose)
     except KeyboardInterrupt:
         return _report(prog, "interrupted", 130, verbose)
     except Exception as e:  # noqa: BLE001 - a bug: one line unless asked for more
@@ -118,6 +115,19 @@ def _drop_orbax_error_logs() -> None:
         return not (record.levelno >= logging.ERROR and
                     f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
     logging.getLogger("absl").addFilter(keep)
+
+
+def _os_error(error: OSError) -> str:
+    """"<path>: <cause> (errno N)"; gin re-raises an OSError from a
+    configurable with its text only ("[Errno 30] Read-only file system: 'p'")."""
+    errno, cause, where = error.errno, error.strerror, error.filename
+    if errno is None:
+        import re
+        found = re.match(r"\[Errno (\d+)\] ([^:]+)(?:: '([^']*)')?", _one_line(error))
+        if not found:
+            return _one_line(error)
+        errno, cause, where = int(found.group(1)), found.group(2), found.group(3)
+    return f"{where + ': ' if where else ''}{cause} (errno {errno})"
 
 
 def _one_line(error: BaseException) -> str:
