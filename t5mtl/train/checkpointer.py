@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 
 import jax
 import numpy as np
@@ -85,6 +86,7 @@ class TrainCheckpointer:
                 from e
         self._pending: int | None = None        # the step an async save is writing
         self._failed_save = False
+        self._unreadable: set[int] = set()      # steps restore skipped
 
     def _warn_about_partial_saves(self):
         if not os.path.isdir(self.directory):
@@ -101,7 +103,9 @@ class TrainCheckpointer:
         if this or the previous async save failed."""
         step = int(jax.device_get(state.step))
         self.check(wait=True)
-        if step in self.manager.all_steps():
+        if step in self._unreadable:
+            self._move_aside(step)
+        elif step in self.manager.all_steps():
             log.info("checkpoint %s/%d exists; not saving it again", self.directory, step)
             return False
         progress = {"step": step, "rng": np.asarray(jax.device_get(state.rng)).tolist(),
@@ -119,6 +123,22 @@ class TrainCheckpointer:
         if saved:
             self._pending = step
         return saved
+
+    def _move_aside(self, step: int) -> None:
+        """An unreadable step about to be saved again: renamed (kept, not
+        deleted) to <step>.unreadable, so the new save can take its place."""
+        old = os.path.join(self.directory, str(step))
+        if jax.process_index() == 0 and os.path.isdir(old):
+            new = f"{old}.unreadable"
+            if os.path.exists(new):
+                new = f"{new}.{int(time.time())}"
+            log.warning("moving unreadable checkpoint %s aside to %s", old, new)
+            os.rename(old, new)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"t5mtl_move_aside_{step}")
+        self.manager.reload()
+        self._unreadable.discard(step)
 
     def check(self, wait: bool = False) -> None:
         """Raises SaveError if the async save in flight has failed; with
@@ -159,6 +179,7 @@ class TrainCheckpointer:
                 metadata = self.manager.item_metadata(step)
             except Exception as e:  # noqa: BLE001 - any unreadable step is skipped
                 log.warning("skipping unreadable checkpoint %s/%d: %s", self.directory, step, e)
+                self._unreadable.add(step)
                 continue
             self._check_fits(step, metadata, abstract_state)
             try:
@@ -168,6 +189,7 @@ class TrainCheckpointer:
                     progress=ocp.args.JsonRestore()))
             except Exception as e:  # noqa: BLE001 - any unreadable step is skipped
                 log.warning("skipping unreadable checkpoint %s/%d: %s", self.directory, step, e)
+                self._unreadable.add(step)
                 continue
             progress = restored["progress"]
             rng = np.asarray(progress["rng"], np.uint32)

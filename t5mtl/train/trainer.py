@@ -22,7 +22,6 @@ import functools
 import itertools
 import json
 import logging
-import math
 import os
 import time
 from typing import Callable, Sequence

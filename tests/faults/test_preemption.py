@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -93,3 +92,32 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path, period
     progress = json.load(open(os.path.join(model_dir, "checkpoints", str(step), "progress",
                                            "metadata")))
     assert progress["step"] == step
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
+def test_a_damaged_latest_checkpoint_is_skipped_kept_and_retrained(run_copy, caplog, damage):
+    """Checkpoint 4's params files cut to nothing, or overwritten with
+    garbage: the run resumes from 2, keeps the damaged step as
+    4.unreadable, and saves step 4 again, bit for bit the original."""
+    import jax
+    import numpy as np
+
+    import t5mtl
+    original = [np.asarray(x) for x in jax.tree.leaves(t5mtl.load(run_copy).params)]
+    before = checkpoint_files(run_copy, 2)
+    for root, _, names in os.walk(os.path.join(run_copy, "checkpoints", "4", "params")):
+        for name in names:
+            path = os.path.join(root, name)
+            size = os.path.getsize(path)
+            with open(path, "wb") as f:
+                f.write(b"" if damage == "truncated" else bytes(range(256)) * (size // 256 + 1))
+    args = tiny_args(**{"train.num_steps": 4, "CheckpointConfig.period": 2,
+                        "CheckpointConfig.keep": 10})
+    with caplog.at_level("WARNING"):
+        assert cli_train(run_copy, *args) == 0
+    assert "skipping unreadable checkpoint" in caplog.text and "moving unreadable" in caplog.text
+    assert steps(run_copy) == [2, 4]
+    assert os.path.isdir(os.path.join(run_copy, "checkpoints", "4.unreadable"))
+    assert checkpoint_files(run_copy, 2) == before
+    again = [np.asarray(x) for x in jax.tree.leaves(t5mtl.load(run_copy).params)]
+    assert all(np.array_equal(a, b) for a, b in zip(original, again))
