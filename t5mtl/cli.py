@@ -106,15 +106,18 @@ def main(argv: list[str] | None = None) -> int:
                        hint=" (rerun with --verbose or T5MTL_DEBUG=1 for the traceback)")
 
 
+def _not_an_orbax_error(record) -> bool:
+    import logging
+    return not (record.levelno >= logging.ERROR and
+                f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+
+
 def _drop_orbax_error_logs() -> None:
     """orbax logs a failed async save from each of its threads, traceback
-    included, before raising it; the command reports it once, in one line."""
+    included, before raising it; the command reports it once, in one line.
+    (One filter object: adding it again is a no-op.)"""
     import logging
-
-    def keep(record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and
-                    f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
-    logging.getLogger("absl").addFilter(keep)
+    logging.getLogger("absl").addFilter(_not_an_orbax_error)
 
 
 def _os_error(error: OSError) -> str:
