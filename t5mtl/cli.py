@@ -8,6 +8,11 @@ exposes two functions:
 
 Modules are imported only when their subcommand runs, so `t5mtl params`
 does not pay for TensorFlow or seqio.
+
+Every error is one line on stderr: bad input (T5mtlError, a file that
+cannot be read or written) exits 2, anything else 1; `--verbose` (anywhere
+on the command line) or T5MTL_DEBUG=1 adds the traceback and TensorFlow's
+start-up notices (t5mtl/quiet_start.py).
 """
 from __future__ import annotations
 
@@ -21,6 +26,10 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from t5mtl.errors import T5mtlError
+from t5mtl.quiet_start import debug_requested
+
+# Commands that read data (TensorFlow behind seqio).
+DATA_COMMANDS = ("train", "eval", "fewshot", "infer", "tasks")
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -89,23 +98,80 @@ def main(argv: list[str] | None = None) -> int:
             print(f"t5mtl: error: {e}", file=sys.stderr)
             return 2
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser, args = _build_parser(argv)
-    if args is None:
-        if argv and argv[0] not in ("-h", "--help"):
-            parser.error(f"unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}")
-        parser.print_help()
-        return 0 if argv else 2
+    verbose = "--verbose" in argv or debug_requested()
+    argv = [a for a in argv if a != "--verbose"]
+    name = argv[0] if argv else "t5mtl"
+    prog = f"t5mtl {name}" if name in COMMANDS else "t5mtl"
     try:
+        parser, args = _build_parser(argv)
+        if args is None:
+            if argv and argv[0] not in ("-h", "--help"):
+                parser.error(f"unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}")
+            parser.print_help()
+            return 0 if argv else 2
+        if name in DATA_COMMANDS:
+            from t5mtl.quiet_start import prepare
+            prepare(verbose)
+        if not verbose:
+            _drop_orbax_error_logs()
         if args.module_import:
             from t5mtl.gin_config import import_modules
             import_modules(args.module_import)
         return int(args._run(args) or 0)
     except T5mtlError as e:
-        # gin appends "  In call to configurable 'train' (<function ...>)" lines.
-        message = "\n".join(line for line in str(e).splitlines()
-                            if not line.startswith("  In call to configurable "))
-        print(f"t5mtl {argv[0]}: error: {message}", file=sys.stderr)
-        return 2
+        return _report(prog, _one_line(e), 2, verbose)
+    except OSError as e:
+        # A model_dir or file that cannot be written or read: name it.
+        return _report(prog, _os_error(e), 2, verbose)
+    except KeyboardInterrupt:
+        return _report(prog, "interrupted", 130, verbose)
+    except Exception as e:  # noqa: BLE001 - a bug: one line unless asked for more
+        return _report(prog, f"{type(e).__name__}: {_one_line(e)}", 1, verbose,
+                       hint=" (rerun with --verbose or T5MTL_DEBUG=1 for the traceback)")
+
+
+def _not_an_orbax_error(record) -> bool:
+    import logging
+    return not (record.levelno >= logging.ERROR and
+                f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+
+
+def _drop_orbax_error_logs() -> None:
+    """orbax logs a failed async save from each of its threads, traceback
+    included, before raising it; the command reports it once, in one line.
+    (One filter object: adding it again is a no-op.)"""
+    import logging
+    logging.getLogger("absl").addFilter(_not_an_orbax_error)
+
+
+def _os_error(error: OSError) -> str:
+    """"<path>: <cause> (errno N)"; gin re-raises an OSError from a
+    configurable with its text only ("[Errno 30] Read-only file system: 'p'")."""
+    errno, cause, where = error.errno, error.strerror, error.filename
+    if errno is None:
+        import re
+        found = re.match(r"\[Errno (\d+)\] ([^:]+)(?:: '([^']*)')?", _one_line(error))
+        if not found:
+            return _one_line(error)
+        errno, cause, where = int(found.group(1)), found.group(2), found.group(3)
+    return f"{where + ': ' if where else ''}{cause} (errno {errno})"
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line, without gin's "In call to
+    configurable" notes."""
+    lines = [line.strip() for line in str(error).splitlines()
+             if line.strip() and not line.startswith("  In call to configurable ")]
+    return " ".join(lines) or type(error).__name__
+
+
+def _report(prog: str, message: str, code: int, verbose: bool, hint: str = "") -> int:
+    if verbose:
+        import traceback
+        traceback.print_exc()
+        hint = ""
+    print(f"{prog}: error: {message}{hint}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import tokenize
 from typing import Sequence
 
 import gin
@@ -84,10 +85,18 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
         roots = (".", os.path.dirname(REPO_GIN_DIR), REPO_GIN_DIR, *search_paths)
         if not any(os.path.isfile(os.path.join(p, f)) for p in roots) and not _exists(f):
             raise T5mtlError(f"gin file {f!r} not found (searched ., {REPO_GIN_DIR})")
-    try:
-        gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
-    except (ValueError, KeyError, TypeError, SyntaxError) as e:
-        raise T5mtlError(f"gin config: {e}".splitlines()[0]) from e
+    for f in gin_files:
+        try:
+            gin.parse_config_file(f)
+        except Exception as e:  # noqa: BLE001 - gin raises many types for bad text
+            raise T5mtlError(f"gin file {f!r}: {_reason(e)}") from e
+    # One binding at a time, so that an error names the one at fault.
+    for binding in bindings:
+        try:
+            gin.parse_config(binding)
+        except Exception as e:  # noqa: BLE001 - tokenize.TokenError, SyntaxError, ValueError...
+            raise T5mtlError(f"--gin.{binding}: {_reason(e)}") from e
+    gin.finalize()
     if _bound("get_vocabulary.kind") or _bound("get_vocabulary.path"):
         # Tasks took the default vocabulary when they registered; re-register
         # them with the one gin asks for.
@@ -111,6 +120,16 @@ def run_config(model_dir: str | None) -> list[str]:
 def _exists(path: str) -> bool:
     from etils import epath
     return epath.Path(path).exists()
+
+
+def _reason(error: Exception) -> str:
+    """gin's or the tokenizer's complaint, on one line."""
+    if isinstance(error, tokenize.TokenError):
+        return f"cannot parse the value ({error.args[0]})"
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    if text.startswith("Unable to parse value") or not text:
+        return f"cannot parse the value ({text or type(error).__name__})"
+    return text
 
 
 def _bound(name: str) -> bool:

@@ -9,15 +9,25 @@ Each step directory under model_dir/checkpoints holds three items:
              skips exactly that many and sees the same batches again.
 
 orbax writes a step to a temporary directory and renames it when complete, so
-a save killed midway leaves no step directory that `latest_step` trusts. A
-step directory that still fails to restore (truncated files) is skipped with
-a warning and the previous step is used. A step written by another model
-or optimizer (other shapes) is an error, raised before anything is written.
+a save killed midway leaves no step directory that `latest_step` trusts; the
+next start removes such a torn directory (with a warning). A step directory
+that still fails to restore (truncated files) is skipped with a warning and
+the previous step is used. A step written by another model or optimizer
+(other shapes) is an error, raised before anything is written.
+
+Saves are idempotent (a step that exists is not saved again), and a save
+that fails (disk full, permissions, quota) is a `SaveError` naming the step
+directory and the cause: raised by `save` itself, or for an async save by
+the next `check()` once the background write has failed. orbax removes
+older steps (keep-N) only after a save has committed, so a failed save
+loses none of them.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
+import time
 
 import jax
 import numpy as np
@@ -30,6 +40,28 @@ from t5mtl.train.train_step import TrainState
 
 log = logging.getLogger(__name__)
 
+TMP_MARKER = ".orbax-checkpoint-tmp"
+
+
+class SaveError(T5mtlError):
+    """A checkpoint could not be written: one line naming the path and the cause."""
+
+
+def save_failure(path: str, error: BaseException) -> str:
+    """The cause of a failed write of `path` ("<other path>: <cause>" where
+    the error names another file): the OS error's text where the error carries one (orbax/tensorstore report `[os_error_code='28']`)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    code = re.search(r"os_error_code='?(\d+)", text)
+    if isinstance(error, OSError) and error.errno:
+        cause = f"{error.strerror or os.strerror(error.errno)} (errno {error.errno})"
+        where = error.filename or path
+    elif code:
+        cause = f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
+        where = path
+    else:
+        cause, where = f"{type(error).__name__}: {text[:300]}", path
+    return cause if where == path else f"{where}: {cause}"
+
 
 class TrainCheckpointer:
     """Save/restore the TrainState plus the data position; keep-N or keep-best."""
@@ -41,34 +73,94 @@ class TrainCheckpointer:
         `restore` then expects exactly those in its abstract state."""
         self.saved_params = saved_params
         options = dict(max_to_keep=keep, enable_async_checkpointing=async_save,
-                       create=True)
+                       create=True, cleanup_tmp_directories=True)
         if keep_best_metric:
             options.update(best_fn=lambda metrics: metrics[keep_best_metric],
                            best_mode=best_mode, keep_checkpoints_without_metrics=False)
         self.directory = os.path.join(model_dir, model_dir_lib.CHECKPOINTS)
         self._warn_about_partial_saves()
-        self.manager = model_dir_lib.checkpoint_manager(model_dir, **options)
+        try:
+            self.manager = model_dir_lib.checkpoint_manager(model_dir, **options)
+        except OSError as e:
+            raise SaveError(f"cannot write checkpoints: {save_failure(self.directory, e)}") \
+                from e
+        self._pending: int | None = None        # the step an async save is writing
+        self._failed_save = False
+        self._unreadable: set[int] = set()      # steps restore skipped
 
     def _warn_about_partial_saves(self):
         if not os.path.isdir(self.directory):
             return
         for name in sorted(os.listdir(self.directory)):
-            if ".orbax-checkpoint-tmp" in name:
-                log.warning("skipping torn checkpoint %s (a save that did not finish)",
+            if TMP_MARKER in name:
+                log.warning("removing torn checkpoint %s (a save that did not finish)",
                             os.path.join(self.directory, name))
 
     def save(self, state: TrainState, data_position: int, metrics: dict | None = None,
              force: bool = False) -> bool:
+        """Saves `state` as its step (async if so configured); False, and
+        nothing written, where that step is already saved. Raises SaveError
+        if this or the previous async save failed."""
         step = int(jax.device_get(state.step))
+        self.check(wait=True)
+        if step in self._unreadable:
+            self._move_aside(step)
+        elif step in self.manager.all_steps():
+            log.info("checkpoint %s/%d exists; not saving it again", self.directory, step)
+            return False
         progress = {"step": step, "rng": np.asarray(jax.device_get(state.rng)).tolist(),
                     "data_position": int(data_position)}
         params = state.params
         if self.saved_params is not None:
             params = param_names.subset(params, self.saved_params)
-        return self.manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params),
-            opt_state=ocp.args.StandardSave(state.opt_state),
-            progress=ocp.args.JsonSave(progress)), metrics=metrics, force=force)
+        try:
+            saved = self.manager.save(step, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params),
+                opt_state=ocp.args.StandardSave(state.opt_state),
+                progress=ocp.args.JsonSave(progress)), metrics=metrics, force=force)
+        except Exception as e:  # noqa: BLE001 - any failed write (ENOSPC, EACCES, quota)
+            raise self._failed(step, e) from e
+        if saved:
+            self._pending = step
+        return saved
+
+    def _move_aside(self, step: int) -> None:
+        """An unreadable step about to be saved again: renamed (kept, not
+        deleted) to <step>.unreadable, so the new save can take its place."""
+        old = os.path.join(self.directory, str(step))
+        if jax.process_index() == 0 and os.path.isdir(old):
+            new = f"{old}.unreadable"
+            if os.path.exists(new):
+                new = f"{new}.{int(time.time())}"
+            log.warning("moving unreadable checkpoint %s aside to %s", old, new)
+            os.rename(old, new)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"t5mtl_move_aside_{step}")
+        self.manager.reload()
+        self._unreadable.discard(step)
+
+    def check(self, wait: bool = False) -> None:
+        """Raises SaveError if the async save in flight has failed; with
+        `wait`, waits for it first. Without, costs nothing while it runs."""
+        if self._pending is None:
+            return
+        if not wait and self.manager.is_saving_in_progress():
+            return
+        step, self._pending = self._pending, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._failed(step, e) from e
+
+    def _failed(self, step: int, error: BaseException) -> SaveError:
+        self._failed_save = True
+        kept = [s for s in self.manager.all_steps() if s != step]
+        earlier = f"latest kept: step {max(kept)}" if kept else "no earlier checkpoint"
+        return SaveError(f"checkpoint {self.directory}/{step} was not saved: "
+                         f"{save_failure(os.path.join(self.directory, str(step)), error)}. "
+                         f"Training stopped; earlier checkpoints are unchanged ({earlier}) and "
+                         f"the next start removes the partial {step}{TMP_MARKER} directory")
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -87,6 +179,7 @@ class TrainCheckpointer:
                 metadata = self.manager.item_metadata(step)
             except Exception as e:  # noqa: BLE001 - any unreadable step is skipped
                 log.warning("skipping unreadable checkpoint %s/%d: %s", self.directory, step, e)
+                self._unreadable.add(step)
                 continue
             self._check_fits(step, metadata, abstract_state)
             try:
@@ -96,6 +189,7 @@ class TrainCheckpointer:
                     progress=ocp.args.JsonRestore()))
             except Exception as e:  # noqa: BLE001 - any unreadable step is skipped
                 log.warning("skipping unreadable checkpoint %s/%d: %s", self.directory, step, e)
+                self._unreadable.add(step)
                 continue
             progress = restored["progress"]
             rng = np.asarray(progress["rng"], np.uint32)
@@ -137,11 +231,19 @@ class TrainCheckpointer:
                              f"another set of frozen parameters wrote it): {detail}. {advice}")
 
     def wait(self):
-        self.manager.wait_until_finished()
+        self.check(wait=True)
 
     def close(self):
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for the save in flight (SaveError if it failed) and closes."""
+        try:
+            if not self._failed_save:
+                self.check(wait=True)
+        finally:
+            try:
+                self.manager.close()
+            except Exception:  # noqa: BLE001 - the failure was raised once already
+                if not self._failed_save:
+                    raise
 
 
 def _item_metadata(metadata, item: str):

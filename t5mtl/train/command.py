@@ -68,6 +68,6 @@ def run(args: argparse.Namespace) -> int:
     write_config = (lambda: gin_config.write_config(args.model_dir)) \
         if jax.process_index() == 0 else None
     summary = train(model_dir=args.model_dir, before_training=write_config)
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and not summary["finished"]:
         print(summarize(args.model_dir, summary))
     return 0

@@ -1,7 +1,8 @@
-"""Stopping cleanly on SIGTERM (preemption), with one or several processes."""
+"""Stopping cleanly on SIGTERM (preemption) or SIGINT, with one or several processes."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 
 import jax
@@ -11,7 +12,9 @@ log = logging.getLogger(__name__)
 
 
 class StopFlag:
-    """SIGTERM: the loop saves a checkpoint and stops cleanly.
+    """SIGTERM or SIGINT (Ctrl-C): the loop saves a checkpoint and stops cleanly.
+
+    A second SIGINT interrupts at once (KeyboardInterrupt), as usual.
 
     With one process a Python SIGTERM handler sets the flag; nothing else
     runs per step. With several processes (jax.distributed) SIGTERM reaches
@@ -24,13 +27,15 @@ class StopFlag:
     same step everywhere (the largest step any process had reached, plus
     one) with no collective per step. Where the preemption service is
     disabled (`jax_enable_preemption_service=False`) the flag set by the
-    Python handler is all-gathered every step instead.
+    Python handler is all-gathered every step instead. SIGINT takes the same
+    way: under the sync point its handler passes it on as a SIGTERM to this
+    process, which the notifier then reports to every process.
     """
 
     def __init__(self):
         self.set = False            # agreed by every process: stop now
         self._signalled = False     # this process received SIGTERM (Python handler)
-        self._previous = None
+        self._previous = {}
         self._mode = "local"
         if jax.process_count() > 1:
             self._mode = "allgather"
@@ -43,16 +48,24 @@ class StopFlag:
                     pass
 
     def __enter__(self):
-        if self._mode == "sync_point":
-            return self             # jax.distributed's notifier handles SIGTERM
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:          # not the main thread: no handler
-            self._previous = None
+        # Under the sync point jax.distributed's notifier handles SIGTERM.
+        signals = (signal.SIGINT,) if self._mode == "sync_point" else (signal.SIGTERM,
+                                                                       signal.SIGINT)
+        for signum in signals:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:      # not the main thread: no handler
+                pass
         return self
 
     def _handle(self, signum, frame):
-        log.warning("SIGTERM: saving a checkpoint and stopping")
+        if signum == signal.SIGINT:
+            # A second Ctrl-C interrupts at once.
+            signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT,
+                                                            signal.default_int_handler))
+        log.warning("%s: saving a checkpoint and stopping", signal.Signals(signum).name)
+        if self._mode == "sync_point":
+            os.kill(os.getpid(), signal.SIGTERM)    # to jax's preemption notifier
         self._signalled = True
 
     def reached(self, step: int) -> bool:
@@ -75,5 +88,6 @@ class StopFlag:
         return self.set
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}

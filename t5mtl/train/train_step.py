@@ -19,6 +19,12 @@ step differentiates only those leaves. The others enter the loss as
 constants, so XLA computes no gradient for them; the optimizer state covers
 the trainable leaves alone (``TrainState.create`` builds it so), and
 ``grad_norm`` is their gradient's norm.
+
+Non-finite steps: every step reports ``nonfinite`` (1 where its loss or
+gradient norm is NaN or Inf, else 0), computed on the device from scalars
+the step has anyway. With ``skip_nonfinite`` such a step leaves params and
+optimizer state as they were (the step counter still advances, as the
+batch was consumed); the loop counts them.
 """
 from __future__ import annotations
 
@@ -97,6 +103,7 @@ def make_train_step(loss_fn: LossFn,
                     num_microbatches: int = 1,
                     loss_denominator_fn: Optional[Callable[[Batch], Any]] = None,
                     trainable_names: Optional[Sequence[str]] = None,
+                    skip_nonfinite: bool = False,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Builds ``train_step(state, batch) -> (state, metrics)``.
 
@@ -108,6 +115,8 @@ def make_train_step(loss_fn: LossFn,
       num_microbatches: gradient accumulation steps inside one update.
       loss_denominator_fn: ``full_batch -> pytree``; see the module docstring.
       trainable_names: the parameter names to train (None: all of them).
+      skip_nonfinite: a step whose loss or gradient norm is not finite
+        changes neither params nor optimizer state.
     Returns:
       A pure function (jit it, e.g. with :func:`jit_train_step`). Metrics are
       the summed loss metrics plus ``grad_norm`` (of the accumulated
@@ -144,20 +153,20 @@ def make_train_step(loss_fn: LossFn,
             denominator = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32),
                                        loss_denominator_fn(batch))
         if num_microbatches == 1:
-            (_, metrics), grads = grad_fn(trainable, frozen,
-                                          with_denominator(batch, denominator), dropout_rng)
-            return grads, metrics
+            (loss, metrics), grads = grad_fn(trainable, frozen,
+                                             with_denominator(batch, denominator), dropout_rng)
+            return grads, loss, metrics
 
         micro = _split_microbatches(batch, num_microbatches)
 
         def body(carry, xs):
-            grad_sum, metric_sum = carry
+            grad_sum, loss_sum, metric_sum = carry
             index, mb = xs
-            (_, metrics), grads = grad_fn(trainable, frozen, with_denominator(mb, denominator),
-                                          jax.random.fold_in(dropout_rng, index))
+            (loss, metrics), grads = grad_fn(trainable, frozen, with_denominator(mb, denominator),
+                                             jax.random.fold_in(dropout_rng, index))
             grad_sum = jax.tree.map(lambda a, g: a + g.astype(a.dtype), grad_sum, grads)
             metric_sum = jax.tree.map(jnp.add, metric_sum, metrics)
-            return (grad_sum, metric_sum), None
+            return (grad_sum, loss_sum + jnp.asarray(loss, jnp.float32), metric_sum), None
 
         first = jax.tree.map(lambda x: x[0], micro)
         metric_shapes = jax.eval_shape(
@@ -167,19 +176,26 @@ def make_train_step(loss_fn: LossFn,
         grad_zeros = jax.tree.map(
             lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), trainable)
         metric_zeros = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes)
-        (grad_sum, metric_sum), _ = jax.lax.scan(
-            body, (grad_zeros, metric_zeros), (jnp.arange(num_microbatches), micro))
+        (grad_sum, loss_sum, metric_sum), _ = jax.lax.scan(
+            body, (grad_zeros, jnp.zeros((), jnp.float32), metric_zeros),
+            (jnp.arange(num_microbatches), micro))
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grad_sum, trainable)
-        return grads, metric_sum
+        return grads, loss_sum, metric_sum
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         dropout_rng = jax.random.fold_in(state.rng, state.step)
         trainable, frozen = split(state.params)
-        grads, metrics = compute_grads(trainable, frozen, batch, dropout_rng)
+        grads, loss, metrics = compute_grads(trainable, frozen, batch, dropout_rng)
         updates, opt_state = tx.update(grads, state.opt_state, trainable)
         params = join(optax.apply_updates(trainable, updates), frozen)
         metrics = losses.finalize_metrics(metrics)
         metrics["grad_norm"] = grad_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
+        metrics["nonfinite"] = jnp.logical_not(finite).astype(jnp.int32)
+        if skip_nonfinite:
+            params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                             (params, opt_state),
+                                             (state.params, state.opt_state))
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 

@@ -22,7 +22,6 @@ import functools
 import itertools
 import json
 import logging
-import math
 import os
 import time
 from typing import Callable, Sequence
@@ -46,6 +45,7 @@ from t5mtl.train import model_dir as model_dir_lib
 from t5mtl.train.checkpointer import TrainCheckpointer
 from t5mtl.train.init_from import init_params_from
 from t5mtl.train.metrics_writer import MetricsLogger, period_scalars
+from t5mtl.train.nonfinite import NonFiniteGuard
 from t5mtl.train.optimizers import create_optimizer
 from t5mtl.train.preemption import StopFlag
 from t5mtl.train.train_step import create_train_state, jit_train_step, make_train_step
@@ -211,7 +211,8 @@ def train(model_dir: str, *, model: BaseModel | None = None,
           num_microbatches: int = 1, trainable_patterns: Sequence[str] | None = None,
           frozen_patterns: Sequence[str] = (), log_period: int = 10, seed: int = 0,
           show_progress: bool = True, before_training: Callable[[], None] | None = None,
-          model_config: T5Config | None = None, loss: LossConfig | None = None) -> dict:
+          model_config: T5Config | None = None, loss: LossConfig | None = None,
+          skip_nonfinite_steps: bool = False) -> dict:
     """Trains `model` on `data` for `num_steps` steps in `model_dir`.
 
     `trainable_patterns` / `frozen_patterns` (regexes over parameter names,
@@ -220,7 +221,13 @@ def train(model_dir: str, *, model: BaseModel | None = None,
     (resumed, initialized or fresh), before this run writes anything into it;
     `t5mtl train` writes config.gin there.
 
-    Returns a summary: {"step", "loss", "eval": {task: {metric: value}}}.
+    A step whose loss or gradient norm is NaN or Inf stops the run without
+    saving it (t5mtl.train.nonfinite); `skip_nonfinite_steps` skips such
+    steps instead and logs their count. A model_dir already at `num_steps`
+    is left as it is (summary "finished": True).
+
+    Returns a summary: {"step", "loss", "eval": {task: {metric: value}},
+    "stopped", "finished", "skipped_steps"}.
     """
     model = resolve_model(model, model_config, loss)
     checkpoints = checkpoints or CheckpointConfig()
@@ -258,6 +265,15 @@ def train(model_dir: str, *, model: BaseModel | None = None,
     except BaseException:
         ckpt.close()
         raise
+    start_step = int(jax.device_get(state.step))
+    if start_step >= num_steps:
+        # A finished run (or one asked for fewer steps than it has): nothing
+        # to train, and nothing in model_dir changes.
+        ckpt.close()
+        print(f"{model_dir} is already trained to step {start_step} (train.num_steps="
+              f"{num_steps}); nothing to do")
+        return {"step": start_step, "loss": float("nan"), "eval": {}, "stopped": False,
+                "finished": True, "skipped_steps": 0}
     if before_training is not None:
         before_training()
     if jax.process_index() == 0:
@@ -283,26 +299,61 @@ def train(model_dir: str, *, model: BaseModel | None = None,
                         num_microbatches=num_microbatches,
                         loss_denominator_fn=functools.partial(model.loss_denominator,
                                                               num_tasks=len(tasks)),
-                        trainable_names=trainable_names),
+                        trainable_names=trainable_names,
+                        skip_nonfinite=skip_nonfinite_steps),
         shardings, partitioning.batch_sharding(mesh), mesh, rules)
     evaluators = [TaskEvaluator(name, evaluation.task_feature_lengths or data.task_feature_lengths,
                                 evaluation.split, evaluation.num_examples, evaluation.batch_size,
                                 evaluation.decode, mesh=mesh) for name in evaluation.tasks]
     logger = MetricsLogger(model_dir)
 
-    def run_eval(step: int) -> dict:
+    def run_eval(step: int, params) -> dict:
         results = {}
         for ev in evaluators:
-            results.update(ev.evaluate(model, state.params, step))
+            results.update(ev.evaluate(model, params, step))
         if results:
             logger.write(step, "eval", flatten_metrics(results))
         return results
 
     start_step = int(jax.device_get(state.step))
+    guard = NonFiniteGuard(skip_nonfinite_steps, lambda: (ckpt.latest_step(), ckpt.directory))
+    try:
+        summary = _loop(state, batches, data_position, start_step, num_steps, step_fn, ckpt,
+                        guard, logger, run_eval, evaluators, checkpoints, evaluation, data,
+                        mesh, tasks, num_shards, log_period, show_progress)
+    except BaseException:
+        _close_after_error(ckpt)
+        logger.close()
+        raise
+    ckpt.close()
+    logger.close()
+    return summary
+
+
+def _close_after_error(ckpt: TrainCheckpointer) -> None:
+    """Lets a save in flight finish (it holds a finite state) without
+    hiding the error being raised."""
+    try:
+        ckpt.close()
+    except Exception as e:  # noqa: BLE001
+        log.warning("%s", e)
+
+
+def _loop(state, batches, data_position, start_step, num_steps, step_fn, ckpt, guard, logger,
+          run_eval, evaluators, checkpoints, evaluation, data, mesh, tasks, num_shards,
+          log_period, show_progress) -> dict:
+    """Steps from `start_step` to `num_steps` (or a stop signal), logging,
+    evaluating and saving; returns the run's summary."""
     compiled_step, before_dispatch = None, None
     history, eval_results, last_loss = [], {}, float("nan")
     tokens, t0 = 0, time.time()
     bar = _progress(start_step, num_steps, show_progress)
+
+    def save(step):
+        guard.check()
+        guard.check_state(step, state)
+        ckpt.save(state, data_position, _checkpoint_metrics(eval_results), force=True)
+
     with StopFlag() as stop:
         step = start_step
         while step < num_steps and not stop.reached(step):
@@ -321,15 +372,21 @@ def train(model_dir: str, *, model: BaseModel | None = None,
             before_dispatch(state)
             state, metrics = compiled_step(state, batch)
             step += 1
+            guard.add(step, metrics["nonfinite"])
             history.append(metrics)
+            ckpt.check()            # an async save that failed stops the run here
             if step % log_period == 0 or step == num_steps:
-                scalars = period_scalars(jax.device_get(history), tasks if len(tasks) > 1 else ())
+                skipped = guard.check()
+                fetched = [h for h in jax.device_get(history) if not h["nonfinite"]]
                 history = []
-                last_loss = scalars["loss"]
-                if not math.isfinite(last_loss):
-                    raise T5mtlError(
-                        f"loss is {last_loss} at step {step}; stopping without saving. The last "
-                        f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}")
+                scalars = {}
+                if fetched:
+                    scalars = period_scalars([{k: v for k, v in h.items() if k != "nonfinite"}
+                                              for h in fetched],
+                                             tasks if len(tasks) > 1 else ())
+                    last_loss = scalars["loss"]
+                if guard.skip:
+                    scalars["skipped_steps"] = float(skipped)
                 elapsed = max(time.time() - t0, 1e-9)
                 scalars["tokens_per_second"] = tokens / elapsed
                 logger.write(step, "train", scalars)
@@ -338,16 +395,18 @@ def train(model_dir: str, *, model: BaseModel | None = None,
                                 tok_s=f"{scalars['tokens_per_second']:.0f}")
             bar.update(1)
             if evaluation.period and step % evaluation.period == 0 and step < num_steps:
-                eval_results = run_eval(step)
+                eval_results = run_eval(step, state.params)
             if step % checkpoints.period == 0 and step < num_steps:
-                ckpt.save(state, data_position, _checkpoint_metrics(eval_results))
+                save(step)
     bar.close()
     if step == num_steps and evaluators:
-        eval_results = run_eval(step)
-    ckpt.save(state, data_position, _checkpoint_metrics(eval_results), force=True)
-    ckpt.close()
-    logger.close()
-    return {"step": step, "loss": last_loss, "eval": eval_results, "stopped": stop.set}
+        eval_results = run_eval(step, state.params)
+    save(step)
+    if guard.skipped:
+        log.warning("skipped %d step(s) whose loss or gradient norm was NaN or Inf",
+                    guard.skipped)
+    return {"step": step, "loss": last_loss, "eval": eval_results, "stopped": stop.set,
+            "finished": False, "skipped_steps": guard.skipped}
 
 
 def _checkpoint_metrics(eval_results: dict) -> dict | None:
