@@ -66,6 +66,9 @@ class DecodeConfig:
 
 gin.external_configurable(DecodeConfig, module="t5mtl")
 
+# The weight adapter's dropout key: the step's dropout key folded with this.
+ADAPTER_DROPOUT_STREAM = 0x10AD
+
 # The T5Config fields that say which function the parameters compute. A run
 # may resume a model_dir with other dropout, dtype, remat or kernel settings,
 # not with other values of these.
@@ -145,10 +148,15 @@ class EncoderDecoderModel(BaseModel):
             params = {**params, adapter.subtree: adapter.init(jax.random.fold_in(rng, 1), params)}
         return params
 
-    def weights(self, params):
+    def weights(self, params, dropout_rng=None):
         """The params the T5 modules compute with: the weight adapter's
-        (e.g. LoRA's W + scale A B) applied, its own subtree gone."""
-        return params if self.weight_adapter is None else self.weight_adapter.apply(params)
+        (e.g. LoRA's W + scale A B) applied, its own subtree gone; with
+        `dropout_rng` (training), the adapter's own dropout applied."""
+        if self.weight_adapter is None:
+            return params
+        if dropout_rng is None:
+            return self.weight_adapter.apply(params)
+        return self.weight_adapter.apply(params, dropout_rng)
 
     def adapt_params(self, params):
         """Per-layer or scanned, as this config's `scan_layers` asks."""
@@ -169,10 +177,10 @@ class EncoderDecoderModel(BaseModel):
         return params
 
     # -- forward ------------------------------------------------------------------
-    def logits(self, params, batch: Batch, dropout_rng=None):
+    def logits(self, params, batch: Batch, dropout_rng=None, adapter_rng=None):
         rngs = None if dropout_rng is None else {"dropout": dropout_rng}
         return self.module.apply(
-            {"params": self.weights(params)},
+            {"params": self.weights(params, adapter_rng)},
             batch["encoder_input_tokens"], batch["decoder_input_tokens"],
             batch.get("encoder_segment_ids"), batch.get("decoder_segment_ids"),
             batch.get("encoder_positions"), batch.get("decoder_positions"),
@@ -197,7 +205,10 @@ class EncoderDecoderModel(BaseModel):
 
     def loss_fn(self, params, batch: Batch, dropout_rng, num_tasks: int = 0):
         use_dropout = self.config.dropout_rate > 0 and dropout_rng is not None
-        logits = self.logits(params, batch, dropout_rng if use_dropout else None)
+        adapter_dropout = getattr(self.weight_adapter, "dropout", 0) > 0
+        adapter_rng = (jax.random.fold_in(dropout_rng, ADAPTER_DROPOUT_STREAM)
+                       if adapter_dropout and dropout_rng is not None else None)
+        logits = self.logits(params, batch, dropout_rng if use_dropout else None, adapter_rng)
         denominator = batch.get(losses.LOSS_DENOMINATOR_KEY) or {}
         with_tasks = bool(num_tasks) and "decoder_task_ids" in batch
         cfg = self.loss

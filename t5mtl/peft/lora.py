@@ -5,6 +5,7 @@ with A [in, rank] and B [rank, out] trained.
     LoRA.rank = 8
     LoRA.alpha = 16
     LoRA.patterns = [".*attention/(query|value)/kernel"]     # any kernels, by regex
+    LoRA.dropout = 0.1                                        # optional
     train.trainable_patterns = ["lora/.*"]
 
 It plugs into the model's weight-adapter seam: the model holds the LoRA
@@ -22,8 +23,12 @@ zero, so training starts from the base model's outputs exactly.
 
 Choices against HF peft: the factors multiply into the weight, not the
 activations, so one kernel's gradient costs what full finetuning of that
-kernel costs (peft saves it), and there is no LoRA dropout (it acts on the
-adapter's input, which a merged weight never sees).
+kernel costs (peft saves it). LoRA dropout, which peft applies to the
+adapter's input per token, is applied here to A's input rows while training:
+input feature i reaches the adapter path (kept features scaled by 1/(1-p))
+or not, with one mask per kernel and step shared by every token, so the
+adapted kernel is still one weight, W + scale (m/(1-p) * A) B. Scoring and
+decoding use no dropout, and `merge` folds in the plain factors.
 """
 from __future__ import annotations
 
@@ -44,14 +49,18 @@ from t5mtl.models import param_names
 @dataclasses.dataclass(frozen=True)
 class LoRA:
     subtree: ClassVar[str] = "lora"
+    init_fields: ClassVar[tuple[str, ...]] = ("dropout",)   # training only, not architecture
     rank: int = 8
     alpha: float = 16.0
     patterns: Sequence[str] = (r".*attention/(query|value)/kernel",)
+    dropout: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "patterns", tuple(self.patterns))
         if self.rank < 1:
             raise T5mtlError(f"LoRA.rank={self.rank}: must be at least 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise T5mtlError(f"LoRA.dropout={self.dropout}: must be in [0, 1)")
 
     @property
     def scale(self) -> float:
@@ -88,22 +97,29 @@ class LoRA:
         return param_names.unflatten({f"{n}/{k}": v for n, ab in out.items()
                                       for k, v in ab.items()})
 
-    def apply(self, params) -> dict:
+    def apply(self, params, dropout_rng=None) -> dict:
         """params without the `lora` subtree, each adapted kernel W replaced
-        by W + scale A B (also what `merge` keeps)."""
+        by W + scale A B; with `dropout_rng` (training) and `dropout` > 0,
+        A's input rows dropped as the module doc says."""
         if self.subtree not in params:
             return params
         flat = param_names.flatten({k: v for k, v in params.items() if k != self.subtree})
         factors = param_names.flatten(params[self.subtree])
-        for name in {n.rsplit("/", 1)[0] for n in factors}:
+        for i, name in enumerate(sorted({n.rsplit("/", 1)[0] for n in factors})):
             if name not in flat:
                 raise T5mtlError(f"LoRA factors for {name!r}, which the model does not have")
+            a = factors[f"{name}/a"]
+            if dropout_rng is not None and self.dropout > 0:
+                keep = jax.random.bernoulli(jax.random.fold_in(dropout_rng, i),
+                                            1.0 - self.dropout, a.shape[:-1])
+                a = jnp.where(keep[..., None], a / (1.0 - self.dropout), 0.0)
             flat[name] = flat[name] + self.scale * delta(
-                factors[f"{name}/a"], factors[f"{name}/b"], flat[name].shape
-            ).astype(flat[name].dtype)
+                a, factors[f"{name}/b"], flat[name].shape).astype(flat[name].dtype)
         return param_names.unflatten(flat)
 
-    merge = apply
+    def merge(self, params) -> dict:
+        """Plain params computing what the adapted model computes at inference."""
+        return self.apply(params)
 
 
 def delta(a, b, kernel_shape) -> jnp.ndarray:

@@ -1,5 +1,5 @@
 """LoRA through the weight-adapter seam: exact parameter counts, the base's
-outputs at init, merging, gradients against finite differences (scan on
+outputs at init, merging, dropout, gradients against finite differences (scan on
 and off), decoding with the cache, and a trainer run that touches nothing
 but the factors."""
 import flax.linen as nn
@@ -129,6 +129,35 @@ def test_decoding_with_the_cache_equals_full_recomputation():
         {k: v for k, v in params.items() if k != "lora"}, {"encoder_input_tokens": enc},
         DecodeConfig(max_decode_length=8))
     assert not np.array_equal(ids, np.asarray(plain_ids))   # the adapter is in the decode
+
+
+def test_dropout_drops_input_features_of_the_adapter_path_while_training():
+    model, params = _adapted(patterns=(r"encoder/layers_0/attention/query/kernel",))
+    rng = np.random.RandomState(6)
+    params["lora"] = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32),
+                                  params["lora"])
+    p, name = 0.25, "encoder/layers_0/attention/query/kernel"
+    lora = LoRA(rank=2, alpha=4, patterns=(name,), dropout=p)
+    plain = param_names.flatten(lora.apply(params))[name]
+    w = param_names.flatten(params)[name]
+    full = np.asarray(plain - w)                                  # scale A B, [embed, heads, kv]
+    dropped = np.asarray(param_names.flatten(lora.apply(params, jax.random.PRNGKey(3)))[name] - w)
+    # Each input feature's row of the update is either gone or scaled by 1 / (1 - p).
+    kept = np.abs(dropped).reshape(len(full), -1).max(axis=1) > 0
+    np.testing.assert_allclose(dropped[kept], full[kept] / (1 - p), rtol=1e-5, atol=1e-6)
+    assert 0 < (~kept).sum() < len(kept)
+    # Inference and merging see no dropout; the model's loss uses it only with a key.
+    model = EncoderDecoderModel(model.config, weight_adapter=lora)
+    np.testing.assert_array_equal(param_names.flatten(lora.merge(params))[name], plain)
+    batch = _tokens(7)
+    loss = jax.jit(lambda key: model.loss_fn(params, batch, key)[0])
+    assert float(loss(jax.random.PRNGKey(1))) != float(loss(jax.random.PRNGKey(2)))
+    np.testing.assert_array_equal(model.loss_fn(params, batch, None)[0],
+                                  EncoderDecoderModel(model.config, weight_adapter=LoRA(
+                                      rank=2, alpha=4, patterns=(name,))).loss_fn(
+                                      params, batch, None)[0])
+    with pytest.raises(T5mtlError, match="LoRA.dropout=1.0"):
+        LoRA(dropout=1.0)
 
 
 def test_trainer_updates_only_the_factors_and_saves_them_alone(tmp_path):
