@@ -4,6 +4,7 @@
   m.logits(encoder_ids, decoder_input_ids)   # np.ndarray [batch, length, vocab]
   m.generate(["translate ..."], max_new_tokens=32)   # strings in, strings out
   m.score(inputs, targets)                   # per-example log-likelihood
+  a = m.with_adapter("/tmp/pt")              # an adapter of m, sharing m's arrays
 
 `m.model` is the model object that wrote the directory (any class behind
 t5mtl.models.base), `m.params` its params, `m.tasks` the task list of the
@@ -100,6 +101,19 @@ class Model:
         row = [int(t) for t in ids]
         row = row[:row.index(EOS_ID)] if EOS_ID in row else row
         return self.vocabulary.decode(row)
+
+
+    def with_adapter(self, path: str, step: int | None = None) -> "Model":
+        """The adapter directory `path` (a run with save_trainable_only) joined
+        to this model's params, which must be the base it was trained on
+        (checked by fingerprint). The returned model shares this one's arrays:
+        several adapters are served from one base held once."""
+        from t5mtl.data.vocab import vocabulary_from_spec
+        from t5mtl.train import model_dir
+        info = model_dir.read_model_json(path)
+        params = model_dir.restore_params(path, step, base_params=self.params)
+        vocabulary = vocabulary_from_spec(info.vocabulary) if info.vocabulary else self.vocabulary
+        return Model(info.model, params, vocabulary, info.tasks)
 
 
 def load(path: str, step: int | None = None) -> Model:

@@ -177,16 +177,22 @@ def check_base(base_ref: dict, params, model_dir: str) -> None:
             f"train the adapter again")
 
 
-def restore_params(model_dir: str, step: int | None = None):
+def restore_params(model_dir: str, step: int | None = None, base_params=None):
     """The full params of checkpoint `step` (latest if None) as numpy, in the
-    layout of the model in model.json, base joined in. Params that do not fit
-    that model raise T5mtlError."""
+    layout of the model in model.json, base joined in: the base named in
+    model.json, or `base_params` when the caller holds it already (its
+    leaves are used, not copied). Params that do not fit that model, or a
+    base other than the one trained against, raise T5mtlError."""
     info = read_model_json(model_dir)
     model = info.model
     saved, step = _restore_saved_params(model_dir, step)
+    if base_params is not None and not info.base:
+        raise T5mtlError(f"{model_dir}: not an adapter directory (its model.json names no "
+                         f"base), so no base is joined to it")
     if info.base:
-        _, base = load_params(info.base["path"], info.base.get("step"), model=model)
-        base = info.model.adapt_params(base)
+        if base_params is None:
+            _, base_params = load_params(info.base["path"], info.base.get("step"), model=model)
+        base = info.model.adapt_params(base_params)
         check_base(info.base, base, model_dir)
         saved = param_names.merge(base, saved)
     params = model.adapt_params(saved)

@@ -1,6 +1,7 @@
 """Prompt ensembling: N prompts of one frozen base in one batched pass;
 scores averaged over the members, generations majority-voted, and
-`t5mtl eval --adapter ... --rank` using the averaged option scores."""
+`t5mtl eval --adapter ... --rank` using the averaged option scores; several
+adapters served from one base held once."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from t5mtl import cli
 from t5mtl.data.batches import scoring_batch
 from t5mtl.errors import T5mtlError
 from t5mtl.infer.rank_classification import rank_classify
+from t5mtl.models import param_names
 from t5mtl.peft.ensemble import AdapterEnsemble, load_ensemble, majority_vote
 from tests.peft.test_prompt_tuning import _tune
 
@@ -64,6 +66,30 @@ def test_rank_classification_averages_option_scores(members, capsys):
     assert cli.main(argv + [a for m in members for a in ("--adapter", m)]) == 0
     out = capsys.readouterr().out
     assert "synth_parity" in out and f"{got['accuracy']:.2f}" in out
+
+
+def test_several_adapters_served_from_one_base(members, peft_base):
+    base = t5mtl.load(str(peft_base))
+    served = [base.with_adapter(m) for m in members]
+    base_leaves = param_names.flatten(base.params)
+    rng = np.random.RandomState(1)
+    inputs = rng.randint(3, 300, (3, 12)).tolist()
+    targets = rng.randint(3, 300, (3, 4)).tolist()
+    for adapter, path in zip(served, members):
+        leaves = param_names.flatten(adapter.params)
+        # The base is held once: every base leaf is the base model's own array.
+        assert all(leaves[name] is leaf for name, leaf in base_leaves.items())
+        assert set(leaves) - set(base_leaves) == {"encoder_input/vectors"}
+        np.testing.assert_array_equal(adapter.score(inputs, targets),
+                                      t5mtl.load(path).score(inputs, targets))
+    assert not np.allclose(served[0].score(inputs, targets), served[1].score(inputs, targets))
+    changed = dict(base_leaves)
+    changed["token_embedder/embedding"] = changed["token_embedder/embedding"] + 1.0
+    other = t5mtl.api.Model(base.model, param_names.unflatten(changed), base.vocabulary)
+    with pytest.raises(T5mtlError, match="whose parameters have changed"):
+        other.with_adapter(members[0])
+    with pytest.raises(T5mtlError, match="not an adapter directory"):
+        base.with_adapter(str(peft_base))
 
 
 def test_members_must_share_one_base(members, peft_base):
