@@ -41,6 +41,15 @@ setuptools.setup(
     name="t5mtl",
     version="0.1.0",
     description="Multi-task text-to-text pretraining and finetuning on JAX",
+    # The package root is the checkout root, said explicitly: then
+    # `pip install -e .` puts the checkout on sys.path (a .pth path entry)
+    # instead of setuptools' flat-layout import hook, which Python consults
+    # only after every sys.path entry. With the hook, a checkout directory
+    # named t5mtl seen from its parent directory (a script or notebook there,
+    # `python -c`) became a namespace package `t5mtl` that hid the real one
+    # ("module 't5mtl' has no attribute 'load'"); a path entry's regular
+    # package wins over it. tests/test_checkout_shadowing.py.
+    package_dir={"": "."},
     packages=setuptools.find_packages(include=["t5mtl", "t5mtl.*"]),
     python_requires=">=3.11,<3.13",
     install_requires=INSTALL_REQUIRES,
