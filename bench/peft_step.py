@@ -19,12 +19,14 @@ alone, state donated), random init, float32 parameters and activations:
 for each kernel setting of --kernels (T5Config.kernels: "xla", the plain
 functions left to autodiff; "auto", the default, which is "cpu" on a CPU
 and "xla" elsewhere, so on an accelerator the two are one setting). Each
-(method, kernels) runs in its own process (bench.common.ChildSystem), so
-its peak memory is its own: VmHWM on a CPU, the device's
-peak_bytes_in_use on an accelerator (preallocation off). The processes of
-one kernel setting are alive together and timed round by round in rotating
-order (bench.common.Alternator): in each round a method runs --settle
-untimed steps, then --steps timed ones. Step time is the median over rounds
+(method, kernels) runs in its own process (bench.common.ChildSystem), one
+process at a time (a shared machine may not hold several t5_1_1_small
+steps) and a fresh one each round, so its peak memory is its own: VmHWM on
+a CPU, the device's peak_bytes_in_use on an accelerator (preallocation
+off); the table has the largest over rounds. The methods of one kernel
+setting are timed round by round in rotating order
+(bench.common.Alternator): in each round a method's process compiles its
+step, runs one warm-up step, --settle untimed steps, then --steps timed ones. Step time is the median over rounds
 of a round's median step; "ratio to full" is the median of the per-round
 ratios. Compiled FLOPs are XLA's cost analysis of the compiled step, which
 does not depend on the machine.
@@ -112,34 +114,35 @@ def kernel_settings(text: str) -> list[tuple[str, str]]:
 
 
 def run_group(args, setting: str, log=print) -> list[dict]:
-    """One kernel setting: every method in its own process, timed round by round."""
-    children, info = {}, {}
+    """One kernel setting: every method in its own process, one process at a
+    time, a fresh one per round; timed round by round in rotating order."""
     env = common.system_environment("t5mtl")
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     rows = systems(args)
-    try:
-        for name, method, length in rows:
-            argv = [sys.executable, os.path.abspath(__file__), "--serve", method,
-                    "--kernels", setting, "--model", args.model, "--batch", str(args.batch),
-                    "--shape", args.shape, "--prompt-length", str(length or 0)]
-            children[name] = common.ChildSystem(argv, env=env)
-            info[name] = children[name].info
-            log(f"  {name:<14} compiled in {info[name]['compile_s']:.1f}s, first loss "
-                f"{info[name]['first_loss']:.4f}, {info[name]['xla_flops'] / 1e9:.1f} GFLOP")
-        last = {}
+    spec = {name: (method, length) for name, method, length in rows}
+    info, last, peaks = {}, {}, {}
 
-        def measure(name):
-            reply = children[name].request(settle=args.settle, steps=args.steps)
-            last[name] = reply
-            log(f"    {name:<14} steps " + " ".join(f"{s:.3f}" for s in reply["step_s"])
-                + " s")
-            return statistics.median(reply["step_s"])
-
-        alt = common.Alternator([name for name, _, _ in rows])
-        alt.run(args.rounds, measure, log=lambda line: None)
-    finally:
-        for child in children.values():
+    def measure(name):
+        method, length = spec[name]
+        argv = [sys.executable, os.path.abspath(__file__), "--serve", method,
+                "--kernels", setting, "--model", args.model, "--batch", str(args.batch),
+                "--shape", args.shape, "--prompt-length", str(length or 0)]
+        child = common.ChildSystem(argv, env=env)
+        try:
+            reply = child.request(settle=args.settle, steps=args.steps)
+        finally:
             child.close()
+        i = info.setdefault(name, child.info)
+        last[name] = reply
+        peaks.setdefault(name, []).append(reply["peak_mib"])
+        log(f"  {name:<14} compiled in {child.info['compile_s']:.1f}s, first loss "
+            f"{i['first_loss']:.4f}, {i['xla_flops'] / 1e9:.4g} GFLOP; steps "
+            + " ".join(f"{s:.3f}" for s in reply["step_s"]) + " s, peak "
+            f"{reply['peak_mib']:.0f} MiB")
+        return statistics.median(reply["step_s"])
+
+    alt = common.Alternator([name for name, _, _ in rows])
+    alt.run(args.rounds, measure, log=lambda line: None)
     full = "full" if "full" in alt.names else None
     out = []
     for name, method, length in rows:
@@ -151,7 +154,7 @@ def run_group(args, setting: str, log=print) -> list[dict]:
             "ratio_to_full": alt.ratio(name, full) if full else None,
             "xla_flops": i["xla_flops"],
             "flops_ratio_to_full": i["xla_flops"] / info[full]["xla_flops"] if full else None,
-            "peak_mib": last[name]["peak_mib"], "memory_kind": last[name]["memory_kind"],
+            "peak_mib": max(peaks[name]), "memory_kind": last[name]["memory_kind"],
             "compile_s": i["compile_s"], "first_loss": i["first_loss"],
             "last_loss": last[name]["loss"]})
     return out
