@@ -1,5 +1,5 @@
 """Shared pieces of the benchmarks: the machine, the matmul peak, HF models,
-analytic FLOPs and alternating timers.
+analytic FLOPs, t5mtl's train step, alternating timers and child processes.
 
 Benchmarks compare systems *in one run*, alternating them round by round,
 because a shared machine's speed drifts from minute to minute; quote the
@@ -305,6 +305,113 @@ def selected_systems(parser: argparse.ArgumentParser, text: str,
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}; choose from {systems}")
     return chosen
+
+
+# -- t5mtl's train step ---------------------------------------------------------
+
+def make_batch(cfg, batch: int, enc_len: int, dec_len: int, seed: int = 0) -> dict:
+    """Random tokens (no padding) in seqio EncDecFeatureConverter's layout."""
+    import numpy as np
+    rng = np.random.RandomState(seed)
+    enc = rng.randint(2, cfg.vocab_size, size=(batch, enc_len)).astype(np.int32)
+    targets = rng.randint(2, cfg.vocab_size, size=(batch, dec_len)).astype(np.int32)
+    dec_in = np.concatenate([np.zeros((batch, 1), np.int32), targets[:, :-1]], axis=1)
+    return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
+            "decoder_target_tokens": targets,
+            "decoder_loss_weights": np.ones_like(targets, dtype=np.float32)}
+
+
+class Batches:
+    """Step k's batch: fresh random tokens (seed k), the same sequence for
+    every system. (Repeating one batch lets the model memorize it; its
+    vanishing probabilities then fill stock torch with denormals.)"""
+
+    def __init__(self, cfg, batch: int, enc_len: int, dec_len: int):
+        self.args = (cfg, batch, enc_len, dec_len)
+        self.tokens_per_step = batch * (enc_len + dec_len)
+
+    def __call__(self, k: int) -> dict:
+        return make_batch(*self.args, seed=k)
+
+
+class T5mtlStep:
+    """t5mtl's train step on one device, built the way the trainer builds it
+    (`t5mtl.train.trainer.train`): `model` (default: the plain T5 of `cfg`)
+    trained in the parameters `trainable_patterns` select (None: all), the
+    optimizer's state for those alone; `params` (e.g. the HF model's
+    weights) replace the random init. `trainable_params` / `total_params`
+    count them; `xla_flops` is XLA's cost analysis of the compiled step."""
+
+    def __init__(self, cfg, batches: Batches, optimizer: str = "adamw",
+                 learning_rate: float = 1e-4, params: dict | None = None, model=None,
+                 trainable_patterns: list[str] | None = None):
+        import jax
+        import numpy as np
+        from t5mtl.models import param_names
+        from t5mtl.models.encoder_decoder import EncoderDecoderModel
+        from t5mtl.train import partitioning
+        from t5mtl.train.optimizers import create_optimizer
+        from t5mtl.train.dispatch import dispatch_gate, temp_bytes
+        from t5mtl.train.train_step import (TrainState, create_train_state, jit_train_step,
+                                            make_train_step)
+        self.jax, self.partitioning, self.batches = jax, partitioning, batches
+        model = EncoderDecoderModel(cfg) if model is None else model
+        sizes = {k: int(np.prod(v.shape))
+                 for k, v in param_names.flatten(model.abstract_params()).items()}
+        trainable = param_names.select(list(sizes), trainable_patterns)
+        self.total_params = sum(sizes.values())
+        self.trainable_params = sum(sizes[k] for k in (sizes if trainable is None else trainable))
+        tx = create_optimizer(optimizer, learning_rate=learning_rate)
+        self.mesh = partitioning.create_mesh((1, 1, 1), jax.devices()[:1])
+        self.state, shardings = create_train_state(
+            model.init_boxed, tx, jax.random.PRNGKey(0), rng=jax.random.PRNGKey(1),
+            mesh=self.mesh, trainable_names=trainable)
+        if params is not None:
+            params = jax.device_put(params, shardings.params)
+            self.state = TrainState.create(params, tx, self.state.rng, trainable)
+        step = jit_train_step(
+            make_train_step(model.loss_fn, tx, loss_denominator_fn=model.loss_denominator,
+                            trainable_names=trainable),
+            shardings, partitioning.batch_sharding(self.mesh), self.mesh)
+        t = time.perf_counter()
+        self.compiled = step.lower(self.state, self._batch(0)).compile()
+        self.compile_s = time.perf_counter() - t
+        cost = self.compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        self.xla_flops = float(cost.get("flops", float("nan")))
+        # As the trainer runs them: under the keep malloc policy, steps with a large
+        # temporary buffer one at a time.
+        self.before_dispatch = dispatch_gate(self.mesh, temp_bytes(self.compiled))
+        self.k = 0
+        self.loss = None
+        self.steps(1)                                   # warm-up
+        self.first_loss = self.loss
+
+    def _batch(self, k):
+        return self.partitioning.host_batch_to_global(self.batches(k), self.mesh)
+
+    def steps(self, n: int) -> float:
+        t = time.perf_counter()
+        for _ in range(n):
+            batch = self._batch(self.k)
+            self.before_dispatch(self.state)
+            self.state, metrics = self.compiled(self.state, batch)
+            self.k += 1
+        self.jax.block_until_ready((self.state, metrics))
+        elapsed = time.perf_counter() - t
+        self.loss = float(metrics["cross_entropy"])     # the loss without z-loss, as HF's
+        return elapsed
+
+
+def peak_memory_mib() -> tuple[str, float]:
+    """This process's peak memory: ("device", the accelerator's peak bytes in
+    use) where JAX runs on one that reports it, else ("RSS", `peak_rss_mib`)."""
+    import jax
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:
+        return "device", stats["peak_bytes_in_use"] / 2**20
+    return "RSS", peak_rss_mib()
 
 
 # -- each system in its own process -------------------------------------------

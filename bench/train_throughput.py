@@ -53,91 +53,10 @@ from bench import common  # noqa: E402
 SYSTEMS = ("t5mtl",) + common.TORCH_SYSTEMS
 
 
-def make_batch(cfg, batch: int, enc_len: int, dec_len: int, seed: int = 0) -> dict:
-    """Random tokens (no padding) in seqio EncDecFeatureConverter's layout."""
-    import numpy as np
-    rng = np.random.RandomState(seed)
-    enc = rng.randint(2, cfg.vocab_size, size=(batch, enc_len)).astype(np.int32)
-    targets = rng.randint(2, cfg.vocab_size, size=(batch, dec_len)).astype(np.int32)
-    dec_in = np.concatenate([np.zeros((batch, 1), np.int32), targets[:, :-1]], axis=1)
-    return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
-            "decoder_target_tokens": targets,
-            "decoder_loss_weights": np.ones_like(targets, dtype=np.float32)}
-
-
-class Batches:
-    """Step k's batch: fresh random tokens (seed k), the same sequence for
-    every system. (Repeating one batch lets the model memorize it; its
-    vanishing probabilities then fill stock torch with denormals.)"""
-
-    def __init__(self, cfg, batch: int, enc_len: int, dec_len: int):
-        self.args = (cfg, batch, enc_len, dec_len)
-        self.tokens_per_step = batch * (enc_len + dec_len)
-
-    def __call__(self, k: int) -> dict:
-        return make_batch(*self.args, seed=k)
-
-
-class T5mtlStep:
-    """t5mtl's train step on one device, built the way the trainer builds it;
-    `params` (e.g. the HF model's weights) replace the random init."""
-
-    def __init__(self, cfg, batches: Batches, optimizer: str = "adamw",
-                 learning_rate: float = 1e-4, params: dict | None = None):
-        import jax
-        from t5mtl.models.encoder_decoder import EncoderDecoderModel
-        from t5mtl.train import partitioning
-        from t5mtl.train.optimizers import create_optimizer
-        from t5mtl.train.dispatch import dispatch_gate, temp_bytes
-        from t5mtl.train.train_step import (TrainState, create_train_state, jit_train_step,
-                                            make_train_step)
-        self.jax, self.partitioning, self.batches = jax, partitioning, batches
-        model = EncoderDecoderModel(cfg)
-        tx = create_optimizer(optimizer, learning_rate=learning_rate)
-        self.mesh = partitioning.create_mesh((1, 1, 1), jax.devices()[:1])
-        self.state, shardings = create_train_state(
-            model.init_boxed, tx, jax.random.PRNGKey(0), rng=jax.random.PRNGKey(1),
-            mesh=self.mesh)
-        if params is not None:
-            params = jax.device_put(params, shardings.params)
-            self.state = TrainState.create(params, tx, self.state.rng)
-        step = jit_train_step(
-            make_train_step(model.loss_fn, tx, loss_denominator_fn=model.loss_denominator),
-            shardings, partitioning.batch_sharding(self.mesh), self.mesh)
-        t = time.perf_counter()
-        self.compiled = step.lower(self.state, self._batch(0)).compile()
-        self.compile_s = time.perf_counter() - t
-        cost = self.compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        self.xla_flops = float(cost.get("flops", float("nan")))
-        # As the trainer runs them: under the keep malloc policy, steps with a large
-        # temporary buffer (both shapes here) one at a time.
-        self.before_dispatch = dispatch_gate(self.mesh, temp_bytes(self.compiled))
-        self.k = 0
-        self.loss = None
-        self.steps(1)                                   # warm-up
-        self.first_loss = self.loss
-
-    def _batch(self, k):
-        return self.partitioning.host_batch_to_global(self.batches(k), self.mesh)
-
-    def steps(self, n: int) -> float:
-        t = time.perf_counter()
-        for _ in range(n):
-            batch = self._batch(self.k)
-            self.before_dispatch(self.state)
-            self.state, metrics = self.compiled(self.state, batch)
-            self.k += 1
-        self.jax.block_until_ready((self.state, metrics))
-        elapsed = time.perf_counter() - t
-        self.loss = float(metrics["cross_entropy"])     # the loss without z-loss, as HF's
-        return elapsed
-
-
 class TorchStep:
     """HF T5ForConditionalGeneration + torch.optim.AdamW, one train step."""
 
-    def __init__(self, model, batches: Batches, dtype: str, learning_rate: float = 1e-4):
+    def __init__(self, model, batches: common.Batches, dtype: str, learning_rate: float = 1e-4):
         import torch
         self.torch, self.batches = torch, batches
         self.model = model.train()
@@ -294,12 +213,12 @@ def serve_main(args) -> int:
     (enc_len, dec_len), = parse_shapes(args.shapes)
     dtype = args.dtypes.split(",")[0]
     cfg = get_config(args.model, dtype=dtype, dropout_rate=0.0)
-    batches = Batches(cfg, args.batch, enc_len, dec_len)
+    batches = common.Batches(cfg, args.batch, enc_len, dec_len)
     if args.serve == "t5mtl":
         params = None       # t5mtl's own init (seed 0): what save_t5mtl_init gives torch
         if args.init == "hf":
             params = common.import_hf_model(common.build_hf_model(cfg))[1]
-        runner = T5mtlStep(cfg, batches, args.optimizer, params=params)
+        runner = common.T5mtlStep(cfg, batches, args.optimizer, params=params)
         info = {"compile_s": runner.compile_s, "xla_flops": runner.xla_flops}
     elif args.serve == "torch":
         model = common.build_hf_model(cfg)
