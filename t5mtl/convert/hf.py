@@ -132,14 +132,14 @@ def read_hf_config(src: str) -> T5Config:
 
 
 def read_hf_json(src: str) -> dict:
-    path = os.path.join(src, "config.json")
-    if not os.path.isdir(src):
+    path = paths.join(src, "config.json")
+    if not paths.isdir(src):
+        paths.check_bucket(src)
         raise T5mtlError(f"{src}: not a directory")
-    if not os.path.exists(path):
+    if not paths.exists(path):
         raise T5mtlError(f"{src}: no config.json (not an HF model directory)")
     try:
-        with open(path) as f:
-            d = json.load(f)
+        d = json.loads(paths.read_text(path))
     except json.JSONDecodeError as e:
         raise T5mtlError(f"{path}: not valid JSON ({e})") from e
     return d

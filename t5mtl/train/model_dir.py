@@ -19,7 +19,8 @@ trained against (their `params_fingerprint`). model.json files written
 before the model protocol ({"config": T5Config}) read as an
 EncoderDecoderModel. `t5mtl convert --from hf` writes step 0 with params
 only, `--from t5x` t5x's step (with the optimizer state on request);
-training resumes from, or finetunes from, the same layout.
+training resumes from, or finetunes from, the same layout. A model_dir may
+be a gs:// URL (t5mtl.paths; orbax writes its steps there itself).
 """
 from __future__ import annotations
 

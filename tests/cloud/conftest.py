@@ -44,15 +44,19 @@ def _clear_client_caches() -> None:
 
 
 @pytest.fixture(scope="session")
-def gcs_bucket():
+def gcs_bucket(tmp_path_factory):
     """"gs://<bucket>" on a fresh in-memory emulator; skips where it cannot start."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
+    # Its log goes to a file: a pipe nobody reads would fill and stop the
+    # (one-threaded) server in the middle of a request.
+    log = tmp_path_factory.mktemp("gcs_emulator") / "emulator.log"
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.cloud.emulator", "start", "--host", "127.0.0.1",
-             "--port", str(port), "--in-memory", "--default-bucket", BUCKET, "-q"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.cloud.emulator", "start", "--host", "127.0.0.1",
+                 "--port", str(port), "--in-memory", "--default-bucket", BUCKET, "-q"],
+                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     except OSError as e:
         pytest.skip(f"gcp-storage-emulator cannot start: {e}")
     deadline = time.time() + 30
@@ -65,7 +69,8 @@ def gcs_bucket():
             pass
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
-            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+            proc.wait()
+            err = log.read_text(errors="replace").strip().splitlines()
             pytest.skip(f"gcp-storage-emulator did not start on {url}: "
                         f"{err[-1] if err else 'no output'}")
         time.sleep(0.1)

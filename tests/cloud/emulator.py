@@ -5,8 +5,11 @@ The emulator answers a media download without `x-goog-generation` /
 `x-goog-metageneration`; tensorstore's gcs driver reads an object's
 generation from them (OCDBT reads its manifest back that way) and fails
 with "Malformed StorageGeneration" without them. This adds them to every
-download, then runs the emulator's own `main`.
+download, and lets its (one-threaded) server queue more connections than
+socketserver's 5, so that tensorstore's concurrent requests wait their turn
+rather than see refused connections; then runs the emulator's own `main`.
 """
+import http.server
 import sys
 
 from gcp_storage_emulator.handlers import objects
@@ -26,6 +29,7 @@ def download(request, response, storage, *args, **kwargs):
 
 
 objects.download = download     # before the server module builds its route table
+http.server.HTTPServer.request_queue_size = 256
 
 if __name__ == "__main__":
     from gcp_storage_emulator.__main__ import main

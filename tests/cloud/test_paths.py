@@ -51,3 +51,22 @@ def test_a_missing_bucket_is_one_line_naming_the_path(gcs_bucket):
     assert str(e.value).startswith("gs://no-such-bucket-t5mtl/run: bucket gs://no-such-bucket")
     assert "\n" not in str(e.value)
     paths.check_bucket(f"{gcs_bucket}/anything")       # exists: no error
+
+
+def test_a_gs_data_dir_resolves_and_reads(gcs_bucket):
+    from t5mtl.data.data_dir import data_path, resolve_data_dir
+    from t5mtl.data.files import read_delimited, read_jsonl
+    data = f"{gcs_bucket}/data"
+    paths.write_text(f"{data}/copa/train.jsonl", '{"premise": "p", "label": 1}\n')
+    paths.write_bytes(f"{data}/mrpc/train.tsv", "\ufeffQuality\t#1 String\n1\ta\n".encode())
+    assert resolve_data_dir(data) == data
+    path = data_path("copa", "train.jsonl", data_dir=data)
+    assert path == f"{data}/copa/train.jsonl"
+    assert [r for _, r in read_jsonl(path)] == [{"premise": "p", "label": 1}]
+    rows = [r for _, r in read_delimited(data_path("mrpc/train.tsv", data_dir=data))]
+    assert rows == [{"Quality": "1", "#1 String": "a"}]
+    with pytest.raises(T5mtlError, match="missing data file"):
+        data_path("copa", "test.jsonl", data_dir=data)
+    with pytest.raises(T5mtlError) as e:
+        resolve_data_dir("gs://no-such-bucket-t5mtl/data")
+    assert "gs://no-such-bucket-t5mtl/data" in str(e.value) and "\n" not in str(e.value)
