@@ -73,9 +73,9 @@ def isdir(path) -> bool:
 
 
 def listdir(path) -> list[str]:
-    """The names (not paths) directly under `path`; [] where there is none."""
+    """The names (not paths) directly under `path`, sorted; [] where there is none."""
     if not is_cloud(path):
-        return os.listdir(path) if os.path.isdir(path) else []
+        return sorted(os.listdir(path)) if os.path.isdir(path) else []
     p = _epath(path)
     return sorted(child.name for child in p.iterdir()) if p.is_dir() else []
 
