@@ -43,7 +43,7 @@ def _clear_client_caches() -> None:
     backend.fsspec_backend._get_filesystem.cache_clear()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def gcs_bucket(tmp_path_factory):
     """"gs://<bucket>" on a fresh in-memory emulator; skips where it cannot start."""
     port = _free_port()
