@@ -98,7 +98,9 @@ def _legacy_leaves(tree, step_dir: str, prefix: str = "") -> dict[str, StoredLea
             kv = spec.get("kvstore")
             if isinstance(kv, dict) and kv.get("driver", "file") == "file" \
                     and not os.path.isabs(kv.get("path", "")):
-                spec["kvstore"] = paths.kvstore(paths.join(step_dir, kv.get("path", "")))
+                target = paths.join(step_dir, kv.get("path", ""))
+                spec["kvstore"] = paths.kvstore(target) if paths.is_cloud(target) \
+                    else dict(kv, path=target)
             elif "path" in spec and "kvstore" not in spec:
                 spec["kvstore"] = paths.kvstore(paths.join(step_dir, spec.pop("path")))
             meta = spec.get("metadata", {})
