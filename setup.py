@@ -9,6 +9,8 @@ INSTALL_REQUIRES = [
     "optax>=0.2.8,<0.3",
     "orbax-checkpoint>=0.12.8,<0.13",
     "tensorstore>=0.1.86,<0.2",
+    # orbax deletes gs:// checkpoint steps (keep-N, torn saves) through it
+    "google-cloud-storage>=3.17.1,<4",
     "msgpack>=1.2.4,<2",
     "seqio==0.0.20",
     "tensorflow>=2.21.0,<2.22",
@@ -33,8 +35,10 @@ TEST_REQUIRES = [
     "nbformat==5.11.1",
     "ipykernel==7.4.0",
     "matplotlib==3.11.2",
-    # a local GCS server for the gs:// tests
+    # a local GCS server for the gs:// tests (tests/cloud), and etils.epath's
+    # gs:// client there (TensorFlow's GCS client has no endpoint setting)
     "gcp-storage-emulator==2026.7.19",
+    "gcsfs==2026.10.1",
 ]
 
 setuptools.setup(

@@ -118,11 +118,11 @@ class Model:
 
 def load(path: str, step: int | None = None) -> Model:
     """Loads a t5mtl model_dir (latest or given checkpoint) or an HF T5 directory."""
-    import os
-
+    from t5mtl import paths
     from t5mtl.data.vocab import vocabulary_from_spec
     from t5mtl.train import model_dir
-    if not os.path.isdir(path):
+    if not paths.isdir(path):
+        paths.check_bucket(path)
         raise T5mtlError(f"{path}: not a directory")
     model, params = model_dir.load_params(path, step)
     info = model_dir.describe(path)

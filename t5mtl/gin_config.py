@@ -76,6 +76,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
           search_paths: Sequence[str] = ()) -> None:
     """Parses gin files (searched in ., gin/ and `search_paths`) and bindings."""
     _register_configurables()
+    _register_cloud_reader()
     for path in (".", os.path.dirname(REPO_GIN_DIR), REPO_GIN_DIR, *search_paths):
         gin.add_config_file_search_path(path)
     import sys
@@ -117,6 +118,21 @@ def run_config(model_dir: str | None) -> list[str]:
     return [os.fspath(path)] if path.exists() else []
 
 
+def _read_cloud(path: str):
+    from t5mtl import paths
+    return paths.open_file(path)
+
+
+def _is_cloud_file(path: str) -> bool:
+    from t5mtl import paths
+    return paths.is_cloud(path) and paths.isfile(path)
+
+
+def _register_cloud_reader() -> None:
+    """gin reads a gs:// file (a gs:// model_dir's config.gin) through epath."""
+    gin.config.register_file_reader(_read_cloud, _is_cloud_file)
+
+
 def _exists(path: str) -> bool:
     from etils import epath
     return epath.Path(path).exists()
@@ -142,10 +158,8 @@ def _bound(name: str) -> bool:
 
 def write_config(model_dir: str, filename: str = "config.gin") -> str:
     """Writes the full resolved config (all bound values) into model_dir."""
-    os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, filename)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(gin.config_str())
-    os.replace(tmp, path)
+    from t5mtl import paths
+    paths.makedirs(model_dir)
+    path = paths.join(model_dir, filename)
+    paths.write_text(path, gin.config_str())
     return path

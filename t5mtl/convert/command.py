@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
+
+from t5mtl import paths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,10 +55,10 @@ def hf_to_model_dir(src: str, dst: str, scan_layers: bool = False) -> None:
     vocab = hf_vocabulary_spec(src)
     with atomic_directory(dst) as tmp:
         if vocab:
-            shutil.copy(vocab["path"], os.path.join(tmp, "spiece.model"))
-            vocab = dict(vocab, path=os.path.join(os.path.abspath(dst), "spiece.model"))
-        write_model_json(tmp, model, vocab)
+            paths.copy_file(vocab["path"], paths.join(tmp, "spiece.model"))
+            vocab = dict(vocab, path=paths.join(paths.absolute(dst), "spiece.model"))
         save_params(tmp, model.adapt_params(params), step=0)
+        write_model_json(tmp, model, vocab)             # last: it marks the directory whole
 
 
 def _check_plain_t5(src: str, model) -> None:
@@ -91,7 +92,7 @@ def t5x_to_model_dir(src: str, dst: str, t5x_config: str | None, step: int | Non
     from t5mtl.errors import T5mtlError
     from t5mtl.models.encoder_decoder import EncoderDecoderModel
     from t5mtl.train.model_dir import save_params, write_model_json
-    if sentencepiece_model and not os.path.isfile(sentencepiece_model):
+    if sentencepiece_model and not paths.isfile(sentencepiece_model):
         raise T5mtlError(f"--sentencepiece_model {sentencepiece_model}: no such file")
     config = read_t5x_config(t5x_config)
     model = EncoderDecoderModel(config.replace(scan_layers=scan_layers))
@@ -111,14 +112,14 @@ def t5x_to_model_dir(src: str, dst: str, t5x_config: str | None, step: int | Non
         opt_state = read_adafactor_state(ckpt, tx, params, opt_shardings)
     with atomic_directory(dst) as tmp:
         if sentencepiece_model:
-            shutil.copy(sentencepiece_model, os.path.join(tmp, "spiece.model"))
+            paths.copy_file(sentencepiece_model, paths.join(tmp, "spiece.model"))
             vocab = {"kind": "sentencepiece", "extra_ids": 100,
-                     "path": os.path.join(os.path.abspath(dst), "spiece.model")}
-        write_model_json(tmp, model, vocab)
+                     "path": paths.join(paths.absolute(dst), "spiece.model")}
         if opt_state is None:
             save_params(tmp, params, step=ckpt.step, save_concurrent_gb=1)
         else:
             _save_train_state(tmp, params, opt_state, ckpt.step)
+        write_model_json(tmp, model, vocab)             # last: it marks the directory whole
     return ckpt.step
 
 
@@ -169,7 +170,7 @@ def model_dir_to_t5x(src: str, dst: str, step: int | None = None) -> int:
     if model.config.scan_layers:
         params = unstack_layers(params, model.config)
     fields = config_to_t5x_fields(model.config)
-    with atomic_directory(dst) as tmp:
+    with atomic_directory(dst, stage_locally=True) as tmp:
         t5x.write_legacy(os.path.join(tmp, f"checkpoint_{step}"), params, step)
         with open(os.path.join(tmp, "model.gin"), "w") as f:
             f.write(t5x_gin_text(model.config))

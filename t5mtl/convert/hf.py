@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from t5mtl import paths
 from t5mtl.convert.atomic_dir import atomic_directory
 from t5mtl.errors import T5mtlError
 from t5mtl.models.config import T5Config
@@ -131,21 +132,29 @@ def read_hf_config(src: str) -> T5Config:
 
 
 def read_hf_json(src: str) -> dict:
-    path = os.path.join(src, "config.json")
-    if not os.path.isdir(src):
+    path = paths.join(src, "config.json")
+    if not paths.isdir(src):
+        paths.check_bucket(src)
         raise T5mtlError(f"{src}: not a directory")
-    if not os.path.exists(path):
+    if not paths.exists(path):
         raise T5mtlError(f"{src}: no config.json (not an HF model directory)")
     try:
-        with open(path) as f:
-            d = json.load(f)
+        d = json.loads(paths.read_text(path))
     except json.JSONDecodeError as e:
         raise T5mtlError(f"{path}: not valid JSON ({e})") from e
     return d
 
 
 def import_hf(src: str) -> tuple[T5Config, dict]:
-    """Reads an HF T5 directory; returns (config, params) with numpy leaves."""
+    """Reads an HF T5 directory (a gs:// one is downloaded to a temporary
+    directory first); returns (config, params) with numpy leaves."""
+    if paths.is_cloud(src):
+        import shutil
+        local, tmp = paths.local_copy(src, "HF model directory")
+        try:
+            return import_hf(local)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     from t5mtl.models.init import param_shapes
     d = read_hf_json(src)
     cfg = T5Config.from_hf_dict(d, source=os.path.join(src, "config.json"))
@@ -207,7 +216,8 @@ def export_hf(cfg: T5Config, params: dict, dst: str) -> None:
     """Writes config.json + model.safetensors that transformers loads.
 
     The directory appears whole or not at all: files go to a temporary
-    sibling directory that is renamed into place.
+    sibling directory that is renamed into place (a gs:// `dst`:
+    model.safetensors is uploaded first, config.json last).
     """
     from safetensors.numpy import save_file
     if cfg.scan_layers:
@@ -219,7 +229,7 @@ def export_hf(cfg: T5Config, params: dict, dst: str) -> None:
     # transformers ties these to `shared`; write them so any loader finds them.
     tensors["encoder.embed_tokens.weight"] = tensors["shared.weight"]
     tensors["decoder.embed_tokens.weight"] = tensors["shared.weight"]
-    with atomic_directory(dst) as tmp:
+    with atomic_directory(dst, stage_locally=True) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
                   os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(tmp, "config.json"), "w") as f:
@@ -240,7 +250,7 @@ def _set(tree, path, value):
 
 def hf_vocabulary_spec(src: str) -> dict | None:
     """T5's SentencePiece model if the HF directory ships one (spiece.model)."""
-    path = os.path.join(src, "spiece.model")
-    if os.path.isfile(path):
-        return {"kind": "sentencepiece", "path": os.path.abspath(path), "extra_ids": 100}
+    path = paths.join(src, "spiece.model")
+    if paths.isfile(path):
+        return {"kind": "sentencepiece", "path": paths.absolute(path), "extra_ids": 100}
     return None

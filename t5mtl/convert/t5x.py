@@ -34,6 +34,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from t5mtl import paths
 from t5mtl.errors import T5mtlError
 from t5mtl.models import param_names
 
@@ -97,10 +98,11 @@ def _legacy_leaves(tree, step_dir: str, prefix: str = "") -> dict[str, StoredLea
             kv = spec.get("kvstore")
             if isinstance(kv, dict) and kv.get("driver", "file") == "file" \
                     and not os.path.isabs(kv.get("path", "")):
-                kv["path"] = os.path.join(step_dir, kv.get("path", ""))
+                target = paths.join(step_dir, kv.get("path", ""))
+                spec["kvstore"] = paths.kvstore(target) if paths.is_cloud(target) \
+                    else dict(kv, path=target)
             elif "path" in spec and "kvstore" not in spec:
-                spec["kvstore"] = {"driver": "file",
-                                   "path": os.path.join(step_dir, spec.pop("path"))}
+                spec["kvstore"] = paths.kvstore(paths.join(step_dir, spec.pop("path")))
             meta = spec.get("metadata", {})
             out[name] = StoredLeaf(tuple(meta.get("shape", ())), np.dtype(spec.get("dtype",
                                    "float32")), _ts_open(spec))
@@ -113,9 +115,9 @@ def _legacy_leaves(tree, step_dir: str, prefix: str = "") -> dict[str, StoredLea
 
 def _open_legacy(step_dir: str) -> T5xCheckpoint:
     from flax import serialization
-    path = os.path.join(step_dir, "checkpoint")
+    path = paths.join(step_dir, "checkpoint")
     try:
-        with open(path, "rb") as f:
+        with paths.open_file(path, "rb") as f:
             contents = serialization.msgpack_restore(f.read())
     except Exception as e:  # noqa: BLE001 - msgpack raises several types
         raise T5mtlError(f"{path}: not a t5x msgpack checkpoint index ({e})") from e
@@ -133,11 +135,10 @@ def _open_legacy(step_dir: str) -> T5xCheckpoint:
 def _open_orbax(step_dir: str) -> T5xCheckpoint:
     import orbax.checkpoint as ocp
     from etils import epath
-    state_dir = os.path.join(step_dir, "state")
+    state_dir = paths.join(step_dir, "state")
     try:
         meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir))
-        with open(os.path.join(state_dir, "_METADATA")) as f:
-            flags = json.load(f)
+        flags = json.loads(paths.read_text(paths.join(state_dir, "_METADATA")))
     except Exception as e:  # noqa: BLE001 - orbax raises several types
         raise T5mtlError(f"{state_dir}: not a readable orbax checkpoint ({e})") from e
     driver = "zarr3" if flags.get("use_zarr3") else "zarr"
@@ -146,10 +147,9 @@ def _open_orbax(step_dir: str) -> T5xCheckpoint:
     for name, m in param_names.named_leaves(tree).items():
         key = getattr(m, "name", None) or name.replace("/", ".")
         if flags.get("use_ocdbt", True):
-            kv = {"driver": "ocdbt", "base": f"file://{os.path.abspath(state_dir)}",
-                  "path": key}
+            kv = {"driver": "ocdbt", "base": paths.kvstore_url(state_dir), "path": key}
         else:
-            kv = {"driver": "file", "path": os.path.join(state_dir, key)}
+            kv = paths.kvstore(paths.join(state_dir, key))
         leaves[name] = StoredLeaf(tuple(m.shape), np.dtype(m.dtype),
                                   _ts_open({"driver": driver, "kvstore": kv}))
     if not any(n.startswith("target/") for n in leaves):
@@ -164,29 +164,29 @@ def _open_orbax(step_dir: str) -> T5xCheckpoint:
 
 
 def _dir_step(step_dir: str) -> int:
-    m = _STEP_DIR.search(os.path.basename(os.path.normpath(step_dir)))
+    m = _STEP_DIR.search(paths.basename(step_dir))
     return int(m.group(1)) if m else 0
 
 
 def _step_dirs(path: str) -> dict[int, str]:
     steps = {}
-    for name in os.listdir(path):
+    for name in paths.listdir(path):
         m = _STEP_DIR.fullmatch(name)
-        full = os.path.join(path, name)
-        if m and (os.path.isfile(os.path.join(full, "checkpoint"))
-                  or os.path.isdir(os.path.join(full, "state"))):
+        full = paths.join(path, name)
+        if m and (paths.isfile(paths.join(full, "checkpoint"))
+                  or paths.isdir(paths.join(full, "state"))):
             steps[int(m.group(1))] = full
     return steps
 
 
 def is_t5x_checkpoint(path: str) -> bool:
     """A t5x step directory, its `checkpoint` file, or a directory of checkpoint_<step>s."""
-    if os.path.isfile(path):
-        return os.path.basename(path) == "checkpoint"
-    if not os.path.isdir(path):
+    if paths.isfile(path):
+        return paths.basename(path) == "checkpoint"
+    if not paths.isdir(path):
         return False
-    return (os.path.isfile(os.path.join(path, "checkpoint"))
-            or os.path.isdir(os.path.join(path, "state"))
+    return (paths.isfile(paths.join(path, "checkpoint"))
+            or paths.isdir(paths.join(path, "state"))
             or bool(_step_dirs(path)))
 
 
@@ -194,11 +194,12 @@ def open_checkpoint(path: str, step: int | None = None) -> T5xCheckpoint:
     """The t5x checkpoint at `path`: a checkpoint_<step> directory (legacy or
     orbax), its msgpack `checkpoint` file, or a t5x model/checkpoint directory
     holding checkpoint_<step> directories (`step`, else the latest)."""
-    if os.path.isfile(path) and os.path.basename(path) == "checkpoint":
-        path = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(path):
+    if paths.isfile(path) and paths.basename(path) == "checkpoint":
+        path = paths.dirname(paths.absolute(path))
+    if not paths.isdir(path):
+        paths.check_bucket(path)
         raise T5mtlError(f"{path}: no such t5x checkpoint directory")
-    path = os.path.abspath(path)
+    path = paths.absolute(path)
     steps = _step_dirs(path)
     if steps:
         if step is None:
@@ -206,9 +207,9 @@ def open_checkpoint(path: str, step: int | None = None) -> T5xCheckpoint:
         if step not in steps:
             raise T5mtlError(f"{path}: no t5x checkpoint_{step} (there are {sorted(steps)})")
         path = steps[step]
-    if os.path.isdir(os.path.join(path, "state")):
+    if paths.isdir(paths.join(path, "state")):
         ckpt = _open_orbax(path)
-    elif os.path.isfile(os.path.join(path, "checkpoint")):
+    elif paths.isfile(paths.join(path, "checkpoint")):
         ckpt = _open_legacy(path)
     else:
         raise T5mtlError(f"{path}: not a t5x checkpoint (no msgpack 'checkpoint' file, no "

@@ -12,6 +12,7 @@ import os
 
 import gin
 
+from t5mtl import paths
 from t5mtl.errors import T5mtlError
 
 ENV_VAR = "T5MTL_DATA_DIR"
@@ -25,14 +26,11 @@ def set_data_dir(path: str | None) -> None:
     _data_dir = path
 
 
-def is_remote(path: str) -> bool:
-    """Whether `path` is a cloud URL (gs://..., s3://...) rather than a local path."""
-    return "://" in str(path)
+is_remote = paths.is_cloud
 
 
 def _join(base: str, *parts: str) -> str:
-    from etils import epath
-    return os.fspath(epath.Path(base).joinpath(*parts)) if parts else str(base)
+    return paths.join(base, *parts) if parts else str(base)
 
 
 def resolve_data_dir(explicit: str | None = None) -> str:
@@ -44,6 +42,7 @@ def resolve_data_dir(explicit: str | None = None) -> str:
             f"no data_dir given: pass --data_dir, bind set_data_dir.path in gin, "
             f"or set {ENV_VAR}")
     if not epath.Path(path).is_dir():
+        paths.check_bucket(path)
         raise T5mtlError(f"data_dir {path!r} is not a directory")
     return path
 

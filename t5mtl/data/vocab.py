@@ -101,7 +101,8 @@ def vocabulary_spec(vocab: seqio.Vocabulary) -> dict | None:
     if isinstance(vocab, seqio.ByteVocabulary):
         return {"kind": "byte", "extra_ids": vocab.extra_ids}
     if isinstance(vocab, seqio.SentencePieceVocabulary):
-        return {"kind": "sentencepiece", "path": os.path.abspath(vocab.sentencepiece_model_file),
+        from t5mtl import paths
+        return {"kind": "sentencepiece", "path": paths.absolute(vocab.sentencepiece_model_file),
                 "extra_ids": vocab.extra_ids}
     return None
 
@@ -114,7 +115,8 @@ def vocabulary_from_spec(spec: dict | None) -> seqio.Vocabulary | None:
     if kind == "byte":
         return seqio.ByteVocabulary(extra_ids=spec.get("extra_ids", 100))
     if kind == "sentencepiece":
-        if not os.path.isfile(spec.get("path", "")):
+        from t5mtl import paths
+        if not spec.get("path") or not paths.isfile(spec["path"]):
             raise T5mtlError(f"sentencepiece model {spec.get('path')!r} not found")
         return seqio.SentencePieceVocabulary(spec["path"], extra_ids=spec.get("extra_ids", 100))
     raise T5mtlError(f"unknown vocabulary kind {kind!r} (byte or sentencepiece)")

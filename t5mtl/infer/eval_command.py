@@ -114,8 +114,8 @@ def _load(args):
 
 def _run_levels(args, cfg) -> int:
     import json
-    import os
 
+    from t5mtl import paths
     from t5mtl.data.data_config import DataConfig
     from t5mtl.infer.sharded import place_params
     from t5mtl.mtl.generalization import evaluate_levels, levels_table, synthetic_level_mixtures
@@ -127,9 +127,9 @@ def _run_levels(args, cfg) -> int:
                               args.num_examples or cfg.num_examples, cfg.batch_size, mesh=mesh)
     name = "ensemble" if len(args.adapter) > 1 else (args.adapter or [args.model_dir])[0]
     if args.model_dir:
-        with open(os.path.join(args.model_dir, "generalization_levels.json"), "w") as f:
-            json.dump(results, f, indent=2)
-    print(levels_table({os.path.basename(os.path.normpath(name)): results}))
+        paths.write_text(paths.join(args.model_dir, "generalization_levels.json"),
+                         json.dumps(results, indent=2))
+    print(levels_table({paths.basename(name): results}))
     return 0
 
 

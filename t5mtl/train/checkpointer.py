@@ -8,9 +8,11 @@ Each step directory under model_dir/checkpoints holds three items:
              of batches this run's input pipeline has yielded, so a resumed run
              skips exactly that many and sees the same batches again.
 
-orbax writes a step to a temporary directory and renames it when complete, so
-a save killed midway leaves no step directory that `latest_step` trusts; the
-next start removes such a torn directory (with a warning). A step directory
+orbax writes a step to a temporary directory and renames it when complete
+(on gs://, where nothing renames, into the step directory itself, writing
+its commit_success.txt last), so a save killed midway leaves no step
+directory that `latest_step` trusts; the next start removes such a torn
+directory (with a warning). A step directory
 that still fails to restore (truncated files) is skipped with a warning and
 the previous step is used. A step written by another model or optimizer
 (other shapes) is an error, raised before anything is written.
@@ -33,6 +35,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from t5mtl import paths
 from t5mtl.errors import T5mtlError
 from t5mtl.models import param_names
 from t5mtl.train import model_dir as model_dir_lib
@@ -41,6 +44,7 @@ from t5mtl.train.train_step import TrainState
 log = logging.getLogger(__name__)
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
+COMMIT_FILE = "commit_success.txt"       # what marks a gs:// step complete
 
 
 class SaveError(T5mtlError):
@@ -77,7 +81,7 @@ class TrainCheckpointer:
         if keep_best_metric:
             options.update(best_fn=lambda metrics: metrics[keep_best_metric],
                            best_mode=best_mode, keep_checkpoints_without_metrics=False)
-        self.directory = os.path.join(model_dir, model_dir_lib.CHECKPOINTS)
+        self.directory = paths.join(model_dir, model_dir_lib.CHECKPOINTS)
         self._warn_about_partial_saves()
         try:
             self.manager = model_dir_lib.checkpoint_manager(model_dir, **options)
@@ -89,12 +93,13 @@ class TrainCheckpointer:
         self._unreadable: set[int] = set()      # steps restore skipped
 
     def _warn_about_partial_saves(self):
-        if not os.path.isdir(self.directory):
-            return
-        for name in sorted(os.listdir(self.directory)):
-            if TMP_MARKER in name:
+        for name in paths.listdir(self.directory):
+            torn = TMP_MARKER in name or (
+                paths.is_cloud(self.directory) and name.isdigit()
+                and not paths.exists(paths.join(self.directory, name, COMMIT_FILE)))
+            if torn:
                 log.warning("removing torn checkpoint %s (a save that did not finish)",
-                            os.path.join(self.directory, name))
+                            paths.join(self.directory, name))
 
     def save(self, state: TrainState, data_position: int, metrics: dict | None = None,
              force: bool = False) -> bool:
@@ -127,13 +132,13 @@ class TrainCheckpointer:
     def _move_aside(self, step: int) -> None:
         """An unreadable step about to be saved again: renamed (kept, not
         deleted) to <step>.unreadable, so the new save can take its place."""
-        old = os.path.join(self.directory, str(step))
-        if jax.process_index() == 0 and os.path.isdir(old):
+        old = paths.join(self.directory, str(step))
+        if jax.process_index() == 0 and paths.isdir(old):
             new = f"{old}.unreadable"
-            if os.path.exists(new):
+            if paths.exists(new):
                 new = f"{new}.{int(time.time())}"
             log.warning("moving unreadable checkpoint %s aside to %s", old, new)
-            os.rename(old, new)
+            paths.move_dir(old, new)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"t5mtl_move_aside_{step}")
@@ -157,10 +162,12 @@ class TrainCheckpointer:
         self._failed_save = True
         kept = [s for s in self.manager.all_steps() if s != step]
         earlier = f"latest kept: step {max(kept)}" if kept else "no earlier checkpoint"
+        partial = (f"{step} directory (no {COMMIT_FILE})" if paths.is_cloud(self.directory)
+                   else f"{step}{TMP_MARKER} directory")
         return SaveError(f"checkpoint {self.directory}/{step} was not saved: "
-                         f"{save_failure(os.path.join(self.directory, str(step)), error)}. "
+                         f"{save_failure(paths.join(self.directory, str(step)), error)}. "
                          f"Training stopped; earlier checkpoints are unchanged ({earlier}) and "
-                         f"the next start removes the partial {step}{TMP_MARKER} directory")
+                         f"the next start removes the partial {partial}")
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -204,7 +211,7 @@ class TrainCheckpointer:
         """Raises T5mtlError unless checkpoint `step` holds params and optimizer
         state of exactly the shapes in `abstract_state`."""
         where = f"{self.directory}/{step}"
-        model_dir = os.path.dirname(self.directory)
+        model_dir = paths.dirname(self.directory)
         advice = (f"Nothing in {model_dir} was changed. Resume it with the model and optimizer "
                   f"that wrote it, or train in a new --model_dir with "
                   f"CheckpointConfig.init_from={model_dir!r}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Sequence
 
 import gin
@@ -21,6 +20,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from t5mtl import paths
 from t5mtl.errors import T5mtlError
 
 
@@ -133,7 +133,7 @@ def run_protocol(model_dir: str, config: FewShotConfig | None = None, **train_kw
         for k in config.ks:
             for seed in config.seeds:
                 name = register_kshot_task(task, k, seed)
-                run_dir = os.path.join(model_dir, name)
+                run_dir = paths.join(model_dir, name)
                 train(run_dir, data=DataConfig(
                     mixture_or_task_name=name, task_feature_lengths=config.task_feature_lengths,
                     batch_size=config.batch_size, seed=seed),
@@ -152,8 +152,8 @@ def run_protocol(model_dir: str, config: FewShotConfig | None = None, **train_kw
                 runs.append({"task": task, "k": k, "seed": seed, "metrics": metrics})
                 print(f"{name}: " + ", ".join(f"{m}={v:.1f}" for m, v in metrics.items()))
     summary = summarize_runs(runs)
-    with open(os.path.join(model_dir, "fewshot_results.json"), "w") as f:
-        json.dump({"runs": runs, "summary": summary}, f, indent=2)
+    paths.write_text(paths.join(model_dir, "fewshot_results.json"),
+                     json.dumps({"runs": runs, "summary": summary}, indent=2))
     return summary
 
 
@@ -163,6 +163,6 @@ def run_few_shot(model_dir: str, config: FewShotConfig = gin.REQUIRED,
     """The gin entry point of `t5mtl fewshot` (see gin/runs/fewshot_eval.gin).
     `model` is the model object (`model_config`, a T5Config, is the older
     spelling)."""
-    os.makedirs(model_dir, exist_ok=True)
+    paths.makedirs(model_dir)
     return run_protocol(model_dir, config, model=model, model_config=model_config,
                         optimizer=optimizer, checkpoints=checkpoints)

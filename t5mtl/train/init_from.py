@@ -8,13 +8,13 @@ step restarts at 0 and the optimizer state is created anew.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5mtl import paths
 from t5mtl.errors import T5mtlError
 from t5mtl.models import param_names
 from t5mtl.models.base import BaseModel, WarmStart
@@ -35,7 +35,7 @@ def load_source_params(path: str, model: BaseModel, step: int | None = None,
     if not model_dir.is_model_dir(path) and t5x.is_t5x_checkpoint(path):
         return t5x.read_params(t5x.open_checkpoint(path, step), model.abstract_params(),
                                shardings, strict=False)
-    if not (model_dir.is_model_dir(path) or os.path.isfile(os.path.join(path, "config.json"))):
+    if not (model_dir.is_model_dir(path) or paths.isfile(paths.join(path, "config.json"))):
         raise T5mtlError(f"init_from {path!r} is neither a t5mtl model directory, an HF "
                          f"T5 directory nor a t5x checkpoint")
     _, params = model_dir.load_params(path, step)

@@ -19,21 +19,21 @@ trained against (their `params_fingerprint`). model.json files written
 before the model protocol ({"config": T5Config}) read as an
 EncoderDecoderModel. `t5mtl convert --from hf` writes step 0 with params
 only, `--from t5x` t5x's step (with the optimizer state on request);
-training resumes from, or finetunes from, the same layout.
+training resumes from, or finetunes from, the same layout. A model_dir may
+be a gs:// URL (t5mtl.paths; orbax writes its steps there itself).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from t5mtl import paths
 from t5mtl.errors import T5mtlError
 from t5mtl.models import param_names
 from t5mtl.models.base import BaseModel, class_path, import_class
@@ -52,28 +52,27 @@ class ModelInfo:
 
 
 def is_model_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, MODEL_JSON))
+    return paths.isfile(paths.join(path, MODEL_JSON))
 
 
 def write_model_json(model_dir: str, model: BaseModel, vocabulary: dict | None = None,
                      tasks: list[str] | None = None, base: dict | None = None) -> None:
-    """Writes model.json atomically (temp file + rename)."""
-    os.makedirs(model_dir, exist_ok=True)
+    """Writes model.json atomically (temp file + rename; one object upload
+    for a gs:// model_dir)."""
+    paths.makedirs(model_dir)
     payload = {"format": "t5mtl", "model": {"class": class_path(model), "spec": model.spec()},
                "vocabulary": vocabulary, "tasks": tasks, "base": base}
-    fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=".model.json.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(model_dir, MODEL_JSON))
+    paths.write_text(paths.join(model_dir, MODEL_JSON),
+                     json.dumps(payload, indent=2, sort_keys=True))
 
 
 def read_model_json(model_dir: str) -> ModelInfo:
-    path = os.path.join(model_dir, MODEL_JSON)
-    if not os.path.isfile(path):
+    path = paths.join(model_dir, MODEL_JSON)
+    if not paths.isfile(path):
+        paths.check_bucket(model_dir)
         raise T5mtlError(f"{model_dir}: no {MODEL_JSON} (not a t5mtl model directory)")
     try:
-        with open(path) as f:
-            payload = json.load(f)
+        payload = json.loads(paths.read_text(path))
     except json.JSONDecodeError as e:
         raise T5mtlError(f"{path}: not valid JSON ({e})") from e
     if payload.get("format") != "t5mtl" or not ("model" in payload or "config" in payload):
@@ -108,7 +107,7 @@ def checkpoint_manager(model_dir: str, item_handlers: dict | None = None,
     handlers = {"params": ocp.StandardCheckpointHandler(),
                 "opt_state": ocp.StandardCheckpointHandler(),
                 "progress": ocp.JsonCheckpointHandler(), **(item_handlers or {})}
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(model_dir, CHECKPOINTS)),
+    return ocp.CheckpointManager(paths.absolute(paths.join(model_dir, CHECKPOINTS)),
                                  item_handlers=handlers,
                                  options=ocp.CheckpointManagerOptions(**options))
 
@@ -216,7 +215,7 @@ def load_params(path: str, step: int | None = None,
     if model is not None and t5x.is_t5x_checkpoint(path):
         return model, t5x.read_params(t5x.open_checkpoint(path, step), model.abstract_params(),
                                       strict=False)
-    if os.path.isfile(os.path.join(path, "config.json")):
+    if paths.isfile(paths.join(path, "config.json")):
         from t5mtl.convert.hf import import_hf
         from t5mtl.models.encoder_decoder import EncoderDecoderModel
         config, params = import_hf(path)
@@ -226,6 +225,7 @@ def load_params(path: str, step: int | None = None,
         raise T5mtlError(f"{path}: a t5x checkpoint holds no model config; convert it first "
                          f"(t5mtl convert --from t5x --t5x_config CONFIG) or use it as "
                          f"CheckpointConfig.init_from")
+    paths.check_bucket(path)
     raise T5mtlError(f"{path}: neither a t5mtl model directory (model.json) nor an HF "
                      f"directory (config.json)")
 

@@ -22,7 +22,6 @@ import functools
 import itertools
 import json
 import logging
-import os
 import time
 from typing import Callable, Sequence
 
@@ -30,6 +29,7 @@ import gin
 import jax
 import seqio
 
+from t5mtl import paths
 from t5mtl.data.data_config import DataConfig, count_tokens, example_input, resolve_mixture
 from t5mtl.data.task_ids import task_names as mixture_task_names
 from t5mtl.data.task_info import get_task_info, has_task_info
@@ -133,7 +133,7 @@ def _base_reference(model_dir: str, checkpoints: CheckpointConfig, trainable_nam
         raise T5mtlError("CheckpointConfig.save_trainable_only needs train.trainable_patterns "
                          "or train.frozen_patterns (what to save) and "
                          "CheckpointConfig.init_from (where the rest comes from)")
-    path = os.path.abspath(checkpoints.init_from)
+    path = paths.absolute(checkpoints.init_from)
     if resuming and model_dir_lib.is_model_dir(model_dir):
         saved = model_dir_lib.read_model_json(model_dir).base
         if saved and saved["path"] == path:
@@ -176,7 +176,7 @@ def _restore_or_init(ckpt, state, shardings, tx, model, checkpoints, trainable_n
             state, shardings, tx, model, checkpoints.init_from, checkpoints.init_fresh_patterns,
             mesh, rules, trainable_names, base["step"] if base else None,
             None if restored is not None else warm_start,
-            on_source=functools.partial(_fingerprint_base, base, os.path.dirname(ckpt.directory)))
+            on_source=functools.partial(_fingerprint_base, base, paths.dirname(ckpt.directory)))
         if checkpoints.save_trainable_only:
             untrained = sorted(set(kept_fresh) - set(trainable_names))
             if untrained:
@@ -238,7 +238,7 @@ def train(model_dir: str, *, model: BaseModel | None = None,
         data.mixture_or_task_name))
     provider = seqio.get_mixture_or_task(data.mixture_or_task_name)
     tasks = mixture_task_names(data.mixture_or_task_name)
-    os.makedirs(model_dir, exist_ok=True)
+    paths.makedirs(model_dir)        # a gs:// model_dir: its bucket must exist
     tx = optimizer if optimizer is not None else create_optimizer()
     mesh = partitioning.create_mesh(mesh_shape)
     rules = partitioning.logical_axis_rules()
@@ -427,7 +427,7 @@ def summarize(model_dir: str, summary: dict) -> str:
     lines = [f"trained to step {summary['step']}; last train loss {summary['loss']:.4f}"]
     if summary["eval"]:
         lines += ["", score_table(summary["eval"]), ""]
-    lines.append(f"checkpoint: {os.path.join(model_dir, model_dir_lib.CHECKPOINTS)}/"
+    lines.append(f"checkpoint: {paths.join(model_dir, model_dir_lib.CHECKPOINTS)}/"
                  f"{summary['step']}")
     example = example_input(sorted(summary["eval"])[0]) if summary["eval"] else "..."
     lines.append(f"try it:     t5mtl infer --model_dir {model_dir} --input {json.dumps(example)}")
