@@ -138,28 +138,14 @@ def read_text(path) -> str:
 
 
 def write_text(path, text: str) -> None:
-    """Writes `text` so that readers see the old file or the new one, never
-    a part: locally a temporary sibling renamed over `path`, for a URL one
-    object upload."""
-    path = os.fspath(path)
-    if is_cloud(path):
-        _epath(path).write_text(text)
-        return
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Writes `text` (UTF-8) whole: see write_bytes."""
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_bytes(path, data: bytes) -> None:
-    """Writes `data` whole (see write_text)."""
+    """Writes `data` so that readers see the old file or the new one, never
+    a part: locally a temporary sibling renamed over `path`, for a URL one
+    object upload."""
     path = os.fspath(path)
     if is_cloud(path):
         _epath(path).write_bytes(data)
