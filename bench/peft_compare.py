@@ -12,7 +12,8 @@ validation split, and adds
   - an ensemble of 5 class-label prompts (seeds 0-4) in one batched pass,
     next to the mean of its members;
   - chance (the majority class of the evaluated examples).
-Rows are mean ± sample std over the seeds.
+Rows are mean ± sample std over the seeds; a seed sets the adapter's init
+and the data order (train.seed and DataConfig.seed).
 
   python -m bench.peft_compare --base /tmp/peft/base --out /tmp/peft/compare \
       --data_dir ../shared/data
@@ -68,7 +69,7 @@ def train_one(out: str, base: str, task: str, method: str, seed: int, steps: int
     base_model = model_dir_lib.read_model_json(base).model
     train(run, model=build_model(method, base_model),
           data=DataConfig(mixture_or_task_name=task, task_feature_lengths=LENGTHS,
-                          batch_size=batch_size, pack=False),
+                          batch_size=batch_size, pack=False, seed=seed),
           num_steps=steps, optimizer=create_optimizer("adafactor", learning_rate=lr),
           checkpoints=CheckpointConfig(period=10 ** 9, keep=1, async_save=False,
                                        init_from=base,
