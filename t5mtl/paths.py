@@ -15,11 +15,12 @@ A URL whose bucket does not exist is a one-line T5mtlError naming the path
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import shutil
 import tempfile
-from typing import IO
+from typing import IO, Iterator
 
 from t5mtl.errors import T5mtlError
 
@@ -219,10 +220,7 @@ def upload_tree(local_dir: str, dst: str) -> None:
     nested = [f for f in files if os.sep in f]
     top = [f for f in files if os.sep not in f]
     for rel in nested + top:
-        target = _epath(join(dst, *rel.split(os.sep)))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(os.path.join(local_dir, rel), "rb") as src, target.open("wb") as out:
-            shutil.copyfileobj(src, out, 16 << 20)
+        copy_file(os.path.join(local_dir, rel), join(dst, *rel.split(os.sep)))
 
 
 def download_tree(src: str, local_dir: str) -> None:
@@ -230,23 +228,23 @@ def download_tree(src: str, local_dir: str) -> None:
     for rel in _relative_files(src):
         target = os.path.join(local_dir, *rel.split("/"))
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with _epath(join(src, rel)).open("rb") as f, open(target, "wb") as out:
-            shutil.copyfileobj(f, out, 16 << 20)
+        copy_file(join(src, rel), target)
 
 
-def local_copy(path: str, what: str) -> tuple[str, str | None]:
-    """(a local directory with `path`'s files, the temporary directory to
-    remove afterwards or None): `path` itself when local, else a download
-    (for readers that need local files, e.g. an HF directory's safetensors)."""
+@contextlib.contextmanager
+def local_copy(path: str, what: str) -> Iterator[str]:
+    """Yields a local directory with `path`'s files: `path` itself when
+    local, else a temporary download removed afterwards (for readers that
+    need local files, e.g. an HF directory's safetensors)."""
     if not is_cloud(path):
-        return path, None
+        yield path
+        return
     if not isdir(path):
         check_bucket(path)
         raise T5mtlError(f"{path}: no such {what}")
     tmp = tempfile.mkdtemp(prefix="t5mtl-download-")
     try:
         download_tree(path, tmp)
-    except BaseException:
+        yield tmp
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return tmp, tmp

@@ -149,12 +149,8 @@ def import_hf(src: str) -> tuple[T5Config, dict]:
     """Reads an HF T5 directory (a gs:// one is downloaded to a temporary
     directory first); returns (config, params) with numpy leaves."""
     if paths.is_cloud(src):
-        import shutil
-        local, tmp = paths.local_copy(src, "HF model directory")
-        try:
+        with paths.local_copy(src, "HF model directory") as local:
             return import_hf(local)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     from t5mtl.models.init import param_shapes
     d = read_hf_json(src)
     cfg = T5Config.from_hf_dict(d, source=os.path.join(src, "config.json"))

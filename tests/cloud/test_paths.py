@@ -1,4 +1,6 @@
 """t5mtl.paths on gs:// (the emulator) and on local disk: the same answers."""
+import os
+
 import pytest
 
 from t5mtl import paths
@@ -40,9 +42,9 @@ def test_upload_and_download_tree(gcs_bucket, tmp_path):
     dst = f"{gcs_bucket}/tree"
     paths.upload_tree(str(src), dst)
     assert paths.listdir(dst) == ["checkpoints", "model.json"]
-    local, tmp = paths.local_copy(dst, "directory")
-    assert (tmp_path.joinpath(local) / "checkpoints" / "0" / "x").read_bytes() == b"123"
-    paths.rmtree(tmp)
+    with paths.local_copy(dst, "directory") as local:
+        assert (tmp_path.joinpath(local) / "checkpoints" / "0" / "x").read_bytes() == b"123"
+    assert not os.path.exists(local)                    # the download is removed
 
 
 def test_a_missing_bucket_is_one_line_naming_the_path(gcs_bucket):
