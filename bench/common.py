@@ -64,6 +64,15 @@ def versions() -> str:
     return ", ".join(out)
 
 
+def write_report(path: str | None, **results) -> None:
+    """A benchmark's results as JSON at `path` (nothing when None), with the
+    machine, the library versions and the command line."""
+    if path:
+        with open(path, "w") as f:
+            json.dump({"machine": machine_description(), "versions": versions(),
+                       "argv": sys.argv, **results}, f, indent=1)
+
+
 def measure_matmul_peak(n: int = 2048, reps: int = 5) -> dict[str, float]:
     """Best-of-`reps` GFLOP/s of an n x n matmul, JAX (XLA) and torch, f32 and bf16.
 

@@ -22,7 +22,6 @@ compared as a check that they decode the same model.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -146,10 +145,7 @@ def main(argv=None) -> int:
         result["same_tokens"], result["same_rows"] = same, rows
         print(f"  greedy agreement: {100 * same:.1f}% of tokens, {rows}/{args.batch} rows "
               f"identical (shapes {a.shape} vs {b.shape})")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": common.machine_description(), "versions": common.versions(),
-                       "argv": sys.argv, "result": result}, f, indent=1)
+    common.write_report(args.json, result=result)
     return 0
 
 

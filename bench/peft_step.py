@@ -34,7 +34,6 @@ does not depend on the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -206,10 +205,7 @@ def main(argv=None) -> int:
         print(f"== kernels={setting} ({resolved})", flush=True)
         rows += run_group(args, setting)
     print(f"\n({time.time() - start:.0f}s)\n" + format_table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": common.machine_description(), "versions": common.versions(),
-                       "argv": sys.argv, "rows": rows}, f, indent=1)
+    common.write_report(args.json, rows=rows)
     return 0
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -327,7 +326,7 @@ def main(argv=None) -> int:
                          (args.settle_steps, args.settle_max, args.settle_tolerance))
             print(format_result(r), flush=True)
             results.append(r)
-            write_json(args, peaks, results, [])
+            common.write_report(args.json, matmul_peak_gflops=peaks, results=results, memory=[])
     memory = memory_main(args) if args.memory else []
     print(f"\nsummary ({time.time() - start:.0f}s; ratios are medians of per-round ratios)")
     for r in results:
@@ -338,16 +337,8 @@ def main(argv=None) -> int:
         rss = m["peak_rss_mib"]
         print(f"  peak RSS {m['inputs']}/{m['targets']} {m['dtype']}: t5mtl {rss['t5mtl']:.0f} "
               f"MiB, torch {rss['torch']:.0f} MiB")
-    write_json(args, peaks, results, memory)
+    common.write_report(args.json, matmul_peak_gflops=peaks, results=results, memory=memory)
     return 0
-
-
-def write_json(args, peaks, results, memory) -> None:
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": common.machine_description(), "versions": common.versions(),
-                       "matmul_peak_gflops": peaks, "argv": sys.argv, "results": results,
-                       "memory": memory}, f, indent=1)
 
 
 if __name__ == "__main__":
