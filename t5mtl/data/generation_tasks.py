@@ -12,8 +12,8 @@ import functools
 from typing import Iterator
 
 from t5mtl.data import metrics
-from t5mtl.data.files import (Field, Located, RecordError, Template, read_jsonl,
-                              register_file_task)
+from t5mtl.data.files import Field, Template, register_file_task
+from t5mtl.data.readers import Located, RecordError, read_jsonl
 from t5mtl.data.task_info import TaskInfo
 
 # ---------------------------------------------------------------- Multi30k

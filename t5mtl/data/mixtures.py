@@ -39,7 +39,7 @@ import gin
 import numpy as np
 import seqio
 
-from t5mtl.data import task_info, templates
+from t5mtl.data import instruction_tasks, task_info, templates
 from t5mtl.data.mixing import FLAN_CAP, register_mixture
 from t5mtl.errors import T5mtlError
 
@@ -117,7 +117,7 @@ def register_instruction_mixture(name: str = gin.REQUIRED,
         if variant not in templates.VARIANTS:
             raise T5mtlError(f"mixture {name!r}: unknown variant {variant!r}; choose from "
                              f"{', '.join(templates.VARIANTS)}")
-        members = templates.instruction_task_names(variant, base_tasks)
+        members = instruction_tasks.instruction_task_names(variant, base_tasks)
         members = [m for m in members if split in seqio.TaskRegistry.get(m).splits]
         if not members:
             continue  # no task has this variant (e.g. no classification task: no "opt")
@@ -248,7 +248,7 @@ def register_generalization_mixtures(
                   "heldout_tasks": f"{prefix}_heldout_tasks",
                   "heldout_instances": f"{prefix}_seen_tasks_eval"}
     for level, tasks in splits.levels().items():
-        members = templates.instruction_task_names(eval_variant, tasks)
+        members = instruction_tasks.instruction_task_names(eval_variant, tasks)
         if len(members) != len(tasks):
             missing = sorted(set(tasks) - {task_info.get_task_info(m).base_task for m in members})
             raise T5mtlError(f"level {level}: no {eval_variant!r} variant of {missing}")

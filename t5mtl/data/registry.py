@@ -10,7 +10,7 @@ parse gin before importing this module, or call
     seqio.get_mixture_or_task("synth_all")
 
 Besides the task modules' base tasks this registers their instruction
-variants ("<task>_zs", "_fs", "_opt", "_cot", "_inv"; t5mtl.data.templates)
+variants ("<task>_zs", "_fs", "_opt", "_cot", "_inv"; t5mtl.data.instruction_tasks)
 and the built-in mixtures (exmix, ext5_pretrain, flan_mix, synth_seen_train,
 ...; t5mtl.data.mixtures).
 """
@@ -20,7 +20,7 @@ import importlib
 
 import seqio
 
-from t5mtl.data import mixtures, synthetic, templates
+from t5mtl.data import instruction_tasks, mixtures, synthetic
 
 # Task modules register their tasks on import and expose register(**kwargs).
 TASK_MODULES = (
@@ -44,7 +44,7 @@ def register_all(vocabulary: seqio.Vocabulary | None = None, overwrite: bool = F
         module = importlib.import_module(name)
         if overwrite:
             module.register(vocabulary=vocabulary, overwrite=True)
-    templates.register_instruction_tasks(vocabulary=vocabulary, overwrite=overwrite)
+    instruction_tasks.register_instruction_tasks(vocabulary=vocabulary, overwrite=overwrite)
     mixtures.register(overwrite=overwrite)
 
 

@@ -15,7 +15,8 @@ from typing import Iterator
 import tensorflow as tf
 
 from t5mtl.data import metrics
-from t5mtl.data.files import Field, Located, Template, apply_template, register_file_task
+from t5mtl.data.files import Field, Template, apply_template, register_file_task
+from t5mtl.data.readers import Located
 from t5mtl.data.task_info import TaskInfo
 from t5mtl.errors import T5mtlError
 

@@ -229,7 +229,7 @@ def register_dataset_task(
 def register_variants(name: str, variants: Sequence[str] = DEFAULT_VARIANTS,
                       overwrite: bool = False) -> list[str]:
     """Registers the instruction variants of task `name` that apply to it."""
-    from t5mtl.data import template_tables, templates
+    from t5mtl.data import instruction_tasks, template_tables, templates
     if not variants:
         return []
     table = template_tables.get(name)
@@ -243,7 +243,7 @@ def register_variants(name: str, variants: Sequence[str] = DEFAULT_VARIANTS,
             continue
         variant = templates.variant_name(name, v)
         if overwrite or variant not in seqio.TaskRegistry.names():
-            templates.register_instruction_task(name, v, table, overwrite=overwrite)
+            instruction_tasks.register_instruction_task(name, v, table, overwrite=overwrite)
         made.append(variant)
     return made
 

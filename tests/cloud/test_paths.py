@@ -57,7 +57,7 @@ def test_a_missing_bucket_is_one_line_naming_the_path(gcs_bucket):
 
 def test_a_gs_data_dir_resolves_and_reads(gcs_bucket):
     from t5mtl.data.data_dir import data_path, resolve_data_dir
-    from t5mtl.data.files import read_delimited, read_jsonl
+    from t5mtl.data.readers import read_delimited, read_jsonl
     data = f"{gcs_bucket}/data"
     paths.write_text(f"{data}/copa/train.jsonl", '{"premise": "p", "label": 1}\n')
     paths.write_bytes(f"{data}/mrpc/train.tsv", "\ufeffQuality\t#1 String\n1\ta\n".encode())

@@ -7,8 +7,8 @@ import pytest
 import seqio
 
 from t5mtl.data import data_dir as data_dir_lib
-from t5mtl.data.files import (Field, FileSource, Template, read_parallel,
-                              register_file_task)
+from t5mtl.data.files import Field, FileSource, Template, register_file_task
+from t5mtl.data.readers import read_parallel
 from t5mtl.errors import T5mtlError
 
 

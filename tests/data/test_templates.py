@@ -8,7 +8,7 @@ import seqio
 
 import t5mtl.data.registry  # noqa: F401  (registers tasks)
 from t5mtl.data import data_dir as data_dir_lib
-from t5mtl.data import synthetic, task_info, template_tables, templates
+from t5mtl.data import instruction_tasks, synthetic, task_info, template_tables, templates
 from t5mtl.data.templates import Template, TaskTemplates
 from t5mtl.errors import T5mtlError
 
@@ -39,13 +39,13 @@ _REGISTERED = set()
 def _remove_test_tasks():
     yield
     for name in _REGISTERED:
-        templates.remove_instruction_task(name)
+        instruction_tasks.remove_instruction_task(name)
 
 
 def _fresh(name, *args, **kwargs):
     """Registers a throw-away variant task (replacing one of the same name)."""
     _REGISTERED.add(name)
-    return templates.register_instruction_task(*args, name=name, overwrite=True, **kwargs)
+    return instruction_tasks.register_instruction_task(*args, name=name, overwrite=True, **kwargs)
 
 
 # ---------------------------------------------------------------- tables
@@ -63,7 +63,7 @@ def test_every_real_task_has_five_templates_and_every_variant_is_registered():
             assert (f"{table.task}_{variant}" in names) == table.has_variant(variant, splits)
     assert "superglue_cb_fs" in names and "glue_qnli_fs" not in names  # qnli: no train split
     assert "synth_add_cot" in names and "synth_add_opt" not in names
-    assert len(templates.instruction_task_names("cot")) == sum(
+    assert len(instruction_tasks.instruction_task_names("cot")) == sum(
         1 for t in synthetic.TASKS if t.explain) >= 12
 
 
@@ -125,10 +125,10 @@ def test_literal_options_and_exact_label_set():
     assert _text(ex) == ("Decide whether this movie-review snippet is positive or negative: it 's "
                          "a charming and often affecting journey .\n\n"
                          "Answer with one of: negative | positive")
-    for name in templates.instruction_task_names("opt"):
+    for name in instruction_tasks.instruction_task_names("opt"):
         info = task_info.get_task_info(name)
         base = task_info.get_task_info(info.base_task)
-        options = templates.answer_options(name)
+        options = instruction_tasks.answer_options(name)
         assert len(options) == len(set(options)) == len(base.label_names)
         for ex in _examples(name, n=8):
             listed = _text(ex).rsplit(templates.OPTIONS_PREFIX, 1)[1].split(" | ")
@@ -254,8 +254,8 @@ def test_verbalized_answers_map_back_to_labels():
         [f.__name__ for f in seqio.get_mixture_or_task("superglue_cb").metric_fns]
     stsb = seqio.get_mixture_or_task("glue_stsb_fs")
     assert stsb.postprocess_fn(b"3.8") == pytest.approx(3.8)
-    assert templates.answer_options("superglue_cb_zs") == ("yes", "no", "maybe")
-    assert templates.answer_options("synth_parity_zs") == ("even", "odd")
+    assert instruction_tasks.answer_options("superglue_cb_zs") == ("yes", "no", "maybe")
+    assert instruction_tasks.answer_options("synth_parity_zs") == ("even", "odd")
     (ex,) = _examples("superglue_rte_zs")
     targets = [rte.postprocess_fn(ex["targets_pretokenized"], example=ex, is_target=True)]
     (accuracy,) = rte.metric_fns
@@ -283,19 +283,19 @@ def test_k_larger_than_the_train_split_is_an_error():
 
 def test_other_bad_variants_are_errors():
     with pytest.raises(T5mtlError, match="'glue_qnli' has no train split to draw few-shot"):
-        templates.register_instruction_task("glue_qnli", "fs")
+        instruction_tasks.register_instruction_task("glue_qnli", "fs")
     with pytest.raises(T5mtlError, match="'glue_stsb' is not a classification task"):
-        templates.register_instruction_task("glue_stsb", "opt")
+        instruction_tasks.register_instruction_task("glue_stsb", "opt")
     with pytest.raises(T5mtlError, match="unknown instruction variant 'fewshot'"):
-        templates.register_instruction_task("glue_stsb", "fewshot")
+        instruction_tasks.register_instruction_task("glue_stsb", "fewshot")
     with pytest.raises(T5mtlError, match="'dialogsum' has no cot templates"):
-        templates.register_instruction_task("dialogsum", "cot")
+        instruction_tasks.register_instruction_task("dialogsum", "cot")
     _fresh("synth_add_fs_q", "synth_add", "fs", Q_TABLE, k=4)
-    assert "synth_add_fs_q" in templates.instruction_task_names("fs", ["synth_add"], custom=True)
-    assert templates.instruction_task_names("fs", ["synth_add"]) == ["synth_add_fs"]
+    assert "synth_add_fs_q" in instruction_tasks.instruction_task_names("fs", ["synth_add"], custom=True)
+    assert instruction_tasks.instruction_task_names("fs", ["synth_add"]) == ["synth_add_fs"]
     with pytest.raises(T5mtlError, match="k must be a positive number of exemplars, got 0"):
-        templates.register_instruction_task("synth_add", "fs", k=0, name="synth_add_fs0")
+        instruction_tasks.register_instruction_task("synth_add", "fs", k=0, name="synth_add_fs0")
     with pytest.raises(T5mtlError, match="unknown task or mixture 'glue_sst'; did you mean"):
-        templates.register_instruction_task("glue_sst", "zs")
+        instruction_tasks.register_instruction_task("glue_sst", "zs")
     with pytest.raises(T5mtlError, match="no instruction templates for task 'synth_ad'"):
         template_tables.get("synth_ad")
