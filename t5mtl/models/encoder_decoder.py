@@ -154,8 +154,6 @@ class EncoderDecoderModel(BaseModel):
         `dropout_rng` (training), the adapter's own dropout applied."""
         if self.weight_adapter is None:
             return params
-        if dropout_rng is None:
-            return self.weight_adapter.apply(params)
         return self.weight_adapter.apply(params, dropout_rng)
 
     def adapt_params(self, params):
@@ -205,9 +203,8 @@ class EncoderDecoderModel(BaseModel):
 
     def loss_fn(self, params, batch: Batch, dropout_rng, num_tasks: int = 0):
         use_dropout = self.config.dropout_rate > 0 and dropout_rng is not None
-        adapter_dropout = getattr(self.weight_adapter, "dropout", 0) > 0
         adapter_rng = (jax.random.fold_in(dropout_rng, ADAPTER_DROPOUT_STREAM)
-                       if adapter_dropout and dropout_rng is not None else None)
+                       if self.weight_adapter is not None and dropout_rng is not None else None)
         logits = self.logits(params, batch, dropout_rng if use_dropout else None, adapter_rng)
         denominator = batch.get(losses.LOSS_DENOMINATOR_KEY) or {}
         with_tasks = bool(num_tasks) and "decoder_task_ids" in batch
