@@ -104,6 +104,8 @@ def make_train_step(loss_fn: LossFn,
                     loss_denominator_fn: Optional[Callable[[Batch], Any]] = None,
                     trainable_names: Optional[Sequence[str]] = None,
                     skip_nonfinite: bool = False,
+                    gradient_surgery: Any = None,
+                    num_tasks: int = 0,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Builds ``train_step(state, batch) -> (state, metrics)``.
 
@@ -117,6 +119,13 @@ def make_train_step(loss_fn: LossFn,
       trainable_names: the parameter names to train (None: all of them).
       skip_nonfinite: a step whose loss or gradient norm is not finite
         changes neither params nor optimizer state.
+      gradient_surgery: None (the plain gradient), or a method of
+        t5mtl.mtl.surgery (an instance or its name) that turns the batch's
+        per-task gradients into the update direction; needs `num_tasks`
+        (the loss_fn's task-loss vector length), a `loss_denominator_fn`
+        with per-task denominators ("loss" and "task"), and for a stateful
+        method a `tx` from ``surgery.with_state``.
+      num_tasks: the number of tasks, for gradient_surgery.
     Returns:
       A pure function (jit it, e.g. with :func:`jit_train_step`). Metrics are
       the summed loss metrics plus ``grad_norm`` (of the accumulated
@@ -182,11 +191,24 @@ def make_train_step(loss_fn: LossFn,
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grad_sum, trainable)
         return grads, loss_sum, metric_sum
 
+    surgery_step = None
+    if gradient_surgery is not None:
+        from t5mtl.mtl import surgery_step as surgery_step_lib
+        surgery_step = surgery_step_lib.make_surgery_grads(
+            lambda trainable, frozen, batch, rng: loss_fn(join(trainable, frozen), batch, rng),
+            gradient_surgery, num_tasks, num_microbatches, loss_denominator_fn,
+            _split_microbatches)
+
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         dropout_rng = jax.random.fold_in(state.rng, state.step)
         trainable, frozen = split(state.params)
-        grads, loss, metrics = compute_grads(trainable, frozen, batch, dropout_rng)
-        updates, opt_state = tx.update(grads, state.opt_state, trainable)
+        if surgery_step is None:
+            grads, loss, metrics = compute_grads(trainable, frozen, batch, dropout_rng)
+            updates, opt_state = tx.update(grads, state.opt_state, trainable)
+        else:
+            grads, loss, metrics, opt_state = surgery_step(
+                trainable, frozen, batch, dropout_rng, state.opt_state)
+            updates, opt_state = tx.update(grads, opt_state, trainable)
         params = join(optax.apply_updates(trainable, updates), frozen)
         metrics = losses.finalize_metrics(metrics)
         metrics["grad_norm"] = grad_norm(grads)
