@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fewshot": ("t5mtl.train.fewshot_command", "the K-shot x seeds finetuning protocol"),
     "infer": ("t5mtl.infer.command", "decode text with a trained or converted model"),
     "tasks": ("t5mtl.data.tasks_command", "list and inspect registered tasks"),
+    "conflict": ("t5mtl.mtl.conflict_command",
+                 "tables and heat maps of a run's task-conflict probes"),
 }
 
 

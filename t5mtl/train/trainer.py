@@ -212,7 +212,8 @@ def train(model_dir: str, *, model: BaseModel | None = None,
           frozen_patterns: Sequence[str] = (), log_period: int = 10, seed: int = 0,
           show_progress: bool = True, before_training: Callable[[], None] | None = None,
           model_config: T5Config | None = None, loss: LossConfig | None = None,
-          skip_nonfinite_steps: bool = False) -> dict:
+          skip_nonfinite_steps: bool = False, gradient_surgery=None,
+          conflict_probe_period: int = 0, conflict_probe_lr: float = 0.01) -> dict:
     """Trains `model` on `data` for `num_steps` steps in `model_dir`.
 
     `trainable_patterns` / `frozen_patterns` (regexes over parameter names,
@@ -225,6 +226,13 @@ def train(model_dir: str, *, model: BaseModel | None = None,
     saving it (t5mtl.train.nonfinite); `skip_nonfinite_steps` skips such
     steps instead and logs their count. A model_dir already at `num_steps`
     is left as it is (summary "finished": True).
+
+    Multi-task (t5mtl.mtl, docs/mtl.md): `gradient_surgery` (None: the
+    plain gradient; 'sum', 'pcgrad', 'cagrad', 'gradvac' or e.g. @PCGrad())
+    turns the batch's per-task gradients into the update;
+    `conflict_probe_period` K > 0 measures task conflict and lookahead
+    transfer (SGD step `conflict_probe_lr`) every K steps, logged under the
+    split "conflict" (0: nothing of it is built).
 
     Returns a summary: {"step", "loss", "eval": {task: {metric: value}},
     "stopped", "finished", "skipped_steps"}.
@@ -240,6 +248,17 @@ def train(model_dir: str, *, model: BaseModel | None = None,
     tasks = mixture_task_names(data.mixture_or_task_name)
     paths.makedirs(model_dir)        # a gs:// model_dir: its bucket must exist
     tx = optimizer if optimizer is not None else create_optimizer()
+    surgery = None
+    if gradient_surgery is not None:
+        from t5mtl.mtl import surgery as surgery_lib
+        surgery = surgery_lib.resolve(gradient_surgery)
+        tx = surgery_lib.with_state(tx, surgery, len(tasks))
+    if not isinstance(conflict_probe_period, int) or conflict_probe_period < 0:
+        raise T5mtlError(f"train.conflict_probe_period must be an integer >= 0, got "
+                         f"{conflict_probe_period!r}")
+    if (surgery is not None or conflict_probe_period) and len(tasks) < 2:
+        raise T5mtlError(f"gradient surgery and conflict probes need a mixture of at least 2 "
+                         f"tasks; {data.mixture_or_task_name!r} has {len(tasks)}")
     mesh = partitioning.create_mesh(mesh_shape)
     rules = partitioning.logical_axis_rules()
     trainable_names = param_names.select(list(param_names.flatten(model.abstract_params())),
@@ -300,12 +319,18 @@ def train(model_dir: str, *, model: BaseModel | None = None,
                         loss_denominator_fn=functools.partial(model.loss_denominator,
                                                               num_tasks=len(tasks)),
                         trainable_names=trainable_names,
-                        skip_nonfinite=skip_nonfinite_steps),
+                        skip_nonfinite=skip_nonfinite_steps,
+                        **({} if surgery is None else
+                           {"gradient_surgery": surgery, "num_tasks": len(tasks)})),
         shardings, partitioning.batch_sharding(mesh), mesh, rules)
     evaluators = [TaskEvaluator(name, evaluation.task_feature_lengths or data.task_feature_lengths,
                                 evaluation.split, evaluation.num_examples, evaluation.batch_size,
                                 evaluation.decode, mesh=mesh) for name in evaluation.tasks]
     logger = MetricsLogger(model_dir)
+    probe = None
+    if conflict_probe_period:
+        probe = _conflict_probe(model, tasks, conflict_probe_period, conflict_probe_lr,
+                                trainable_names, logger, mesh, rules)
 
     def run_eval(step: int, params) -> dict:
         results = {}
@@ -320,7 +345,7 @@ def train(model_dir: str, *, model: BaseModel | None = None,
     try:
         summary = _loop(state, batches, data_position, start_step, num_steps, step_fn, ckpt,
                         guard, logger, run_eval, evaluators, checkpoints, evaluation, data,
-                        mesh, tasks, num_shards, log_period, show_progress)
+                        mesh, tasks, num_shards, log_period, show_progress, probe)
     except BaseException:
         _close_after_error(ckpt)
         logger.close()
@@ -341,7 +366,7 @@ def _close_after_error(ckpt: TrainCheckpointer) -> None:
 
 def _loop(state, batches, data_position, start_step, num_steps, step_fn, ckpt, guard, logger,
           run_eval, evaluators, checkpoints, evaluation, data, mesh, tasks, num_shards,
-          log_period, show_progress) -> dict:
+          log_period, show_progress, probe=None) -> dict:
     """Steps from `start_step` to `num_steps` (or a stop signal), logging,
     evaluating and saving; returns the run's summary."""
     compiled_step, before_dispatch = None, None
@@ -369,6 +394,8 @@ def _loop(state, batches, data_position, start_step, num_steps, step_fn, ckpt, g
                 # run one at a time under the keep malloc policy.
                 compiled_step = step_fn.lower(state, batch).compile()
                 before_dispatch = dispatch.dispatch_gate(mesh, dispatch.temp_bytes(compiled_step))
+            if probe is not None:
+                probe(step, state, batch)       # before the step donates the state
             before_dispatch(state)
             state, metrics = compiled_step(state, batch)
             step += 1
@@ -407,6 +434,23 @@ def _loop(state, batches, data_position, start_step, num_steps, step_fn, ckpt, g
                     guard.skipped)
     return {"step": step, "loss": last_loss, "eval": eval_results, "stopped": stop.set,
             "finished": False, "skipped_steps": guard.skipped}
+
+
+def _conflict_probe(model, tasks, period, lr, trainable_names, logger, mesh, rules):
+    """`probe(step, state, batch)`: every `period` steps, the conflict probes
+    (t5mtl.mtl.probes) on the state before the step, logged at that step."""
+    from t5mtl.mtl import probes
+    fn = jax.jit(probes.make_probe(functools.partial(model.loss_fn, num_tasks=len(tasks)),
+                                   len(tasks), lr, trainable_names))
+
+    def probe(step, state, batch):
+        if step % period:
+            return
+        with partitioning.mesh_context(mesh, rules):
+            result = fn(state.params, batch)
+        logger.write(step, probes.SPLIT, probes.probe_scalars(result, tasks))
+
+    return probe
 
 
 def _checkpoint_metrics(eval_results: dict) -> dict | None:
