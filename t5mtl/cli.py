@@ -29,7 +29,7 @@ from t5mtl.errors import T5mtlError
 from t5mtl.quiet_start import debug_requested
 
 # Commands that read data (TensorFlow behind seqio).
-DATA_COMMANDS = ("train", "eval", "fewshot", "infer", "tasks")
+DATA_COMMANDS = ("train", "eval", "fewshot", "infer", "tasks", "task-vector")
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fewshot": ("t5mtl.train.fewshot_command", "the K-shot x seeds finetuning protocol"),
     "infer": ("t5mtl.infer.command", "decode text with a trained or converted model"),
     "tasks": ("t5mtl.data.tasks_command", "list and inspect registered tasks"),
+    "task-vector": ("t5mtl.mtl.task_vector_command",
+                    "add or negate task vectors (finetuned - base): task arithmetic"),
 }
 
 
