@@ -82,7 +82,15 @@ def load_model(path: str, step: int | None = None) -> LoadedModel:
     """A t5mtl model_dir (adapters expanded and merged) or an HF T5 directory."""
     info = model_dir_lib.read_model_json(path) if model_dir_lib.is_model_dir(path) else None
     model, params = model_dir_lib.load_params(path, step)
-    return _merged(LoadedModel(path, model, params, step, info))
+    return _merged(LoadedModel(path, model, params, _step(path, step), info))
+
+
+def _step(path: str, step: int | None) -> int | None:
+    """The checkpoint step read: `step`, else a model_dir's latest."""
+    if step is not None or not model_dir_lib.is_model_dir(path):
+        return step
+    with model_dir_lib.checkpoint_manager(path, read_only=True) as mngr:
+        return mngr.latest_step()
 
 
 def _merged(loaded: LoadedModel) -> LoadedModel:
@@ -132,7 +140,8 @@ def task_vector(base: LoadedModel, path: str, step: int | None = None,
     ft = _merged(LoadedModel(path, info.model, params, step, info))
     ft_params = param_names.flatten(base.model.adapt_params(ft.nested()))
     _check_leaves(base, path, ft_params)
-    vector = TaskVector(path, base, {k: np.asarray(v) for k, v in ft_params.items()}, step)
+    vector = TaskVector(path, base, {k: np.asarray(v) for k, v in ft_params.items()},
+                        _step(path, step))
     if max_relative_distance is not None and not info.base:
         distance = vector.norm() / max(_norm(base.params), 1e-30)
         if distance > max_relative_distance:
