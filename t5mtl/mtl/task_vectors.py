@@ -103,7 +103,7 @@ def _merged(loaded: LoadedModel) -> LoadedModel:
     return dataclasses.replace(loaded, model=model, params=flat)
 
 
-def _architecture_line(base: LoadedModel, path: str, model: BaseModel) -> str | None:
+def _architecture_line(base: LoadedModel, model: BaseModel) -> str | None:
     """What differs between the architectures (the scanned layout aside), or None."""
     a = {k: v for k, v in base.model.architecture().items() if k != "scan_layers"}
     b = {k: v for k, v in model.architecture().items() if k != "scan_layers"}
@@ -123,15 +123,15 @@ def task_vector(base: LoadedModel, path: str, step: int | None = None,
     raw_model = info.model
     if getattr(raw_model, "weight_adapter", None) is not None:
         raw_model = raw_model.replace(weight_adapter=None)
-    why = _architecture_line(base, path, raw_model)
+    why = _architecture_line(base, raw_model)
     if why:
         raise T5mtlError(f"{path} is not a finetune of the base {base.path}'s architecture: "
                          f"{why}")
-    base_params = None
+    base_params, checked = None, bool(info.base and info.base.get("fingerprint"))
     if info.base:
         base_params = info.model.adapt_params(base.nested())
         found = model_dir_lib.params_fingerprint(base_params)
-        if info.base.get("fingerprint") and info.base["fingerprint"] != found:
+        if checked and info.base["fingerprint"] != found:
             raise T5mtlError(
                 f"{path} is an adapter of the base {info.base['path']} (fingerprint "
                 f"{info.base['fingerprint'][:12]}), not of {base.path} (fingerprint "
@@ -142,7 +142,7 @@ def task_vector(base: LoadedModel, path: str, step: int | None = None,
     _check_leaves(base, path, ft_params)
     vector = TaskVector(path, base, {k: np.asarray(v) for k, v in ft_params.items()},
                         _step(path, step))
-    if max_relative_distance is not None and not info.base:
+    if max_relative_distance is not None and not checked:
         distance = vector.norm() / max(_norm(base.params), 1e-30)
         if distance > max_relative_distance:
             raise T5mtlError(

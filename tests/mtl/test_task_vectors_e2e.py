@@ -7,8 +7,8 @@ on the 2-core CPU machine (AMD EPYC, 2 vCPUs) gave:
 
   model                      first_word  count_words  parity
   base                          14.1        82.8       100.0
-  ft_A                         100.0         -           -
-  ft_B                           -         100.0         -
+  ft_A                         100.0        65.6          -
+  ft_B                           4.7       100.0          -
   base - lambda tau_B, lambda:  0.5: 35.9 count_words, 100.0 parity
                                 1.0:  9.4 count_words,  95.3 parity  (chosen)
                                 1.5:  0.0 count_words,  84.4 parity  (control below 95%)
@@ -27,7 +27,8 @@ first_word and 5 on count_words and does both tasks better than either
 finetuned model does the other's task. A base with the vectors unscaled
 (lambda = 0) or a wrong sign fails each of these. 64 examples put a
 binomial standard error of ~6 points on a 50% score; the margins are
-several of those. About 100 s on that machine under load.
+several of those. 104 s on that machine with the benchmark job on the
+other core (189 s with a third job running).
 """
 import json
 
@@ -90,7 +91,6 @@ def test_negation_forgets_the_task_and_keeps_the_control(runs, capsys):
     base = tv.load_model(runs["base"])
     ft_b = _scores(tv.task_vector(base, runs["ft_B"]).finetuned, base, [B])[B]
     summary = f"{scores}, ft_B {ft_b}\n{printed.out}"
-    print(summary)
     assert chosen[B] <= base_row[B] - 40, summary
     assert chosen[B] <= ft_b - 50, summary
     assert abs(chosen[CONTROL] - base_row[CONTROL]) <= 10, summary
@@ -110,7 +110,6 @@ def test_adding_two_vectors_does_both_tasks(runs):
     scale = tv.addition_scale(grid, {A: ft_a[A], B: ft_b[B]})
     both, before = grid[scale], grid[0.0]
     summary = f"grid {grid}; ft_A {ft_a}; ft_B {ft_b}"
-    print(summary)
     assert scale > 0, summary
     assert both[A] >= before[A] + 40 and both[B] >= before[B] + 5, summary
     # One model for both: better at B than ft_A is, better at A than ft_B is.
