@@ -226,3 +226,14 @@ def test_the_command_writes_a_model_dir_that_loads(dirs, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     assert cli.main(["task-vector", "--base", dirs["base"], "--out", str(tmp_path / "y")]) == 2
     assert "nothing to apply" in capsys.readouterr().err
+    for argv, message in [
+            (["--add", dirs["ft1"], "--target_task", "t"], "give --scales"),
+            (["--negate", dirs["ft1"], "--scales", "0.5,1"], "needs --target_task and "
+                                                              "--control_task"),
+            (["--add", dirs["ft1"], "--scales", "0.5"], "one --validation_task per --add"),
+            (["--add", dirs["ft1"], "--negate", dirs["ft2"], "--scales", "1"], "give --scale"),
+            (["--add", dirs["ft1"], "--scales", "a,b"], "want numbers")]:
+        assert cli.main(["task-vector", "--base", dirs["base"], *argv, "--out",
+                         str(tmp_path / "z")]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert not (tmp_path / "z").exists()
