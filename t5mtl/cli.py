@@ -29,7 +29,7 @@ from t5mtl.errors import T5mtlError
 from t5mtl.quiet_start import debug_requested
 
 # Commands that read data (TensorFlow behind seqio).
-DATA_COMMANDS = ("train", "eval", "fewshot", "infer", "tasks")
+DATA_COMMANDS = ("train", "eval", "fewshot", "infer", "tasks", "task-vector")
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -42,6 +42,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tasks": ("t5mtl.data.tasks_command", "list and inspect registered tasks"),
     "conflict": ("t5mtl.mtl.conflict_command",
                  "tables and heat maps of a run's task-conflict probes"),
+    "task-vector": ("t5mtl.mtl.task_vector_command",
+                    "add or negate task vectors (finetuned - base): task arithmetic"),
 }
 
 
