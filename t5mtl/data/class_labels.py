@@ -116,10 +116,11 @@ class ClassLabelConverter(seqio.FeatureConverter):
         names = self.labels or self.label_ids
         check = tf.debugging.Assert(
             tf.reduce_any(match),
-            [f"a target is not one of its task's labels {[list(t) for t in names]} "
+            [f"a target is none of the labels of its task {[list(t) for t in names]} "
              f"(task index, target ids follow)", task, targets])
         with tf.control_dependencies([check]):
-            return tf.identity(tf.cast(tf.argmax(tf.cast(match, tf.int32)), tf.int32))
+            index = tf.cast(tf.argmax(tf.cast(match, tf.int32), axis=0), tf.int32)
+            return tf.ensure_shape(tf.identity(index), [])
 
     def _convert_features(self, ds: tf.data.Dataset,
                           task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
@@ -132,7 +133,7 @@ class ClassLabelConverter(seqio.FeatureConverter):
             check = tf.debugging.Assert(task < num_tasks, [
                 f"a task index is beyond the classifier's {num_tasks} tasks", task])
             with tf.control_dependencies([check]):
-                task = tf.identity(task)
+                task = tf.ensure_shape(tf.identity(task), [])
             return {"inputs": ex["inputs"], "task_ids": task,
                     "labels": self._label_index(ex["targets"], task)}
 
