@@ -11,11 +11,13 @@ import pytest
 import seqio
 import tensorflow as tf
 
+import t5mtl
 import t5mtl.data.registry  # noqa: F401  (registers the synthetic suite)
 from t5mtl.data.batches import host_batches
 from t5mtl.data.class_labels import ClassLabelConverter
 from t5mtl.data.data_config import DataConfig
 from t5mtl.errors import T5mtlError
+from t5mtl.infer.rank_classification import rank_classify
 from t5mtl.models import get_config, param_names
 from t5mtl.models.encoder_decoder import DecodeConfig, EncoderDecoderModel
 from t5mtl.models.multi_head import MultiHeadClassifier
@@ -223,3 +225,10 @@ def test_two_classification_tasks_train_above_chance_and_eval_reports_accuracy(t
     saved = json.load(open(tmp_path / "model.json"))
     assert saved["model"]["class"] == "t5mtl.models.multi_head:MultiHeadClassifier"
     assert saved["tasks"] == tasks
+    # Reloaded from model.json, rank classification over the labels (the
+    # head's log-probabilities as scores) picks what prediction picks.
+    loaded = t5mtl.load(str(tmp_path))
+    assert isinstance(loaded.model, MultiHeadClassifier) and loaded.model.tasks == tuple(tasks)
+    rank = rank_classify(loaded.model, loaded.params, "synth_parity", ("even", "odd"),
+                         num_examples=128, input_length=48)
+    assert rank["accuracy"] == acc["synth_parity"]
