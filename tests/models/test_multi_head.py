@@ -1,10 +1,11 @@
 """The multi-head classifier (t5mtl.models.multi_head): logits, head
 selection, loss, spec, labels from seqio, scores, predictions, training."""
 import json
+import os
 
 import flax.linen as nn
+import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -13,9 +14,11 @@ import tensorflow as tf
 
 import t5mtl
 import t5mtl.data.registry  # noqa: F401  (registers the synthetic suite)
+from t5mtl import gin_config
 from t5mtl.data.batches import host_batches
 from t5mtl.data.class_labels import ClassLabelConverter
-from t5mtl.data.data_config import DataConfig
+from t5mtl.data.data_config import DataConfig, resolve_mixture
+from t5mtl.data.task_ids import task_names
 from t5mtl.errors import T5mtlError
 from t5mtl.infer.rank_classification import rank_classify
 from t5mtl.models import get_config, param_names
@@ -25,6 +28,7 @@ from t5mtl.models.t5 import Transformer
 from t5mtl.train.init_from import merge_params
 from t5mtl.train.trainer import CheckpointConfig, EvalConfig, train
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = get_config("t5_tiny")
 # Two made-up tasks (no registry): 2 and 3 labels, byte-like token ids.
 TASKS = ("task_a", "task_b")
@@ -133,6 +137,18 @@ def test_spec_round_trips_through_json():
     params = _params(model)
     np.testing.assert_array_equal(again.logits(params, BATCH), model.logits(params, BATCH))
     assert params["heads"]["task_a"]["hidden"]["kernel"].shape == (64, 16)
+
+
+def test_the_gin_run_file_selects_the_classifier(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    gin_config.parse(["gin/runs/multi_head.gin"], ["get_config.name = 't5_tiny'"])
+    model = gin.query_parameter("train.model").scoped_configurable_fn()
+    assert isinstance(model, MultiHeadClassifier) and model.head == "mlp"
+    assert model.config == CONFIG
+    assert model.tasks == ("synth_greater", "synth_is_sorted", "synth_palindrome",
+                           "synth_parity", "synth_sign")
+    assert DataConfig().pack is False
+    model.check_tasks(task_names(resolve_mixture(DataConfig().mixture_or_task_name)))
 
 
 def test_bad_configuration_is_one_clear_line():
