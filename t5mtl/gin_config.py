@@ -65,6 +65,7 @@ def _register_configurables() -> None:
     import t5mtl.models.configs  # noqa: F401
     import t5mtl.models.encoder_decoder  # noqa: F401
     import t5mtl.models.encoder_inputs  # noqa: F401
+    import t5mtl.models.multi_head  # noqa: F401
     import t5mtl.mtl.surgery  # noqa: F401  (gradient surgery methods)
     import t5mtl.peft  # noqa: F401
     import t5mtl.train.fewshot  # noqa: F401

@@ -56,9 +56,10 @@ def resolve_mixture(name_or_names: str | Sequence[str]) -> str:
 
 
 def count_tokens(batch) -> int:
-    """Real (non-pad) encoder and target tokens of a batch."""
-    return int(np.sum(batch["encoder_input_tokens"] > 0)
-               + np.sum(batch["decoder_target_tokens"] > 0))
+    """Real (non-pad) encoder and target tokens of a batch (encoder tokens
+    alone for a batch without decoder targets, e.g. a classifier's)."""
+    return int(sum(np.sum(batch[k] > 0) for k in ("encoder_input_tokens",
+                                                  "decoder_target_tokens") if k in batch))
 
 
 def example_input(task_name: str) -> str:

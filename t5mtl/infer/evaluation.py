@@ -84,10 +84,10 @@ class TaskEvaluator:
             raise T5mtlError(f"{mixture_or_task_name!r} has no task with metrics on split "
                              f"{split!r}")
 
-    def _map(self, ds, fn: Callable) -> list:
+    def _map(self, ds, fn: Callable, extra: Mapping[str, np.ndarray] | None = None) -> list:
         out = []
         for index, n, feats in _batches(ds, self.batch_size):
-            values = np.asarray(fn(feats))[:n]
+            values = np.asarray(fn({**feats, **(extra or {})}))[:n]
             out.extend(zip(index.tolist(), list(values)))
         return out
 
@@ -101,17 +101,26 @@ class TaskEvaluator:
         params = sharded.place_params(model, params, self.mesh, self.rules)
         decoder = sharded.decode_function(model, self.decode, self.mesh, self.rules)
         scorer = sharded.score_function(model, self.mesh, self.rules)
+        # Which task a cached dataset is: seqio calls predict_fn / score_fn
+        # with one task's cached model dataset at a time.
+        task_of = {id(ds): name for name, ds in self.evaluator.cached_model_datasets.items()}
+
+        def extra(ds):
+            """The model's own features for this task (model.task_features)."""
+            return model.task_features(task_of[id(ds)], self.batch_size)
 
         def predict_fn(ds):
             preds = self._map(ds, lambda f: decoder(
-                params, {"encoder_input_tokens": f["encoder_input_tokens"]}))
+                params, {k: v for k, v in f.items()
+                         if k == "encoder_input_tokens" or k not in MODEL_FEATURES}),
+                extra(ds))
             # Full-length rows (0 after EOS): seqio stacks them into one array
             # and its vocabulary's decode stops at EOS.
             return [(i, [int(t) for t in row]) for i, row in preds]
 
         def score_fn(ds):
             return [(i, float(s)) for i, s in self._map(
-                ds, lambda f: scorer(params, f))]
+                ds, lambda f: scorer(params, f), extra(ds))]
 
         metrics, _ = self.evaluator.evaluate(compute_metrics=True, step=step,
                                              predict_fn=predict_fn, score_fn=score_fn)

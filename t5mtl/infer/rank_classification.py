@@ -22,12 +22,16 @@ from t5mtl.models.base import BaseModel
 
 def option_log_likelihoods(model: BaseModel, params, input_ids: Sequence[Sequence[int]],
                            option_ids: Sequence[Sequence[int]], batch_size: int = 64,
-                           mesh: Mesh | None = None, rules=None) -> np.ndarray:
+                           mesh: Mesh | None = None, rules=None,
+                           task_name: str | None = None) -> np.ndarray:
     """log p(option | input) for every (input, option) pair: [n_inputs, n_options].
 
     Batches of pairs run over `mesh` (None: this process's first device),
     split over its data x fsdp axes; `params` may be numpy or already on it.
+    With `task_name`, each batch carries `model.task_features` of that task
+    (e.g. the multi-head classifier's task ids).
     """
+    extra = model.task_features(task_name, batch_size) if task_name else {}
     mesh = sharded.default_mesh() if mesh is None else mesh
     params = sharded.place_params(model, params, mesh, rules)
     scorer = sharded.score_function(model, mesh, rules)
@@ -41,7 +45,7 @@ def option_log_likelihoods(model: BaseModel, params, input_ids: Sequence[Sequenc
         chunk = chunk + [chunk[0]] * (batch_size - n)      # fixed shape: one compile
         batch = scoring_batch([input_ids[i] for i, _ in chunk], [option_ids[j] for _, j in chunk],
                               enc_len, tgt_len)
-        out = scorer(params, batch)[:n]
+        out = scorer(params, {**batch, **extra})[:n]
         for (i, j), s in zip(chunk[:n], out):
             scores[i, j] = s
     return scores
@@ -74,7 +78,8 @@ def rank_classify(model: BaseModel, params, task_name: str, options: Sequence[st
         raise T5mtlError(f"{task_name!r}: targets {unknown[:5]} are not among the options "
                          f"{list(options)}")
     option_ids = [list(vocab.encode(o)) + [1] for o in options]       # + EOS
-    scores = option_log_likelihoods(model, params, inputs, option_ids, mesh=mesh, rules=rules)
+    scores = option_log_likelihoods(model, params, inputs, option_ids, mesh=mesh, rules=rules,
+                                    task_name=task_name)
     predictions = [options[k] for k in scores.argmax(axis=1)]
     accuracy = 100.0 * float(np.mean([p == t for p, t in zip(predictions, targets)]))
     return {"accuracy": accuracy, "predictions": predictions, "targets": targets,

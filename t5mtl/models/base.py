@@ -14,6 +14,8 @@ trainer changes.
   score_batch(params, batch)            -> per-example log-likelihood [b]
   predict_batch(params, batch, decode, rng) -> decoded ids [b, length]
   feature_converter(pack, task_ids)     -> the seqio FeatureConverter its batches come from
+  check_tasks(task_names)               -> refuses training data of other tasks (default: none)
+  task_features(task_name, batch_size)  -> extra eval features (default: none)
   warm_start(params, fresh, context)    -> params once a base is loaded (e.g. prompt inits)
 
 Metrics are additive over microbatches except the ratios
@@ -116,6 +118,18 @@ class BaseModel(abc.ABC):
         the model's own inputs use. Each one costs input-pipeline time."""
         from t5mtl.data.batches import make_feature_converter
         return make_feature_converter("encdec", pack, tuple(task_ids))
+
+    def check_tasks(self, task_names: Sequence[str]) -> None:
+        """Raises T5mtlError if the model cannot train on data whose task ids
+        index `task_names` (the trainer's mixture, in task-id order).
+        Default: any tasks."""
+
+    def task_features(self, task_name: str, batch_size: int) -> dict:
+        """Features beyond the tokens that the model reads to predict or score
+        `batch_size` examples of `task_name` (evaluation adds them to each
+        batch; e.g. the multi-head classifier's per-example task ids).
+        Default: none."""
+        return {}
 
     # -- parameters -----------------------------------------------------------------
     @abc.abstractmethod

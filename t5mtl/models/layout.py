@@ -15,6 +15,8 @@ def _counts(cfg: T5Config):
 def stack_layers(params: dict, cfg: T5Config) -> dict:
     out = dict(params)
     for stack, n in _counts(cfg).items():
+        if stack not in params:         # an encoder-only model
+            continue
         sub = dict(params[stack])
         layers = [sub.pop(f"layers_{i}") for i in range(n)]
         sub["layers"] = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *layers)
@@ -25,6 +27,8 @@ def stack_layers(params: dict, cfg: T5Config) -> dict:
 def unstack_layers(params: dict, cfg: T5Config) -> dict:
     out = dict(params)
     for stack, n in _counts(cfg).items():
+        if stack not in params:
+            continue
         sub = dict(params[stack])
         stacked = sub.pop("layers")
         for i in range(n):

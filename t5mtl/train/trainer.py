@@ -246,6 +246,7 @@ def train(model_dir: str, *, model: BaseModel | None = None,
         data.mixture_or_task_name))
     provider = seqio.get_mixture_or_task(data.mixture_or_task_name)
     tasks = mixture_task_names(data.mixture_or_task_name)
+    model.check_tasks(tasks)
     paths.makedirs(model_dir)        # a gs:// model_dir: its bucket must exist
     tx = optimizer if optimizer is not None else create_optimizer()
     surgery = None
