@@ -83,9 +83,19 @@ def rank_accuracy(model, params, task: str, num_examples: int) -> dict:
     from t5mtl.data.task_info import get_task_info
     from t5mtl.infer.evaluation import majority_share
     from t5mtl.infer.rank_classification import rank_classify
-    result = rank_classify(model, params, task, get_task_info(task).label_names,
+    import numpy as np
+    from scipy.special import logsumexp
+    options = list(get_task_info(task).label_names)
+    result = rank_classify(model, params, task, options,
                            num_examples=num_examples, input_length=LENGTHS["inputs"])
-    return {"accuracy": result["accuracy"], "chance": majority_share(result["targets"])}
+    # Option log-loss: -log of the true label's probability among the options (the
+    # option scores softmax-normalized). An ensemble averages its members' option
+    # scores, so by convexity of logsumexp its log-loss is at most their mean.
+    scores = np.asarray(result["scores"], np.float64)
+    true = scores[np.arange(len(scores)), [options.index(t) for t in result["targets"]]]
+    log_loss = float(np.mean(logsumexp(scores, axis=1) - true))
+    return {"accuracy": result["accuracy"], "chance": majority_share(result["targets"]),
+            "log_loss": log_loss}
 
 
 def compare_task(task: str, args) -> dict:
@@ -118,10 +128,13 @@ def compare_task(task: str, args) -> dict:
         each = []
         for run in members:
             m = t5mtl.load(run)
-            each.append(rank_accuracy(m.model, m.params, task, args.num_examples)["accuracy"])
+            each.append(rank_accuracy(m.model, m.params, task, args.num_examples))
         ensemble, params = load_ensemble(members)
-        record("ensemble_members", statistics.mean(each))
-        record("ensemble", rank_accuracy(ensemble, params, task, args.num_examples)["accuracy"])
+        joint = rank_accuracy(ensemble, params, task, args.num_examples)
+        record("ensemble_members_log_loss", statistics.mean(e["log_loss"] for e in each))
+        record("ensemble_log_loss", joint["log_loss"])
+        record("ensemble_members", statistics.mean(e["accuracy"] for e in each))
+        record("ensemble", joint["accuracy"])
     return scores
 
 
@@ -129,15 +142,17 @@ ROWS = [("chance", "chance (majority class)"), ("none", "no adaptation"),
         *((f"prompt_{i}", f"prompt tuning, {i} init") for i in INITS),
         ("ensemble", f"ensemble of {ENSEMBLE_SIZE} class-label prompts"),
         ("ensemble_members", "  mean of its members"),
+        ("ensemble_log_loss", "ensemble, option log-loss (nats)"),
+        ("ensemble_members_log_loss", "  mean of its members' log-loss"),
         ("lora", "LoRA r=8 (query, value)"), ("full", "full finetuning")]
 
 
-def cell(values) -> str:
+def cell(values, digits: int = 1) -> str:
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def table(results: dict) -> str:
@@ -145,7 +160,8 @@ def table(results: dict) -> str:
     lines = ["| method | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
     for key, label in ROWS:
         if any(key in results[t] for t in tasks):
-            lines.append(f"| {label} | " + " | ".join(cell(results[t].get(key, []))
+            digits = 3 if key.endswith("log_loss") else 1
+            lines.append(f"| {label} | " + " | ".join(cell(results[t].get(key, []), digits)
                                                       for t in tasks) + " |")
     return "\n".join(lines)
 

@@ -19,3 +19,10 @@ def test_table_rows_in_method_order_with_missing_cells():
         "| chance (majority class)", "| no adaptation", "| prompt tuning, class_labels init",
         "| LoRA r=8 (query, value)"]
     assert lines[-1] == "| LoRA r=8 (query, value) | 65.0 ± 7.1 | - |"
+
+
+def test_log_loss_rows_have_three_digits():
+    results = {"glue_sst2": {"ensemble_log_loss": [0.69312], "ensemble_members_log_loss": [0.7]}}
+    lines = table(results).splitlines()[2:]
+    assert lines == ["| ensemble, option log-loss (nats) | 0.693 |",
+                     "|   mean of its members' log-loss | 0.700 |"]
