@@ -6,8 +6,10 @@ leaf by leaf. Edited models are the base plus scaled sums of task vectors,
     theta_new = theta_base + sum_i lambda_i tau_i
 
 adding a task (lambda > 0), forgetting one (negation, lambda < 0) or both
-at once. The scaling coefficient is chosen on validation data by the
-paper's rules (`negation_scale`, `addition_scale`).
+at once; a task analogy (A - B + C, as in king - man + woman) is one lambda
+over tau_A - tau_B + tau_C (`analogy`). The scaling coefficient is chosen on
+validation data by the paper's rules (`negation_scale`, `addition_scale`)
+or, for an analogy, by the target task's validation score (`analogy_scale`).
 
   base = load_model(B); va = task_vector(base, D_A); vb = task_vector(base, D_B)
   params = apply(base, [(0.5, va), (0.5, vb)])        # or [(-1.0, va)]
@@ -238,14 +240,27 @@ def write_model_dir(out: str, base: LoadedModel, params: Mapping[str, np.ndarray
                                        described["tasks"])   # last: marks it whole
 
 
+def analogy(scale: float, a: TaskVector, b: TaskVector,
+            c: TaskVector) -> list[tuple[float, TaskVector]]:
+    """The terms of the task analogy A - B + C: base + scale (tau_A - tau_B + tau_C)."""
+    return [(scale, a), (-scale, b), (scale, c)]
+
+
 def recipe(base: LoadedModel, terms: Sequence[tuple[float, TaskVector]],
-           only: Sequence[str] = (), selection: Mapping[str, Any] | None = None) -> dict:
-    """What made an edited model: base, each vector's directory and scale."""
-    return {"method": "task arithmetic (Ilharco et al. 2023): base + sum(scale * (ft - base))",
-            "base": {"path": paths.absolute(base.path), "step": base.step},
-            "vectors": [{"path": paths.absolute(v.path), "step": v.step, "scale": float(s)}
-                        for s, v in terms],
-            "only": list(only), "scale_selection": dict(selection) if selection else None}
+           only: Sequence[str] = (), selection: Mapping[str, Any] | None = None,
+           analogy_of: Sequence[TaskVector] | None = None) -> dict:
+    """What made an edited model: base, each vector's directory and scale;
+    with `analogy_of` (A, B, C), that the terms are the analogy A - B + C."""
+    out = {"method": "task arithmetic (Ilharco et al. 2023): base + sum(scale * (ft - base))",
+           "base": {"path": paths.absolute(base.path), "step": base.step},
+           "vectors": [{"path": paths.absolute(v.path), "step": v.step, "scale": float(s)}
+                       for s, v in terms],
+           "only": list(only), "scale_selection": dict(selection) if selection else None,
+           "analogy": None}
+    if analogy_of is not None:
+        out["analogy"] = {"form": "base + scale * (tau_A - tau_B + tau_C)",
+                          **{k: paths.absolute(v.path) for k, v in zip("ABC", analogy_of)}}
+    return out
 
 
 # -- the scaling coefficient, chosen on validation data (Ilharco et al., sec. 3-4) --------
@@ -276,6 +291,21 @@ def addition_scale(scores: Mapping[float, Mapping[str, float]],
     return max(sorted(scores), key=lambda s: (normalized_accuracy(scores[s], finetuned), -s))
 
 
+def analogy_scale(scores: Mapping[float, Mapping[str, float]], target: str,
+                  control: str | None = None, keep: float = 0.95) -> float:
+    """Analogies: the scale with the best `target` score (the task the
+    analogy is for, scored on its own validation data); with `control`,
+    among the scales whose model keeps at least `keep` of the base's
+    (scale 0's) control score. Ties go to the smaller scale."""
+    allowed = sorted(scores)
+    if control is not None:
+        if 0.0 not in scores:
+            raise T5mtlError("analogy_scale with a control task needs the base's scores "
+                             "(scale 0) in the grid")
+        allowed = [s for s in allowed if scores[s][control] >= keep * scores[0.0][control]]
+    return max(allowed, key=lambda s: (scores[s][target], -s))
+
+
 def task_scores(model: BaseModel, params, tasks: Sequence[str],
                 task_feature_lengths: Mapping[str, int], split: str = "validation",
                 num_examples: int | None = None, batch_size: int = 64) -> dict[str, float]:
@@ -289,12 +319,17 @@ def task_scores(model: BaseModel, params, tasks: Sequence[str],
     return out
 
 
-def scale_grid(base: LoadedModel, vectors: Sequence[TaskVector], sign: float,
-               scales: Sequence[float], evaluate: Callable[[dict], dict[str, float]],
+def scale_grid(base: LoadedModel, vectors: Sequence[TaskVector],
+               sign: float | Sequence[float], scales: Sequence[float],
+               evaluate: Callable[[dict], dict[str, float]],
                only: Sequence[str] = ()) -> dict[float, dict[str, float]]:
-    """{scale: evaluate(base + sign * scale * sum(vectors))} over `scales` and 0."""
+    """{scale: evaluate(base + scale * sum(sign * vector))} over `scales` and
+    0; `sign` is one for all vectors or one per vector ((1, -1, 1): an analogy)."""
+    signs = [float(sign)] * len(vectors) if isinstance(sign, (int, float)) else list(sign)
+    if len(signs) != len(vectors):
+        raise T5mtlError(f"scale_grid: {len(signs)} signs for {len(vectors)} vectors")
     out = {}
     for scale in sorted({0.0, *map(float, scales)}):
-        flat = apply(base, [(sign * scale, v) for v in vectors], only)
+        flat = apply(base, [(g * scale, v) for g, v in zip(signs, vectors)], only)
         out[scale] = evaluate(base.model.adapt_params(param_names.unflatten(flat)))
     return out
