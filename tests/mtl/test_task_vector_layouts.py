@@ -70,9 +70,9 @@ def test_only_selects_the_same_leaves_in_either_layout(dirs, tmp_path):
     """A per-layer name selects that layer of a scanned base's stacked leaf,
     a scanned name (`encoder/layers/...`) every layer of a per-layer base."""
     base_f64, ft1 = _f64(dirs["params"]), _f64(dirs["ft1"])
-    for i, (only, edited) in enumerate([("encoder/layers_1/.*", lambda n: n.startswith("encoder/layers_1/")),
-                         ("decoder/layers/mlp/.*",
-                          lambda n: n.startswith("decoder/layers_") and "/mlp/" in n)]):
+    cases = [("encoder/layers_1/.*", lambda n: n.startswith("encoder/layers_1/")),
+             ("decoder/layers/mlp/.*", lambda n: n.startswith("decoder/layers_") and "/mlp/" in n)]
+    for i, (only, edited) in enumerate(cases):
         want = {n: (ft1[n] if edited(n) else base_f64[n]).astype(np.float32)
                 for n in base_f64}
         assert any(edited(n) for n in want) and not all(edited(n) for n in want)
