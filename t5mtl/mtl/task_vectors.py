@@ -6,16 +6,23 @@ leaf by leaf. Edited models are the base plus scaled sums of task vectors,
     theta_new = theta_base + sum_i lambda_i tau_i
 
 adding a task (lambda > 0), forgetting one (negation, lambda < 0) or both
-at once. The scaling coefficient is chosen on validation data by the
-paper's rules (`negation_scale`, `addition_scale`).
+at once; a task analogy (A - B + C, as in king - man + woman) is one lambda
+over tau_A - tau_B + tau_C (`analogy`). The scaling coefficient is chosen on
+validation data by the paper's rules (`negation_scale`, `addition_scale`)
+or, for an analogy, by the target task's validation score (`analogy_scale`).
 
   base = load_model(B); va = task_vector(base, D_A); vb = task_vector(base, D_B)
   params = apply(base, [(0.5, va), (0.5, vb)])        # or [(-1.0, va)]
   write_model_dir(O, base, params, recipe)              # loadable by t5mtl.load
 
 A finetuned directory must hold the base's architecture (the model class
-and every architecture field but the scanned/per-layer layout, which is
-converted) and the base's parameter names, shapes and dtypes. Adapter
+and every architecture field but the scanned/per-layer layout) and the
+base's parameter names, shapes and dtypes. Layouts may differ: every model
+is read into the per-layer layout (`layers_i`), the arithmetic and `only`
+work there, and the result is written in the base's layout; an `only`
+pattern matches a leaf by its per-layer name (`encoder/layers_1/...`, one
+layer of a scanned leaf) or its scanned one (`encoder/layers/...`, every
+layer), whichever layout the base has. Adapter
 directories (save_trainable_only; model.json names a base) are expanded to
 full params first, and a weight adapter (LoRA) is merged into the kernels,
 so a LoRA finetune gives a plain task vector; an adapter that adds
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -39,6 +47,7 @@ from t5mtl import paths
 from t5mtl.errors import T5mtlError
 from t5mtl.models import param_names
 from t5mtl.models.base import BaseModel
+from t5mtl.models.layout import to_layout
 from t5mtl.train import model_dir as model_dir_lib
 
 RECIPE = "task_vector.json"
@@ -49,7 +58,8 @@ MAX_RELATIVE_DISTANCE = 0.5
 
 @dataclasses.dataclass
 class LoadedModel:
-    """A model, its full params as a flat {name: np.ndarray}, and where they came from."""
+    """A model, its full params as a flat {name: np.ndarray} in the per-layer
+    layout, and where they came from."""
     path: str
     model: BaseModel
     params: dict[str, np.ndarray]
@@ -63,7 +73,7 @@ class LoadedModel:
 @dataclasses.dataclass
 class TaskVector:
     """theta_ft - theta_base of one finetuned directory, kept as the
-    finetuned params (in the base's layout) against the base's, so that
+    finetuned params (per-layer, flat) against the base's, so that
     differences are exact when applied."""
     path: str
     base: LoadedModel
@@ -94,13 +104,29 @@ def _step(path: str, step: int | None) -> int | None:
 
 
 def _merged(loaded: LoadedModel) -> LoadedModel:
-    """The weight adapter (LoRA) merged into the kernels: a plain model's params."""
+    """The weight adapter (LoRA) merged into the kernels: a plain model's
+    params, flat, per-layer."""
     model, params = loaded.model, loaded.params
     if getattr(model, "weight_adapter", None) is not None:
         params = model.weights(params)
         model = model.replace(weight_adapter=None)
-    flat = {k: np.asarray(v) for k, v in param_names.flatten(params).items()}
+    flat = {k: np.asarray(v) for k, v in param_names.flatten(per_layer(model, params)).items()}
     return dataclasses.replace(loaded, model=model, params=flat)
+
+
+def per_layer(model: BaseModel, params: dict) -> dict:
+    """`params` of `model` in the per-layer layout (a scanned model's stacked
+    leaves split into `layers_i`); models without layers as they are."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "scan_layers", False) or "encoder" not in params:
+        return params
+    return to_layout(params, dataclasses.replace(config, scan_layers=False))
+
+
+def scanned_name(name: str) -> str:
+    """The name a per-layer leaf has in the scanned layout (`encoder/layers_1/x`
+    -> `encoder/layers/x`); other names unchanged."""
+    return re.sub(r"(^|/)(encoder|decoder)/layers_\d+/", r"\1\2/layers/", name, count=1)
 
 
 def _architecture_line(base: LoadedModel, model: BaseModel) -> str | None:
@@ -137,11 +163,9 @@ def task_vector(base: LoadedModel, path: str, step: int | None = None,
                 f"{info.base['fingerprint'][:12]}), not of {base.path} (fingerprint "
                 f"{found[:12]}); task vectors need the base the model was finetuned from")
     params = model_dir_lib.restore_params(path, step, base_params=base_params)
-    ft = _merged(LoadedModel(path, info.model, params, step, info))
-    ft_params = param_names.flatten(base.model.adapt_params(ft.nested()))
+    ft_params = _merged(LoadedModel(path, info.model, params, step, info)).params
     _check_leaves(base, path, ft_params)
-    vector = TaskVector(path, base, {k: np.asarray(v) for k, v in ft_params.items()},
-                        _step(path, step))
+    vector = TaskVector(path, base, ft_params, _step(path, step))
     if max_relative_distance is not None and not checked:
         distance = vector.norm() / max(_norm(base.params), 1e-30)
         if distance > max_relative_distance:
@@ -173,19 +197,22 @@ def _check_leaves(base: LoadedModel, path: str, ft: Mapping[str, Any]) -> None:
 
 def apply(base: LoadedModel, terms: Sequence[tuple[float, TaskVector]],
           only: Sequence[str] = ()) -> dict[str, np.ndarray]:
-    """theta_base + sum of scale * tau over `terms`, flat, in the base's dtypes;
-    with `only` (regexes over parameter names), the other leaves stay the
-    base's."""
+    """theta_base + sum of scale * tau over `terms`, flat, per-layer, in the
+    base's dtypes; with `only` (regexes over parameter names, per-layer or
+    scanned), the other leaves stay the base's."""
     patterns = param_names.compile_patterns(only, "--only")
     if patterns:
-        param_names.check_all_match(list(base.params), patterns, "--only")
+        param_names.check_all_match(
+            list(dict.fromkeys([*base.params, *map(scanned_name, base.params)])), patterns,
+            "--only")
     for _, vector in terms:
         if vector.base is not base:
             raise T5mtlError(f"{vector.path}: its task vector was taken against "
                              f"{vector.base.path}, not against the base {base.path}")
     out = {}
     for name, value in base.params.items():
-        if (patterns and not param_names.matches(name, patterns)) or not terms:
+        if not terms or (patterns and not param_names.matches(name, patterns)
+                         and not param_names.matches(scanned_name(name), patterns)):
             out[name] = value
             continue
         total = value.astype(np.float64)
@@ -213,14 +240,27 @@ def write_model_dir(out: str, base: LoadedModel, params: Mapping[str, np.ndarray
                                        described["tasks"])   # last: marks it whole
 
 
+def analogy(scale: float, a: TaskVector, b: TaskVector,
+            c: TaskVector) -> list[tuple[float, TaskVector]]:
+    """The terms of the task analogy A - B + C: base + scale (tau_A - tau_B + tau_C)."""
+    return [(scale, a), (-scale, b), (scale, c)]
+
+
 def recipe(base: LoadedModel, terms: Sequence[tuple[float, TaskVector]],
-           only: Sequence[str] = (), selection: Mapping[str, Any] | None = None) -> dict:
-    """What made an edited model: base, each vector's directory and scale."""
-    return {"method": "task arithmetic (Ilharco et al. 2023): base + sum(scale * (ft - base))",
-            "base": {"path": paths.absolute(base.path), "step": base.step},
-            "vectors": [{"path": paths.absolute(v.path), "step": v.step, "scale": float(s)}
-                        for s, v in terms],
-            "only": list(only), "scale_selection": dict(selection) if selection else None}
+           only: Sequence[str] = (), selection: Mapping[str, Any] | None = None,
+           analogy_of: Sequence[TaskVector] | None = None) -> dict:
+    """What made an edited model: base, each vector's directory and scale;
+    with `analogy_of` (A, B, C), that the terms are the analogy A - B + C."""
+    out = {"method": "task arithmetic (Ilharco et al. 2023): base + sum(scale * (ft - base))",
+           "base": {"path": paths.absolute(base.path), "step": base.step},
+           "vectors": [{"path": paths.absolute(v.path), "step": v.step, "scale": float(s)}
+                       for s, v in terms],
+           "only": list(only), "scale_selection": dict(selection) if selection else None,
+           "analogy": None}
+    if analogy_of is not None:
+        out["analogy"] = {"form": "base + scale * (tau_A - tau_B + tau_C)",
+                          **{k: paths.absolute(v.path) for k, v in zip("ABC", analogy_of)}}
+    return out
 
 
 # -- the scaling coefficient, chosen on validation data (Ilharco et al., sec. 3-4) --------
@@ -251,6 +291,21 @@ def addition_scale(scores: Mapping[float, Mapping[str, float]],
     return max(sorted(scores), key=lambda s: (normalized_accuracy(scores[s], finetuned), -s))
 
 
+def analogy_scale(scores: Mapping[float, Mapping[str, float]], target: str,
+                  control: str | None = None, keep: float = 0.95) -> float:
+    """Analogies: the scale with the best `target` score (the task the
+    analogy is for, scored on its own validation data); with `control`,
+    among the scales whose model keeps at least `keep` of the base's
+    (scale 0's) control score. Ties go to the smaller scale."""
+    allowed = sorted(scores)
+    if control is not None:
+        if 0.0 not in scores:
+            raise T5mtlError("analogy_scale with a control task needs the base's scores "
+                             "(scale 0) in the grid")
+        allowed = [s for s in allowed if scores[s][control] >= keep * scores[0.0][control]]
+    return max(allowed, key=lambda s: (scores[s][target], -s))
+
+
 def task_scores(model: BaseModel, params, tasks: Sequence[str],
                 task_feature_lengths: Mapping[str, int], split: str = "validation",
                 num_examples: int | None = None, batch_size: int = 64) -> dict[str, float]:
@@ -264,12 +319,17 @@ def task_scores(model: BaseModel, params, tasks: Sequence[str],
     return out
 
 
-def scale_grid(base: LoadedModel, vectors: Sequence[TaskVector], sign: float,
-               scales: Sequence[float], evaluate: Callable[[dict], dict[str, float]],
+def scale_grid(base: LoadedModel, vectors: Sequence[TaskVector],
+               sign: float | Sequence[float], scales: Sequence[float],
+               evaluate: Callable[[dict], dict[str, float]],
                only: Sequence[str] = ()) -> dict[float, dict[str, float]]:
-    """{scale: evaluate(base + sign * scale * sum(vectors))} over `scales` and 0."""
+    """{scale: evaluate(base + scale * sum(sign * vector))} over `scales` and
+    0; `sign` is one for all vectors or one per vector ((1, -1, 1): an analogy)."""
+    signs = [float(sign)] * len(vectors) if isinstance(sign, (int, float)) else list(sign)
+    if len(signs) != len(vectors):
+        raise T5mtlError(f"scale_grid: {len(signs)} signs for {len(vectors)} vectors")
     out = {}
     for scale in sorted({0.0, *map(float, scales)}):
-        flat = apply(base, [(sign * scale, v) for v in vectors], only)
+        flat = apply(base, [(g * scale, v) for g, v in zip(signs, vectors)], only)
         out[scale] = evaluate(base.model.adapt_params(param_names.unflatten(flat)))
     return out
