@@ -36,7 +36,17 @@ from bench.common import ROOT
 TASKS = ("synth_is_sorted", "glue_sst2", "glue_cola")
 INITS = ("random_uniform", "sampled_vocab", "class_labels")
 ENSEMBLE_SIZE = 5
-LENGTHS = {"inputs": 128, "targets": 8}
+INPUT_LENGTH = 128
+
+
+def feature_lengths(task: str) -> dict:
+    """Inputs 128; targets exactly the longest label plus its EOS, so no label
+    is cut in training (rank classification scores every label whole)."""
+    import seqio
+    from t5mtl.data.task_info import get_task_info
+    vocab = seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
+    longest = max(len(vocab.encode(label)) for label in get_task_info(task).label_names)
+    return {"inputs": INPUT_LENGTH, "targets": longest + 1}
 # Per method: (learning rate, trainable patterns); Adafactor for all, as T5.
 # 0.3 for prompts is Lester et al.'s; LoRA and full finetuning use the base's.
 METHODS = {
@@ -68,7 +78,7 @@ def train_one(out: str, base: str, task: str, method: str, seed: int, steps: int
     lr, trainable = METHODS[method]
     base_model = model_dir_lib.read_model_json(base).model
     train(run, model=build_model(method, base_model),
-          data=DataConfig(mixture_or_task_name=task, task_feature_lengths=LENGTHS,
+          data=DataConfig(mixture_or_task_name=task, task_feature_lengths=feature_lengths(task),
                           batch_size=batch_size, pack=False, seed=seed),
           num_steps=steps, optimizer=create_optimizer("adafactor", learning_rate=lr),
           checkpoints=CheckpointConfig(period=10 ** 9, keep=1, async_save=False,
@@ -87,7 +97,7 @@ def rank_accuracy(model, params, task: str, num_examples: int) -> dict:
     from scipy.special import logsumexp
     options = list(get_task_info(task).label_names)
     result = rank_classify(model, params, task, options,
-                           num_examples=num_examples, input_length=LENGTHS["inputs"])
+                           num_examples=num_examples, input_length=INPUT_LENGTH)
     # Option log-loss: -log of the true label's probability among the options (the
     # option scores softmax-normalized). An ensemble averages its members' option
     # scores, so by convexity of logsumexp its log-loss is at most their mean.

@@ -26,3 +26,11 @@ def test_log_loss_rows_have_three_digits():
     lines = table(results).splitlines()[2:]
     assert lines == ["| ensemble, option log-loss (nats) | 0.693 |",
                      "|   mean of its members' log-loss | 0.700 |"]
+
+
+def test_targets_hold_the_longest_label_and_its_eos():
+    import t5mtl.data.registry  # noqa: F401  (registers the tasks)
+    from bench.peft_compare import feature_lengths
+    # byte vocabulary: 'unacceptable' is 12 tokens, + EOS; 'positive'/'negative' 8 + EOS
+    assert feature_lengths("glue_cola") == {"inputs": 128, "targets": 13}
+    assert feature_lengths("glue_sst2") == {"inputs": 128, "targets": 9}
