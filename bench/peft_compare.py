@@ -33,7 +33,7 @@ import sys
 
 from bench.common import ROOT
 
-TASKS = ("synth_is_sorted", "glue_sst2", "glue_cola")
+TASKS = ("synth_sign", "glue_sst2", "glue_cola")
 INITS = ("random_uniform", "sampled_vocab", "class_labels")
 ENSEMBLE_SIZE = 5
 INPUT_LENGTH = 128

@@ -20,3 +20,10 @@ def _clear_gin_after_test():
     yield
     import gin
     gin.clear_config()
+
+
+def pytest_configure(config):
+    """The suite's budget is 30 minutes on 2 cores (README's test command):
+    every run lists its 25 slowest tests, so a new slow one shows at once."""
+    if not config.option.durations:
+        config.option.durations = 25
