@@ -34,7 +34,7 @@ import os
 import numpy as np
 
 SYNTH = ("synth_sign", "synth_parity", "synth_greater")
-REAL = ("glue_sst2", "glue_cola", "glue_qnli")
+REAL = ("glue_sst2", "glue_cola", "superglue_rte")
 RUNS = {"t2t": ("t2t", None), "t2t_pcgrad": ("t2t", "pcgrad"),
         "mh": ("mh", None), "mh_pcgrad": ("mh", "pcgrad")}
 TITLES = {"t2t": "text-to-text", "t2t_pcgrad": "text-to-text + PCGrad",
@@ -55,7 +55,9 @@ def feature_lengths(tasks, input_length: int) -> dict:
 
 def check_tasks(tasks) -> list:
     """The tasks in the mixture's order (the probes' and heads' order); one
-    line (T5mtlError) for a task that is unknown or not classification."""
+    line (T5mtlError) for a task that is unknown, not classification or
+    without a train split."""
+    import seqio
     from t5mtl.data.data_config import resolve_mixture
     from t5mtl.data.task_ids import task_names
     from t5mtl.data.task_info import get_task_info
@@ -66,6 +68,8 @@ def check_tasks(tasks) -> list:
     for task in tasks:
         if not get_task_info(task).label_names:
             raise T5mtlError(f"{task!r} is not a classification task (no label names)")
+        if "train" not in seqio.get_mixture_or_task(task).splits:
+            raise T5mtlError(f"{task!r} has no train split (in this data_dir)")
     return task_names(mixture)
 
 

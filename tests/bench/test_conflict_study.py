@@ -75,7 +75,7 @@ def test_quick_study_tables_equal_the_probe_rows_averaged(tmp_path, shared_data_
     assert os.path.getmtime(os.path.join(out, RUNS[0], "metrics.jsonl")) == mtime
 
 
-def test_unknown_task_or_run_is_one_line(tmp_path):
+def test_unknown_task_or_run_is_one_line(tmp_path, shared_data_dir):
     from bench.conflict_study import main
     with pytest.raises(T5mtlError, match="unknown task or mixture 'synth_nope'"):
         main(["--tasks", "synth_sign,synth_nope", "--out", str(tmp_path)])
@@ -83,3 +83,7 @@ def test_unknown_task_or_run_is_one_line(tmp_path):
         main(["--runs", "t2t,mh_gradvac", "--out", str(tmp_path)])
     with pytest.raises(T5mtlError, match="not a classification task"):
         main(["--tasks", "synth_sign,glue_stsb", "--out", str(tmp_path)])
+    # ../shared/data holds only QNLI's dev set: nothing to train on
+    with pytest.raises(T5mtlError, match="'glue_qnli' has no train split"):
+        main(["--tasks", "synth_sign,glue_qnli", "--out", str(tmp_path),
+              "--data_dir", shared_data_dir])
