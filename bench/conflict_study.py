@@ -177,7 +177,17 @@ def markdown(study: dict) -> str:
            f"{s['lr']}, batch {s['batch_size']} (equal-rate mixture), inputs "
            f"{s['input_length']}, seed {s['seed']}; probes every {s['probe_period']} steps "
            f"(lookahead SGD lr {s['probe_lr']}); accuracy on up to {s['num_examples']} "
-           "validation examples per task.", ""]
+           "validation examples per task.", "",
+           "## Summary over task pairs", "",
+           "| run | encoder cos: mean | < 0 | whole cos: mean | transfer: mean | mean abs "
+           "| < 0 |", "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        enc, cos, tr = ([v for v in res[r][k].values() if v is not None]
+                        for k in ("enc_cos", "cos", "transfer"))
+        out.append(f"| {TITLES[r]} | {_cell(_mean(enc))} | {sum(v < 0 for v in enc)} of "
+                   f"{len(enc)} | {_cell(_mean(cos))} | {_cell(_mean(tr), 4)} | "
+                   f"{_cell(_mean(map(abs, tr)), 4)} | {sum(v < 0 for v in tr)} of {len(tr)} |")
+    out.append("")
     for key, title in (("enc_cos", "Mean cosine, shared encoder (mean over encoder blocks)"),
                        ("cos", "Mean cosine, whole model")):
         out += [f"## {title}", "", head]

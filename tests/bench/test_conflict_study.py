@@ -25,7 +25,7 @@ def _md_rows(md, section):
 
 
 def test_quick_study_tables_equal_the_probe_rows_averaged(tmp_path, shared_data_dir):
-    from bench.conflict_study import main
+    from bench.conflict_study import TITLES, main
     out = str(tmp_path / "study")
     study = main(["--quick", "--out", out, "--runs", ",".join(RUNS),
                   "--data_dir", shared_data_dir])
@@ -37,6 +37,7 @@ def test_quick_study_tables_equal_the_probe_rows_averaged(tmp_path, shared_data_
     cos_table = _md_rows(md, "Mean cosine, whole model")
     tr_table = _md_rows(md, "Mean lookahead transfer")
     acc_table = _md_rows(md, "Accuracy")
+    summary = _md_rows(md, "Summary over task pairs")
     for col, run in enumerate(RUNS):
         rows = _probe_rows(os.path.join(out, run))
         assert [r["step"] for r in rows] == [0, 2, 4]           # every 2 of 6 steps
@@ -55,6 +56,11 @@ def test_quick_study_tables_equal_the_probe_rows_averaged(tmp_path, shared_data_
             tr = np.mean([r[f"conflict/transfer/{i}/{j}"] for r in rows])
             assert got["transfer"][f"{i}/{j}"] == pytest.approx(tr, abs=1e-12)
             assert tr_table[f"{i} -> {j}"][col] == f"{tr:.4f}"
+        transfers = [np.mean([r[f"conflict/transfer/{i}/{j}"] for r in rows])
+                     for i, j in ((a, b), (b, a))]
+        assert summary[TITLES[run]] == [
+            f"{enc:.3f}", f"{int(enc < 0)} of 1", f"{cos:.3f}", f"{np.mean(transfers):.4f}",
+            f"{np.mean(np.abs(transfers)):.4f}", f"{sum(t < 0 for t in transfers)} of 2"]
         # the over-time plot's series are the same probe rows
         assert [s for s, _ in got["enc_series"][f"{a}/{b}"]] == [0, 2, 4]
         for t in tasks:
