@@ -179,12 +179,16 @@ def markdown(study: dict) -> str:
            f"(lookahead SGD lr {s['probe_lr']}); accuracy on up to {s['num_examples']} "
            "validation examples per task.", "",
            "## Summary over task pairs", "",
-           "| run | encoder cos: mean | < 0 | whole cos: mean | transfer: mean | mean abs "
-           "| < 0 |", "|---|---|---|---|---|---|---|"]
+           f"Second half: probe steps >= {s['steps'] // 2}.", "",
+           "| run | encoder cos: mean | 2nd half | < 0 | whole cos: mean | transfer: mean "
+           "| mean abs | < 0 |", "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         enc, cos, tr = ([v for v in res[r][k].values() if v is not None]
                         for k in ("enc_cos", "cos", "transfer"))
-        out.append(f"| {TITLES[r]} | {_cell(_mean(enc))} | {sum(v < 0 for v in enc)} of "
+        late = _mean(_mean(v for step, v in points if step >= s["steps"] // 2)
+                     for points in res[r]["enc_series"].values())
+        out.append(f"| {TITLES[r]} | {_cell(_mean(enc))} | {_cell(late)} | "
+                   f"{sum(v < 0 for v in enc)} of "
                    f"{len(enc)} | {_cell(_mean(cos))} | {_cell(_mean(tr), 4)} | "
                    f"{_cell(_mean(map(abs, tr)), 4)} | {sum(v < 0 for v in tr)} of {len(tr)} |")
     out.append("")

@@ -58,8 +58,10 @@ def test_quick_study_tables_equal_the_probe_rows_averaged(tmp_path, shared_data_
             assert tr_table[f"{i} -> {j}"][col] == f"{tr:.4f}"
         transfers = [np.mean([r[f"conflict/transfer/{i}/{j}"] for r in rows])
                      for i, j in ((a, b), (b, a))]
+        late = np.mean([np.mean([r[f"conflict/group_cos/{g}/{a}/{b}"] for g in blocks])
+                        for r in rows if r["step"] >= 3])        # the second half of 6 steps
         assert summary[TITLES[run]] == [
-            f"{enc:.3f}", f"{int(enc < 0)} of 1", f"{cos:.3f}", f"{np.mean(transfers):.4f}",
+            f"{enc:.3f}", f"{late:.3f}", f"{int(enc < 0)} of 1", f"{cos:.3f}", f"{np.mean(transfers):.4f}",
             f"{np.mean(np.abs(transfers)):.4f}", f"{sum(t < 0 for t in transfers)} of 2"]
         # the over-time plot's series are the same probe rows
         assert [s for s, _ in got["enc_series"][f"{a}/{b}"]] == [0, 2, 4]
