@@ -355,14 +355,18 @@ def markdown(summary: dict) -> str:
                      f"| " + " | ".join(cells) + " |")
     lines += ["", "## Relative change R (%)", "",
               "R[i, j] = 100 (score of i trained with j - score of i alone) / score of i "
-              "alone. Row i: the family evaluated; column j: its partner.", "",
+              "alone. Row i: the family evaluated; column j: its partner; n/a: undefined (score "
+              "alone 0, or the pair not run). `mean`: over i's partners (what co-training "
+              "does to i); `mean as partner`: over column j (what j does to the others).", "",
               "| i \\ j | " + " | ".join(fams) + " | mean |",
               "|---|" + "---|" * (len(fams) + 1)]
     with warnings.catch_warnings():     # an all-blank row or column: no mean
         warnings.simplefilter("ignore", RuntimeWarning)
         row_mean, col_mean = np.nanmean(r, axis=1), np.nanmean(r, axis=0)
     for i, a in enumerate(fams):
-        lines.append(f"| {a} | " + " | ".join(_cell(x, signed=True) for x in r[i])
+        cells = ["" if i == j else "n/a" if np.isnan(x) else _cell(x, signed=True)
+                 for j, x in enumerate(r[i])]
+        lines.append(f"| {a} | " + " | ".join(cells)
                      + f" | {_cell(row_mean[i], signed=True)} |")
     lines.append("| mean as partner | " + " | ".join(_cell(x, signed=True) for x in col_mean)
                  + " | |")
@@ -375,9 +379,11 @@ def markdown(summary: dict) -> str:
 
 def heat_map(summary: dict, path: str) -> None:
     """R as a heat map: diverging colormap centered at 0, annotated cells,
-    rows = the family evaluated, columns = the partner, diagonal blank."""
+    rows = the family evaluated, columns = the partner, diagonal blank,
+    undefined cells grey ("n/a")."""
     import matplotlib
     matplotlib.use("Agg")
+    import matplotlib.patches
     import matplotlib.pyplot as plt
     fams = summary["families"]
     r = matrix(summary)
@@ -398,6 +404,10 @@ def heat_map(summary: dict, path: str) -> None:
             if np.isfinite(r[i, j]):
                 ax.text(j, i, f"{r[i, j]:+.1f}", ha="center", va="center", fontsize=8,
                         color="white" if abs(r[i, j]) > 0.6 * limit else "black")
+            elif i != j:        # undefined (score alone 0, or the pair not run): grey
+                ax.add_patch(matplotlib.patches.Rectangle((j - 0.5, i - 0.5), 1, 1,
+                                                          color="lightgrey"))
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=8)
     ax.set_title("relative change when co-trained (%)")
     fig.colorbar(image, ax=ax, label="R (%)")
     fig.tight_layout()
