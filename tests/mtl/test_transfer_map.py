@@ -86,6 +86,9 @@ def test_report_from_fake_scores(tmp_path):
     (["--batch_size", "0"], "batch_size must be a positive integer, got 0"),
     (["--seeds", "0"], "seeds must be a positive integer, got 0"),
     (["--model", "t5_nonesuch"], "unknown model name 't5_nonesuch'"),
+    (["--pair_step_factor", "0"], "pair_step_factor must be a positive integer, got 0"),
+    (["--model", "t5_tiny", "--init", "/nonexistent/dir"], "give --model or --init, not both"),
+    (["--init", "/nonexistent/dir"], "--init '/nonexistent/dir' is not a t5mtl model_dir"),
 ])
 def test_argument_errors(tmp_path, capsys, args, message):
     out = tmp_path / "map"
