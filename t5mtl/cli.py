@@ -29,7 +29,8 @@ from t5mtl.errors import T5mtlError
 from t5mtl.quiet_start import debug_requested
 
 # Commands that read data (TensorFlow behind seqio).
-DATA_COMMANDS = ("train", "eval", "fewshot", "infer", "tasks", "task-vector")
+DATA_COMMANDS = ("train", "eval", "fewshot", "infer", "tasks", "task-vector",
+                 "transfer-map")
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -44,6 +45,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "tables and heat maps of a run's task-conflict probes"),
     "task-vector": ("t5mtl.mtl.task_vector_command",
                     "add or negate task vectors (finetuned - base): task arithmetic"),
+    "transfer-map": ("t5mtl.mtl.transfer_map_command",
+                     "train task families alone and in pairs: the ExT5 transfer heat map"),
 }
 
 
