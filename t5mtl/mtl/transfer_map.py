@@ -1,37 +1,22 @@
 """A transfer map between task families, in the manner of ExT5 (Aribandi et al. 2022).
 
-Every family is trained alone, and every unordered pair of families is
-trained together, each run from the same init and for the same number of
-steps; each run is evaluated on its families' validation splits with the
-tasks' own metrics. Family i's relative change when co-trained with j is
+Each family is trained alone and each unordered pair of families together
+(the two family mixtures at 1:1), every run from the same init and, unless
+`pair_step_factor` says otherwise, for the same number of steps, so a pair
+run sees about half as many examples of each family (R then measures
+co-training at equal compute; docs/mtl.md, "Transfer map"). Each run is
+evaluated on its families' validation splits with the tasks' own metrics;
+a family's score is the mean over its tasks of each task's primary metric
+(its TaskInfo's first metric), and
 
     R[i, j] = 100 * (S_ij(i) - S_i(i)) / S_i(i)            (%)
 
-S_ij(i): family i's score after training on i and j together; S_i(i): after
-training on i alone. A family's score is the mean over its tasks of each
-task's primary metric (its TaskInfo's first metric: accuracy or exact match
-on the synthetic suite, 0-100). With several seeds, scores are first
-averaged over the seeds and R is taken of the means. R is undefined (NaN,
-blank) on the diagonal and where S_i(i) is 0.
-
-Families: by default the synthetic suite's categories, each a seqio mixture
-of the category's tasks in T5 format (examples-proportional, FLAN's cap of
-3,000 per task). A pair's mixture samples its two families 1:1 (rate
-"weights" [1, 1]): ExT5 mixed the two families in equal proportion. With the
-step budget fixed, a pair run therefore sees about half as many examples of
-each family as that family's alone run: R measures what co-training costs or
-gives *at the same compute*, which is the question a multi-task mixture
-answers (one model, one budget). `pair_step_factor=2` gives pair runs twice
-the steps, i.e. as many examples of each family as alone, to separate
-dilution from interference.
-
-A seed sets the init (train.seed) and the data order (DataConfig.seed);
-every run of one seed starts from the same parameters (or from `init`, a
-model_dir). Each finished run's scores are cached in
-out/runs/<run>/seed_<s>/scores.json with the settings that made them, so an
-interrupted map resumes and a map asked with other settings is refused
-rather than mixed with old runs. The report is out/transfer_map.json,
-transfer_map.md and transfer_map.png.
+with S_ij(i) family i's score trained with j, S_i(i) alone; over seeds,
+R of the seed means. R is undefined on the diagonal and where S_i(i) = 0.
+A family is a synthetic category's tasks (examples-proportional, cap 3,000)
+or any named list of tasks. Runs are cached in out/runs/<run>/seed_<s>/
+with the settings that made them (a map resumes; other settings are
+refused); the report is out/transfer_map.{json,md,png}.
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
   t5mtl transfer-map --out /tmp/transfer_map                  # the 7 synthetic categories
   t5mtl transfer-map --out O --families counting,arithmetic,classification --seeds 3
-  t5mtl transfer-map --out O --families 'glue=glue_sst2+glue_cola,classification' \
-      --data_dir ../shared/data
+  t5mtl transfer-map --out O --families 'words=synth_first_word+synth_count_words,counting' \
+      --init /tmp/t5mtl_quickstart
 
 Trains each family alone and each pair of families (1:1) for the same
 number of steps from the same init, evaluates every run on its families'
