@@ -27,8 +27,7 @@ first_word and 5 on count_words and does both tasks better than either
 finetuned model does the other's task. A base with the vectors unscaled
 (lambda = 0) or a wrong sign fails each of these. 64 examples put a
 binomial standard error of ~6 points on a 50% score; the margins are
-several of those. 104 s on that machine with the benchmark job on the
-other core (189 s with a third job running).
+several of those.
 """
 import json
 

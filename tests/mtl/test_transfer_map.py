@@ -3,9 +3,7 @@
 The arithmetic and the report are checked on hand-made scores; the argument
 errors through the CLI; and one tiny map end to end (2 families of 2
 synthetic tasks each, t5_tiny, 8 steps): every run cached, R recomputed from the cached scores,
-a rerun trained nothing, another step count refused. The end-to-end test
-took 76-89 s on the 2-core CPU shared with two other jobs (load ~5; its
-three runs ~15 s of set-up each), the rest ~7 s together.
+a rerun trained nothing, another step count refused.
 """
 import json
 import math
