@@ -13,6 +13,35 @@ def shared_data_dir():
     return SHARED_DATA
 
 
+_CACHE_NAMES = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+                "jax_persistent_cache_min_entry_size_bytes")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """Many tests build the same tiny programs, in this process and in
+    subprocesses (CLI runs, killed and resumed trainings, notebooks): XLA
+    compiles each once into JAX's persistent compilation cache, in a
+    directory of this session's own, and later builds read it. A cached
+    executable is the compiled program itself, so every result is the same.
+    Subprocesses inherit the cache through the environment."""
+    import jax
+    cache = str(tmp_path_factory.mktemp("xla_cache"))
+    previous = {n: getattr(jax.config, n) for n in _CACHE_NAMES}
+    for n, v in zip(_CACHE_NAMES, (cache, 0.0, 0)):
+        jax.config.update(n, v)
+    saved_env = {k: os.environ.get(k) for k in (n.upper() for n in _CACHE_NAMES)}
+    os.environ.update({n.upper(): str(v) for n, v in zip(_CACHE_NAMES, (cache, 0, 0))})
+    yield cache
+    for k, v in saved_env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    for n, v in previous.items():
+        jax.config.update(n, v)
+
+
 @pytest.fixture(autouse=True)
 def _clear_gin_after_test():
     """CLI commands called in-process parse gin; no binding may leak into the

@@ -22,7 +22,6 @@ import urllib.request
 
 import pytest
 
-from tests.faults.conftest import compilation_cache  # noqa: F401 - the faults suite's XLA cache
 from tests.faults.runs import ROOT
 
 BUCKET = "t5mtl-test"

@@ -1,32 +1,10 @@
 import os
 import shutil
 
-import jax
 import pytest
 
-from tests.faults import runs
 from tests.faults.runs import ROOT, cli_train, tiny_args
 
-
-@pytest.fixture(scope="package", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """The suite starts the same tiny run dozens of times, in this process
-    and in subprocesses: XLA compiles each program once (JAX's persistent
-    compilation cache, in a directory of this suite's own), then reads it.
-    The compiled programs, and so every result, are the same."""
-    cache = str(tmp_path_factory.mktemp("xla_cache"))
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    previous = {n: getattr(jax.config, n) for n in names}
-    for n, v in zip(names, (cache, 0.0, 0)):
-        jax.config.update(n, v)
-    runs.SUBPROCESS_ENV.update(JAX_COMPILATION_CACHE_DIR=cache,
-                               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    yield cache
-    runs.SUBPROCESS_ENV.clear()
-    for n, v in previous.items():
-        jax.config.update(n, v)
 
 # The finished run most fault tests start from: 4 steps, checkpoints 2 and 4.
 FINISHED_STEPS = 4

@@ -43,10 +43,6 @@ def cli_train(model_dir, *args) -> int:
     return cli.main(["train", f"--model_dir={model_dir}", *(args or TINY_ARGS)])
 
 
-# Set by conftest.py for the suite's subprocesses (the compilation cache).
-SUBPROCESS_ENV: dict[str, str] = {}
-
-
 def env(**extra) -> dict[str, str]:
     """A subprocess environment that imports this checkout on the CPU alone."""
     out = dict(os.environ, JAX_PLATFORMS="cpu",
@@ -54,7 +50,6 @@ def env(**extra) -> dict[str, str]:
     for key in ("T5MTL_COORDINATOR", "T5MTL_DISTRIBUTED", "T5MTL_NUM_PROCESSES",
                 "T5MTL_PROCESS_ID", "T5MTL_DEBUG", "TF_CPP_MIN_LOG_LEVEL"):
         out.pop(key, None)
-    out.update(SUBPROCESS_ENV)
     out.update(extra)
     return out
 
