@@ -28,6 +28,8 @@ INSTALL_REQUIRES = [
 
 TEST_REQUIRES = [
     "pytest>=9.2.0,<10",
+    # the README's test command runs the suite in two processes (-n 2)
+    "pytest-xdist==3.8.0",
     "transformers==5.24.0",
     "torch==2.13.0",
     # notebooks/quickstart.ipynb, executed by tests/test_notebook.py
