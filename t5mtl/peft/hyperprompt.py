@@ -62,7 +62,9 @@ from t5mtl.models.layers import KVPrefix
 STACKS = ("encoder", "decoder")
 
 
-def _normal(stddev: float, axes: tuple[str, ...]):
+def _normal(stddev: float, axes: tuple[str | None, ...]):
+    """Normal init with logical axes; the small hypernetwork matrices are
+    replicated (None), the global prompts shard their embed axis like T5's."""
     return nn.with_logical_partitioning(nn.initializers.normal(stddev), axes)
 
 
@@ -143,21 +145,21 @@ class HyperPrompt(nn.Module):
         l, t, b, num_tasks = self.length, self.task_dim, self.bottleneck, len(self.tasks)
         p = {name: self.param(name, _normal(1.0, ("prompt", "embed")), (l, d), jnp.float32)
              for name in ("global_key", "global_value")}
-        task_emb = self.param("task_embedding", _normal(1.0, ("tasks", "task_dim")),
+        task_emb = self.param("task_embedding", _normal(1.0, (None, None)),
                               (num_tasks, t), jnp.float32)
-        layer_emb = self.param(f"layer_embedding_{stack}", _normal(1.0, ("layers", "task_dim")),
+        layer_emb = self.param(f"layer_embedding_{stack}", _normal(1.0, (None, None)),
                                (num_layers, t), jnp.float32)
-        task_down = self.param("task_down", _normal((2 * t) ** -0.5, ("task_dim", "task_dim")),
+        task_down = self.param("task_down", _normal((2 * t) ** -0.5, (None, None)),
                                (2 * t, t), jnp.float32)
-        task_up = self.param("task_up", _normal(t ** -0.5, ("task_dim", "task_dim")), (t, t),
+        task_up = self.param("task_up", _normal(t ** -0.5, (None, None)), (t, t),
                              jnp.float32)
         # Inits: the generated D and U then hold entries of variance about 1/d and
         # 2/b, so the hyper-prompts start near unit scale, like T5's keys.
         hyper = {kind: (self.param(f"{kind}_down", _normal((2 / (d * t)) ** 0.5,
-                                                           ("task_dim", "hyper")),
+                                                           (None, None)),
                                    (t, d * b), jnp.float32),
                         self.param(f"{kind}_up", _normal(2 * (b * t) ** -0.5,
-                                                         ("task_dim", "hyper")),
+                                                         (None, None)),
                                    (t, b * heads * kv), jnp.float32))
                  for kind in ("key", "value")}
         prompts = hyper_prompts(p["global_key"], p["global_value"], task_emb, layer_emb,
