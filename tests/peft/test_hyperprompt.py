@@ -234,39 +234,32 @@ def test_bad_input_is_one_clear_error(setup):
         HyperPrompt(TASKS).init(jax.random.PRNGKey(0), "encoder", 2, 1, None)
 
 
-def test_multi_task_run_saves_an_adapter_directory_that_reloads(tmp_path, peft_base):
-    """Two tasks from the frozen test base through the trainer (eval included:
-    task ids come from `task_features`); the adapter directory holds the
-    HyperPrompt parameters alone and names its base."""
-    import t5mtl.data.registry  # noqa: F401
-    from t5mtl.data.data_config import DataConfig
-    from t5mtl.train.optimizers import create_optimizer
-    from t5mtl.train.trainer import CheckpointConfig, EvalConfig, train
-    tasks = ("synth_parity", "synth_sign")
-    model = EncoderDecoderModel(get_config("t5_tiny"), attention_prefix=HyperPrompt(
-        tasks, length=4, task_dim=8, bottleneck=8))
-    run = tmp_path / "hp"
-    train(str(run), model=model,
-          data=DataConfig(mixture_or_task_name=list(tasks), batch_size=8, pack=False,
-                          task_feature_lengths={"inputs": 32, "targets": 8}),
-          num_steps=4, trainable_patterns=PREFIX,
-          optimizer=create_optimizer("adamw", learning_rate=1e-2),
-          checkpoints=CheckpointConfig(period=100, async_save=False, init_from=str(peft_base),
-                                       save_trainable_only=True),
-          evaluation=EvalConfig(tasks=list(tasks), num_examples=8, period=4),
-          log_period=2, show_progress=False)
-    meta = json.load(open(run / "model.json"))
-    assert meta["base"]["path"] == str(peft_base)
+def test_bench_quick_run_and_its_adapter_directory(tmp_path, peft_base):
+    """bench/hyperprompt.py --quick from the frozen test base: two tasks
+    through the trainer, rank classification per task (task ids from
+    `task_features`), and the HyperPrompt run's adapter directory holds its
+    parameters alone, names its base and reloads."""
+    from bench import hyperprompt as bench
+    scores = bench.main(["--quick", "--base", str(peft_base), "--out", str(tmp_path)])
+    tasks = list(bench.QUICK_TASKS)
+    for row in ("chance", "none", "hyperprompt", "shared_prompt"):
+        assert sorted(scores[row]) == tasks, row
+        assert all(0 <= v <= 100 for v in scores[row].values()), row
+    assert all(v >= 50 for v in scores["chance"].values())
+    lines = (tmp_path / "table.md").read_text().splitlines()
+    assert lines[0] == "| method | synth_parity | synth_sign | mean |"
+    assert len(lines) == 2 + 4
+    run = tmp_path / "hyperprompt"
+    assert json.load(open(run / "model.json"))["base"]["path"] == str(peft_base)
     loaded, base = t5mtl.load(str(run)), t5mtl.load(str(peft_base))
-    assert isinstance(loaded.model.attention_prefix, HyperPrompt)
-    assert tuple(loaded.model.attention_prefix.tasks) == tasks
+    assert tuple(loaded.model.attention_prefix.tasks) == tuple(tasks)
     flat, base_flat = param_names.flatten(loaded.params), param_names.flatten(base.params)
     assert set(flat) - set(base_flat) == {n for n in flat if n.startswith("attention_prefix/")}
     for name, value in base_flat.items():
         np.testing.assert_array_equal(flat[name], value, err_msg=name)
     # The reloaded model scores with each task's own prefix (task_features).
-    enc = np.full((2, 6), 5, np.int32)
-    batch = {"encoder_input_tokens": enc, "decoder_input_tokens": np.zeros((2, 2), np.int32),
+    batch = {"encoder_input_tokens": np.full((2, 6), 5, np.int32),
+             "decoder_input_tokens": np.zeros((2, 2), np.int32),
              "decoder_target_tokens": np.ones((2, 2), np.int32)}
     per_task = [np.asarray(loaded.model.score_batch(
         loaded.params, {**batch, **loaded.model.task_features(t, 2)})) for t in tasks]
