@@ -165,7 +165,8 @@ class HyperPrompt(nn.Module):
         prompts = hyper_prompts(p["global_key"], p["global_value"], task_emb, layer_emb,
                                 task_down, task_up, hyper["key"], hyper["value"], heads, kv)
         rows = row_task_ids(task_ids)
-        key, value = (jnp.take(x, rows, axis=1) for x in prompts)   # [L, b, l, h, kv]
+        # An id past the last task (traced calls cannot raise) gathers NaN.
+        key, value = (jnp.take(x, rows, axis=1, mode="fill") for x in prompts)
         return KVPrefix(key, value, jnp.ones((num_layers, batch_size, l), bool))
 
 

@@ -210,6 +210,9 @@ def test_trainable_parameter_count_formula_tree_and_docs_figures():
         figure, whole = _tree_size(get_config(name), 8, length=16, task_dim=32, bottleneck=32)
         assert figure == trainable_params(get_config(name), 8) == prefix, (name, figure)
         assert whole == total, (name, whole)
+    # The XXL row (total: tests/peft/test_prompt_tuning.py's hand count plus this).
+    assert trainable_params(get_config("t5_1_1_xxl"), 8) == 16_913_152
+    assert f"{100 * 16_913_152 / (11_135_332_352 + 16_913_152):.2f}%" == "0.15%"
 
 
 def test_bad_input_is_one_clear_error(setup):
