@@ -237,14 +237,14 @@ def test_bench_quick_run_and_its_adapter_directory(tmp_path, peft_base):
     from bench import hyperprompt as bench
     scores = bench.main(["--quick", "--base", str(peft_base), "--out", str(tmp_path)])
     tasks = list(bench.QUICK_TASKS)
-    for row in ("chance", "none", "hyperprompt"):
+    for row in ("chance", "hyperprompt"):
         assert sorted(scores[row]) == tasks, row
         assert all(0 <= v <= 100 for v in scores[row].values()), row
     assert all(v >= 50 for v in scores["chance"].values())
     lines = (tmp_path / "table.md").read_text().splitlines()
     assert lines[0] == "| method | synth_parity | synth_sign | mean |"
     assert [line.split(" | ")[0] for line in lines[2:]] == [
-        "| chance (majority class)", "| no adaptation", "| HyperPrompt-Global (l=16, t=32, b=32)"]
+        "| chance (majority class)", "| HyperPrompt-Global (l=16, t=32, b=32)"]
     run = tmp_path / "hyperprompt"
     assert json.load(open(run / "model.json"))["base"]["path"] == str(peft_base)
     loaded, base = t5mtl.load(str(run)), t5mtl.load(str(peft_base))
