@@ -14,7 +14,7 @@ import pytest
 
 import t5mtl
 from t5mtl.errors import T5mtlError
-from t5mtl.models import Transformer, get_config, param_names
+from t5mtl.models import get_config, param_names
 from t5mtl.models.encoder_decoder import EncoderDecoderModel
 from t5mtl.models.layout import stack_layers
 from t5mtl.peft import HyperPrompt
