@@ -131,12 +131,36 @@ class EncoderDecoderModel(BaseModel):
             arch[seam] = _architecture_spec(getattr(self, seam))
         return arch
 
+    def _seam_modules(self):
+        return [m for m in (self.encoder_input, self.attention_prefix, self.weight_adapter)
+                if m is not None]
+
     def feature_converter(self, pack: bool = True, task_ids=()):
         """With seam modules (they may condition on the task) the encoder's
-        task ids come along too."""
+        task ids come along too. A seam module whose class sets
+        `unpacked_only = True` (one task per row) refuses packing."""
+        for module in self._seam_modules():
+            if pack and getattr(type(module), "unpacked_only", False):
+                raise T5mtlError(f"{type(module).__name__} needs unpacked rows (one task per "
+                                 f"row): set DataConfig.pack=False")
         if self.encoder_input is not None or self.attention_prefix is not None:
             task_ids = tuple(dict.fromkeys(("encoder_task_ids", *task_ids)))
         return super().feature_converter(pack, task_ids)
+
+    def check_tasks(self, task_names) -> None:
+        """Each seam module with a `check_tasks(task_names)` method checks them."""
+        for module in self._seam_modules():
+            if hasattr(type(module), "check_tasks"):
+                module.check_tasks(task_names)
+
+    def task_features(self, task_name: str, batch_size: int) -> dict:
+        """The features seam modules with a `task_features` method add (e.g. a
+        task-conditioned prefix's per-row task ids)."""
+        out = {}
+        for module in self._seam_modules():
+            if hasattr(type(module), "task_features"):
+                out.update(module.task_features(task_name, batch_size))
+        return out
 
     # -- parameters ---------------------------------------------------------------
     def init_boxed(self, rng):
