@@ -163,8 +163,9 @@ class EncoderDecoderModel(BaseModel):
     def warm_start(self, params, fresh, context):
         """Each seam module with a `warm_start(own_params, context)` method
         whose parameters are all fresh gets to set them; the context carries
-        the token embedding table."""
-        context = dataclasses.replace(context, embedding=params["token_embedder"]["embedding"])
+        the token embedding table and the params as loaded."""
+        context = dataclasses.replace(context, embedding=params["token_embedder"]["embedding"],
+                                      params=params)
         params = dict(params)
         for name, module in (("encoder_input", self.encoder_input),
                              ("attention_prefix", self.attention_prefix)):

@@ -1,6 +1,7 @@
 """Parameter-efficient adaptation of a frozen model: one module per method,
 each plugged into a model seam and selected by gin (docs/peft.md)."""
+from t5mtl.peft.attempt import Attempt
 from t5mtl.peft.lora import LoRA
 from t5mtl.peft.prompt_tuning import PromptTuning
 
-__all__ = ["LoRA", "PromptTuning"]
+__all__ = ["Attempt", "LoRA", "PromptTuning"]
