@@ -131,6 +131,22 @@ class EncoderDecoderModel(BaseModel):
             arch[seam] = _architecture_spec(getattr(self, seam))
         return arch
 
+    def check_tasks(self, task_names):
+        """Seam modules with a `check_tasks(task_names)` method check the
+        run's tasks (e.g. one target prompt per task)."""
+        for module in (self.encoder_input, self.attention_prefix):
+            if module is not None and hasattr(module, "check_tasks"):
+                module.check_tasks(list(task_names))
+
+    def task_features(self, task_name: str, batch_size: int) -> dict:
+        """What seam modules with a `task_features` method add to evaluation
+        batches of `task_name` (e.g. its task id)."""
+        features = {}
+        for module in (self.encoder_input, self.attention_prefix):
+            if module is not None and hasattr(module, "task_features"):
+                features.update(module.task_features(task_name, batch_size))
+        return features
+
     def feature_converter(self, pack: bool = True, task_ids=()):
         """With seam modules (they may condition on the task) the encoder's
         task ids come along too."""

@@ -147,7 +147,9 @@ class Attempt(nn.Module):
     Rows must be unpacked; the prompt's positions get segment id 1 and the
     row's task id, like PrependVectors. `num_targets` > 1 is the multi-task
     mode: row task id t (its mixture index) selects target prompt t, and the
-    attention module is shared by all targets."""
+    attention module is shared by all targets. `tasks` (optional) names
+    the targets in task-id order: the trainer checks the run's tasks
+    against it, and evaluation of one of them feeds its task id."""
     sources: tuple[str, ...] = ()
     length: int = 100
     num_targets: int = 1
@@ -156,20 +158,50 @@ class Attempt(nn.Module):
     init: str = "sampled_vocab"          # target prompts: or "random_uniform"
     init_range: float = 0.5
     population: int = 5000
+    tasks: tuple[str, ...] = ()          # the targets' task names, in task-id order
     init_fields: ClassVar[tuple[str, ...]] = ("init", "init_range", "population")
 
     def __post_init__(self):
         object.__setattr__(self, "sources", tuple(self.sources))
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        if self.tasks and len(self.tasks) != self.num_targets:
+            raise T5mtlError(f"Attempt.tasks names {len(self.tasks)} tasks but "
+                             f"num_targets={self.num_targets}")
         if self.init not in INITS:
             raise T5mtlError(f"Attempt.init={self.init!r}: choose one of {', '.join(INITS)}")
         if self.num_targets < 1:
             raise T5mtlError(f"Attempt.num_targets={self.num_targets}: at least 1")
         super().__post_init__()
 
+    @nn.nowrap
+    def check_tasks(self, task_names: Sequence[str]) -> None:
+        """The run's tasks (task-id order) must be `tasks` when given, and
+        at most `num_targets` many."""
+        if self.tasks and list(task_names) != list(self.tasks):
+            raise T5mtlError(f"Attempt.tasks={list(self.tasks)}, but the run's tasks are "
+                             f"{list(task_names)}")
+        if len(task_names) > self.num_targets:
+            raise T5mtlError(f"Attempt.num_targets={self.num_targets}, but the run mixes "
+                             f"{len(task_names)} tasks: {list(task_names)}")
+
+    @nn.nowrap
+    def task_features(self, task_name: str, batch_size: int) -> dict:
+        """The task id evaluation batches of `task_name` carry (its index in
+        `tasks`); none for a single target."""
+        if not self.tasks:
+            return {}
+        if task_name not in self.tasks:
+            raise T5mtlError(f"Attempt has no target prompt for task {task_name!r} (its "
+                             f"tasks: {list(self.tasks)})")
+        return {"encoder_task_ids": np.full((batch_size, 1), self.tasks.index(task_name),
+                                            np.int32)}
+
+    @nn.nowrap
     def source_prompts(self, d_model: int) -> np.ndarray:
         """The frozen source prompts [S, length, d_model], as read from disk."""
         return source_prompts(self.sources, self.length, d_model)
 
+    @nn.nowrap
     def resolved_temperature(self, d_model: int) -> float:
         return self.temperature if self.temperature is not None else d_model * math.e
 
@@ -196,6 +228,8 @@ class Attempt(nn.Module):
                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",))
                          )(x)
         task_ids = inputs.task_ids
+        if task_ids is not None and task_ids.shape[1] != inputs.segment_ids.shape[1]:
+            task_ids = jnp.broadcast_to(task_ids[:, :1], inputs.segment_ids.shape)  # [b, 1]
         target_ids = (jnp.zeros((b,), jnp.int32) if task_ids is None
                       else jnp.clip(task_ids[:, 0], 0, self.num_targets - 1))
         sources = jax.lax.stop_gradient(jnp.asarray(self.source_prompts(d)))

@@ -243,6 +243,17 @@ def test_bad_sources_are_one_clear_error(tmp_path, sources, setup):
                          WarmStart(None, (), jax.random.PRNGKey(0)))
     with pytest.raises(T5mtlError, match="Attempt.init='vocab'"):
         Attempt(init="vocab")
+    # Tasks: the run's must be the targets'; evaluation of an unknown one is refused.
+    named = EncoderDecoderModel(CFG, encoder_input=Attempt(
+        sources=sources[0], length=L, num_targets=2, tasks=("synth_parity", "synth_sign")))
+    with pytest.raises(T5mtlError, match="run's tasks are \\['synth_parity', 'synth_greater'\\]"):
+        named.check_tasks(["synth_parity", "synth_greater"])
+    with pytest.raises(T5mtlError, match="num_targets=2, but the run mixes 3 tasks"):
+        _model(sources[0]).check_tasks(["a", "b", "c"])
+    with pytest.raises(T5mtlError, match="no target prompt for task 'synth_greater'"):
+        named.task_features("synth_greater", 4)
+    np.testing.assert_array_equal(named.task_features("synth_sign", 4)["encoder_task_ids"],
+                                  np.ones((4, 1)))
 
 
 def test_target_training_leaves_sources_and_base_bit_identical(tmp_path, peft_base):
@@ -253,7 +264,7 @@ def test_target_training_leaves_sources_and_base_bit_identical(tmp_path, peft_ba
     paths = [_source_dir(tmp_path / f"src{i}", p, str(peft_base), fingerprint)
              for i, p in enumerate(prompts)]
     tasks = ["synth_parity", "synth_sign"]
-    train(str(tmp_path / "target"), model=_model(paths),
+    train(str(tmp_path / "target"), model=_model(paths, tasks=tuple(tasks)),
           data=DataConfig(mixture_or_task_name=tasks, batch_size=8, pack=False,
                           task_feature_lengths={"inputs": 32, "targets": 8}),
           num_steps=3, trainable_patterns=["encoder_input/.*"],
@@ -282,3 +293,15 @@ def test_target_training_leaves_sources_and_base_bit_identical(tmp_path, peft_ba
     attn = attention_weights(loaded.model, loaded.params, tokens, np.array([0, 0, 1, 1]))
     assert attn.shape == (4, 3)
     np.testing.assert_allclose(attn.sum(1), 1.0, rtol=1e-6)
+    # Evaluation's per-task feature selects that task's target prompt: the
+    # scores of a [b, 1] task id equal those of per-position ids.
+    from t5mtl.data.batches import scoring_batch
+    batch = scoring_batch(tokens.tolist(), [[5, 6, 1]] * 4)
+    by_name = loaded.model.score_batch(loaded.params, {
+        **batch, **loaded.model.task_features("synth_sign", 4)})
+    by_pos = loaded.model.score_batch(loaded.params, {
+        **batch, "encoder_task_ids": np.where(batch["encoder_input_tokens"] != 0, 1, -1)})
+    other = loaded.model.score_batch(loaded.params, {
+        **batch, **loaded.model.task_features("synth_parity", 4)})
+    np.testing.assert_allclose(by_name, by_pos, rtol=1e-6)
+    assert np.max(np.abs(np.asarray(by_name) - np.asarray(other))) > 1e-4
