@@ -3,6 +3,7 @@ written from the paper's equations, gradients against a separately written
 function, no gradient to the frozen sources, scan/KV-cache parity, exact
 parameter counts, config errors, and target training through the trainer
 leaving the sources and the base bit-identical."""
+import json
 import math
 import re
 from pathlib import Path
@@ -305,3 +306,19 @@ def test_target_training_leaves_sources_and_base_bit_identical(tmp_path, peft_ba
         **batch, **loaded.model.task_features("synth_parity", 4)})
     np.testing.assert_allclose(by_name, by_pos, rtol=1e-6)
     assert np.max(np.abs(np.asarray(by_name) - np.asarray(other))) > 1e-4
+
+
+def test_bench_quick_mode(tmp_path, peft_base):
+    from bench.attempt import main
+    text = main(["--quick", "--base", str(peft_base), "--out", str(tmp_path)])
+    results = json.load(open(tmp_path / "results.json"))
+    row = results["accuracy"]["synth_sign"]
+    assert set(row) == {"chance", "none", "prompt", "attempt_single"}
+    assert all(0 <= v <= 100 and v * 8 / 100 == round(v * 8 / 100) for v in row.values())
+    weights = results["attention"]["attempt_single"]["synth_sign"]
+    assert len(weights) == 3 and abs(sum(weights) - 1) < 1e-5
+    assert "| chance (majority class) |" in text and "uniform: 0.333" in text
+    spec = json.load(open(tmp_path / "attempt_single_synth_sign" / "model.json"))
+    assert spec["model"]["spec"]["encoder_input"]["args"]["sources"] == [
+        str(tmp_path / "sources" / t / "prompt_sampled_vocab" / "0")
+        for t in ("synth_parity", "synth_greater")]
