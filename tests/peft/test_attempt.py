@@ -16,7 +16,6 @@ import pytest
 
 import t5mtl
 import t5mtl.data.registry  # noqa: F401  (registers the synthetic suite)
-from t5mtl.data.data_config import DataConfig
 from t5mtl.errors import T5mtlError
 from t5mtl.models import Transformer, get_config, param_names
 from t5mtl.models.base import WarmStart
@@ -25,8 +24,6 @@ from t5mtl.models.layout import stack_layers
 from t5mtl.peft import Attempt, PromptTuning
 from t5mtl.peft.attempt import attention_weights, config_trainable_count, trainable_count
 from t5mtl.train import model_dir
-from t5mtl.train.optimizers import create_optimizer
-from t5mtl.train.trainer import CheckpointConfig, EvalConfig, train
 
 L, R, T = 4, 8, 2           # prompt length, bottleneck, targets
 CFG = get_config("t5_tiny")
@@ -173,12 +170,11 @@ def test_gradients_match_a_separately_written_function_and_skip_the_sources(
         lambda s: jnp.sum(_reference_prompts(own, pooled, s, task_ids, 100.0))))(src)))) > 0
 
 
-def _greedy_without_cache(model, params, enc, n):
+def _greedy_without_cache(full_logits, params, enc, n):
     """Step-by-step argmax over a full recomputation (no KV cache), task ids in."""
     tokens = enc["encoder_input_tokens"]
     out = np.zeros((tokens.shape[0], n), np.int32)
     done = np.zeros(tokens.shape[0], bool)
-    full_logits = jax.jit(model.logits)
     for i in range(n):
         dec_in = np.concatenate([np.zeros((tokens.shape[0], 1), np.int32), out[:, :n - 1]], 1)
         logits = np.asarray(full_logits(params, {**enc, "decoder_input_tokens": dec_in}))
@@ -192,8 +188,9 @@ def test_scan_and_kv_cache_decoding_agree(setup, sources):
     model, params, tokens, task_ids = setup
     batch = {"encoder_input_tokens": tokens,
              "encoder_task_ids": np.where(tokens != 0, task_ids[:, None], -1).astype(np.int32),
-             "decoder_input_tokens": np.zeros((3, 6), np.int32)}
-    logits = np.asarray(jax.jit(model.logits)(params, batch))
+             "decoder_input_tokens": np.random.RandomState(3).randint(2, 250, (3, 4))}
+    full_logits = jax.jit(model.logits)
+    logits = np.asarray(full_logits(params, batch))
     scanned = _model(sources[0], scan=True)
     s_params = stack_layers(params, scanned.config)
     np.testing.assert_allclose(np.asarray(jax.jit(scanned.logits)(s_params, batch)), logits,
@@ -201,7 +198,7 @@ def test_scan_and_kv_cache_decoding_agree(setup, sources):
     # (The scanned KV cache against the per-layer one: tests/models/decoding.)
     enc = {k: batch[k] for k in ("encoder_input_tokens", "encoder_task_ids")}
     ids = np.asarray(model.predict_batch(params, enc, DecodeConfig(max_decode_length=4)))
-    np.testing.assert_array_equal(ids, _greedy_without_cache(model, params, enc, 4))
+    np.testing.assert_array_equal(ids, _greedy_without_cache(full_logits, params, enc, 4))
     encoded = model.module.apply({"params": params}, tokens, None, jnp.asarray(
         batch["encoder_task_ids"]), method=Transformer.encode)
     assert encoded.hidden.shape[1] == tokens.shape[1] + L
@@ -257,68 +254,65 @@ def test_bad_sources_are_one_clear_error(tmp_path, sources, setup):
                                   np.ones((4, 1)))
 
 
-def test_target_training_leaves_sources_and_base_bit_identical(tmp_path, peft_base):
-    base_params = model_dir.load_params(str(peft_base))[1]
-    fingerprint = model_dir.params_fingerprint(base_params)
-    rng = np.random.RandomState(5)
-    prompts = [rng.randn(L, CFG.d_model).astype(np.float32) for _ in range(2)]
-    paths = [_source_dir(tmp_path / f"src{i}", p, str(peft_base), fingerprint)
-             for i, p in enumerate(prompts)]
-    tasks = ["synth_parity", "synth_sign"]
-    train(str(tmp_path / "target"), model=_model(paths, tasks=tuple(tasks)),
-          data=DataConfig(mixture_or_task_name=tasks, batch_size=8, pack=False,
-                          task_feature_lengths={"inputs": 32, "targets": 8}),
-          num_steps=3, trainable_patterns=["encoder_input/.*"],
-          optimizer=create_optimizer("adamw", learning_rate=0.1),
-          checkpoints=CheckpointConfig(period=100, async_save=False, init_from=str(peft_base),
-                                       save_trainable_only=True),
-          evaluation=EvalConfig(), log_period=100, show_progress=False)
-    saved = param_names.flatten(model_dir.saved_params(str(tmp_path / "target")))
-    assert sorted(saved) == ["encoder_input/down/kernel", "encoder_input/layer_norm/bias",
-                             "encoder_input/layer_norm/scale", "encoder_input/targets",
-                             "encoder_input/up/kernel"]
-    for path, prompt in zip(paths, prompts):   # the source directories are untouched
-        np.testing.assert_array_equal(model_dir.saved_params(path)["encoder_input"]["vectors"],
-                                      prompt)
-    loaded = t5mtl.load(str(tmp_path / "target"))
-    np.testing.assert_array_equal(loaded.model.encoder_input.source_prompts(CFG.d_model),
-                                  np.stack(prompts))
-    trained = param_names.flatten(loaded.params)
-    for name, value in param_names.flatten(base_params).items():
-        np.testing.assert_array_equal(trained[name], value, err_msg=name)
-    # The targets trained away from their init (vocabulary rows), each its own.
-    emb = np.asarray(base_params["token_embedder"]["embedding"])
-    targets = np.asarray(trained["encoder_input/targets"])
-    assert not any((emb == row).all(1).any() for row in targets.reshape(-1, CFG.d_model))
-    tokens = np.random.RandomState(0).randint(3, 200, (4, 10)).astype(np.int32)
-    attn = attention_weights(loaded.model, loaded.params, tokens, np.array([0, 0, 1, 1]))
-    assert attn.shape == (4, 3)
-    np.testing.assert_allclose(attn.sum(1), 1.0, rtol=1e-6)
-    # Evaluation's per-task feature selects that task's target prompt: the
-    # scores of a [b, 1] task id equal those of per-position ids.
+def test_multi_task_rows_take_their_own_target_prompt(setup, sources):
+    """Evaluation's per-task feature ([b, 1] task id, from `Attempt.tasks`)
+    scores as per-position task ids do, and the two targets differ."""
     from t5mtl.data.batches import scoring_batch
-    batch = scoring_batch(tokens.tolist(), [[5, 6, 1]] * 4)
-    by_name = loaded.model.score_batch(loaded.params, {
-        **batch, **loaded.model.task_features("synth_sign", 4)})
-    by_pos = loaded.model.score_batch(loaded.params, {
-        **batch, "encoder_task_ids": np.where(batch["encoder_input_tokens"] != 0, 1, -1)})
-    other = loaded.model.score_batch(loaded.params, {
-        **batch, **loaded.model.task_features("synth_parity", 4)})
+    _, params, tokens, _ = setup
+    model = _model(sources[0], tasks=("synth_parity", "synth_sign"))
+    batch = scoring_batch([row[row != 0].tolist() + [1] for row in tokens], [[5, 6, 1]] * 3)
+    score = jax.jit(model.score_batch)
+    by_name = score(params, {**batch, **model.task_features("synth_sign", 3)})
+    by_pos = score(params, {**batch, "encoder_task_ids": np.where(
+        batch["encoder_input_tokens"] != 0, 1, -1).astype(np.int32)})
+    other = score(params, {**batch, **model.task_features("synth_parity", 3)})
     np.testing.assert_allclose(by_name, by_pos, rtol=1e-6)
     assert np.max(np.abs(np.asarray(by_name) - np.asarray(other))) > 1e-4
 
 
-def test_bench_quick_mode(tmp_path, peft_base):
+@pytest.fixture(scope="module")
+def quick_bench(tmp_path_factory, peft_base):
+    """bench/attempt.py --quick: 2 source prompts and a target (ATTEMPT and
+    plain prompt tuning), every run through the trainer."""
     from bench.attempt import main
-    text = main(["--quick", "--base", str(peft_base), "--out", str(tmp_path)])
-    results = json.load(open(tmp_path / "results.json"))
+    out = tmp_path_factory.mktemp("attempt_bench")
+    return out, main(["--quick", "--base", str(peft_base), "--out", str(out)])
+
+
+def test_bench_quick_mode(quick_bench):
+    out, text = quick_bench
+    results = json.load(open(out / "results.json"))
     row = results["accuracy"]["synth_sign"]
     assert set(row) == {"chance", "none", "prompt", "attempt_single"}
     assert all(0 <= v <= 100 and v * 8 / 100 == round(v * 8 / 100) for v in row.values())
     weights = results["attention"]["attempt_single"]["synth_sign"]
     assert len(weights) == 3 and abs(sum(weights) - 1) < 1e-5
     assert "| chance (majority class) |" in text and "uniform: 0.333" in text
-    spec = json.load(open(tmp_path / "attempt_single_synth_sign" / "model.json"))
-    assert spec["model"]["spec"]["encoder_input"]["args"]["sources"] == [
-        str(tmp_path / "sources" / t / "prompt_sampled_vocab" / "0")
-        for t in ("synth_parity", "synth_greater")]
+
+
+def test_target_training_leaves_sources_and_base_bit_identical(quick_bench, peft_base):
+    """The bench's ATTEMPT run (trainer, trainable patterns encoder_input/.*,
+    save_trainable_only) on real prompt-tuning sources."""
+    out, _ = quick_bench
+    paths = [str(out / "sources" / t / "prompt_sampled_vocab" / "0")
+             for t in ("synth_parity", "synth_greater")]
+    target = out / "attempt_single_synth_sign"
+    spec = json.load(open(target / "model.json"))
+    assert spec["model"]["spec"]["encoder_input"]["args"]["sources"] == paths
+    saved = param_names.flatten(model_dir.saved_params(str(target)))
+    assert sorted(saved) == ["encoder_input/down/kernel", "encoder_input/layer_norm/bias",
+                             "encoder_input/layer_norm/scale", "encoder_input/targets",
+                             "encoder_input/up/kernel"]
+    loaded = t5mtl.load(str(target))
+    d = loaded.model.config.d_model
+    np.testing.assert_array_equal(
+        loaded.model.encoder_input.source_prompts(d),
+        np.stack([model_dir.saved_params(p)["encoder_input"]["vectors"] for p in paths]))
+    base_params = model_dir.load_params(str(peft_base))[1]
+    trained = param_names.flatten(loaded.params)
+    for name, value in param_names.flatten(base_params).items():
+        np.testing.assert_array_equal(trained[name], value, err_msg=name)
+    # The target prompt trained away from its init (vocabulary rows).
+    emb = np.asarray(base_params["token_embedder"]["embedding"])
+    rows = np.asarray(trained["encoder_input/targets"]).reshape(-1, d)
+    assert not any((emb == row).all(1).any() for row in rows)
