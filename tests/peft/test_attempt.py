@@ -188,7 +188,8 @@ def test_scan_and_kv_cache_decoding_agree(setup, sources):
     model, params, tokens, task_ids = setup
     batch = {"encoder_input_tokens": tokens,
              "encoder_task_ids": np.where(tokens != 0, task_ids[:, None], -1).astype(np.int32),
-             "decoder_input_tokens": np.random.RandomState(3).randint(2, 250, (3, 4))}
+             "decoder_input_tokens": np.random.RandomState(3).randint(
+                 2, 250, (3, 4)).astype(np.int32)}
     full_logits = jax.jit(model.logits)
     logits = np.asarray(full_logits(params, batch))
     scanned = _model(sources[0], scan=True)
