@@ -47,11 +47,14 @@ class WarmStart:
     be initialized from once the base's parameters are in place: the run's
     vocabulary (a seqio.Vocabulary), the label names of its classification
     tasks (in task order, without repeats) and a PRNG key. Models add what
-    their modules need (the encoder-decoder adds the token `embedding`)."""
+    their modules need (the encoder-decoder adds the token `embedding` and
+    the whole loaded `params`, e.g. to check what a module reads from
+    elsewhere was made on this base)."""
     vocabulary: Any = None
     labels: tuple[str, ...] = ()
     rng: Any = None
     embedding: Any = None
+    params: Any = None
 
 
 def class_path(obj_or_cls) -> str:

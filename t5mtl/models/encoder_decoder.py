@@ -151,7 +151,7 @@ class EncoderDecoderModel(BaseModel):
         """Each seam module with a `check_tasks(task_names)` method checks them."""
         for module in self._seam_modules():
             if hasattr(type(module), "check_tasks"):
-                module.check_tasks(task_names)
+                module.check_tasks(list(task_names))
 
     def task_features(self, task_name: str, batch_size: int) -> dict:
         """The features seam modules with a `task_features` method add (e.g. a
@@ -187,8 +187,9 @@ class EncoderDecoderModel(BaseModel):
     def warm_start(self, params, fresh, context):
         """Each seam module with a `warm_start(own_params, context)` method
         whose parameters are all fresh gets to set them; the context carries
-        the token embedding table."""
-        context = dataclasses.replace(context, embedding=params["token_embedder"]["embedding"])
+        the token embedding table and the params as loaded."""
+        context = dataclasses.replace(context, embedding=params["token_embedder"]["embedding"],
+                                      params=params)
         params = dict(params)
         for name, module in (("encoder_input", self.encoder_input),
                              ("attention_prefix", self.attention_prefix)):

@@ -1,7 +1,8 @@
 """Parameter-efficient adaptation of a frozen model: one module per method,
 each plugged into a model seam and selected by gin (docs/peft.md)."""
+from t5mtl.peft.attempt import Attempt
 from t5mtl.peft.hyperprompt import HyperPrompt
 from t5mtl.peft.lora import LoRA
 from t5mtl.peft.prompt_tuning import PromptTuning
 
-__all__ = ["HyperPrompt", "LoRA", "PromptTuning"]
+__all__ = ["Attempt", "HyperPrompt", "LoRA", "PromptTuning"]
