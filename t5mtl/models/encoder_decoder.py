@@ -138,6 +138,24 @@ class EncoderDecoderModel(BaseModel):
             task_ids = tuple(dict.fromkeys(("encoder_task_ids", *task_ids)))
         return super().feature_converter(pack, task_ids)
 
+    def _seam_modules(self):
+        return [m for m in (self.encoder_input, self.attention_prefix) if m is not None]
+
+    def check_tasks(self, task_names):
+        """Seam modules with a `check_tasks` (per-task params) check the data's tasks."""
+        for module in self._seam_modules():
+            if hasattr(module, "check_tasks"):
+                module.check_tasks(task_names)
+
+    def task_features(self, task_name, batch_size):
+        """What seam modules with a `task_features` need to evaluate one task
+        (e.g. its task id per row)."""
+        out = {}
+        for module in self._seam_modules():
+            if hasattr(module, "task_features"):
+                out.update(module.task_features(task_name, batch_size))
+        return out
+
     # -- parameters ---------------------------------------------------------------
     def init_boxed(self, rng):
         """Params with nn.Partitioned boxes (logical axis names), for sharding."""

@@ -1,6 +1,7 @@
 """Parameter-efficient adaptation of a frozen model: one module per method,
 each plugged into a model seam and selected by gin (docs/peft.md)."""
 from t5mtl.peft.lora import LoRA
+from t5mtl.peft.match_prompt import TaskPrompts
 from t5mtl.peft.prompt_tuning import PromptTuning
 
-__all__ = ["LoRA", "PromptTuning"]
+__all__ = ["LoRA", "PromptTuning", "TaskPrompts"]
