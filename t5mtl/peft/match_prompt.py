@@ -3,7 +3,7 @@ learned with the model frozen (specialization), then the model trained on
 every matching task with its task's prompt prepended (generalization).
 
     EncoderDecoderModel.encoder_input = @TaskPrompts()
-    TaskPrompts.tasks = ['glue_qnli', 'superglue_boolq', 'superglue_cb', 'glue_stsb']
+    TaskPrompts.tasks = ['glue_stsb', 'match_boolq', 'match_qnli', 'superglue_cb']
     TaskPrompts.length = 20
     train.trainable_patterns = ['encoder_input/.*']          # stage 1 (specialization)
     train.frozen_patterns = ['encoder_input/.*']             # stage 2 (generalization)
@@ -52,6 +52,8 @@ from t5mtl.models.t5 import EncoderInputs
 DESCRIPTIONS = {
     "glue_qnli": "question answering: does the sentence answer the question",
     "superglue_boolq": "question answering: is the answer to the question yes",
+    "match_qnli": "question answering: does the sentence answer the question",
+    "match_boolq": "question answering: is the answer to the question yes",
     "glue_stsb": "semantic similarity: how close in meaning are the sentences",
     "superglue_cb": "natural language inference: entailment, contradiction or neutral",
     "superglue_rte": "natural language inference: does the premise entail the hypothesis",
