@@ -149,12 +149,12 @@ def main(argv=None) -> str:
     parser.add_argument("--out", default="/tmp/t5mtl_match_prompt")
     parser.add_argument("--tasks", default=",".join(TRAIN_TASKS))
     parser.add_argument("--unseen", default=UNSEEN)
-    parser.add_argument("--stage1_steps", type=int, default=150)
-    parser.add_argument("--steps", type=int, default=200, help="model-training steps")
+    parser.add_argument("--stage1_steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=150, help="model-training steps")
     parser.add_argument("--prompt_lr", type=float, default=0.3)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--num_examples", type=int, default=200)
+    parser.add_argument("--num_examples", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 steps per stage, batch 4, 8 examples")
@@ -162,6 +162,12 @@ def main(argv=None) -> str:
     args = parser.parse_args(argv)
     if args.quick:
         args.stage1_steps, args.steps, args.batch_size, args.num_examples = 2, 2, 4, 8
+    import jax
+    # Runs of one kind compile the same programs: compile each once.
+    for name, value in (("jax_compilation_cache_dir", os.path.join(args.out, "xla_cache")),
+                        ("jax_persistent_cache_min_compile_time_secs", 0.0),
+                        ("jax_persistent_cache_min_entry_size_bytes", 0)):
+        jax.config.update(name, value)
     from t5mtl.data import data_dir
     if args.data_dir:
         data_dir.set_data_dir(args.data_dir)
