@@ -2,5 +2,6 @@
 each plugged into a model seam and selected by gin (docs/peft.md)."""
 from t5mtl.peft.lora import LoRA
 from t5mtl.peft.prompt_tuning import PromptTuning
+from t5mtl.peft.schema_prompts import SchemaPrompts
 
-__all__ = ["LoRA", "PromptTuning"]
+__all__ = ["LoRA", "PromptTuning", "SchemaPrompts"]
