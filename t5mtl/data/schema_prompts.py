@@ -23,10 +23,10 @@ tokenizes to an extra id, so a placeholder is never a word. The layout (key
 and type lists, P, vocab_size) is recorded in model.json as the module's
 fields, so the ids mean the same to a model loaded later.
 
-Registered: "schema_<task>" for every synthetic, GLUE and SuperGLUE task
-(SCHEMA_BASE_TASKS), and the mixture "schema_mtl" over those with a train
-split except the held-out HELDOUT_TASKS, whose fields and categories the
-mixture's tasks all cover.
+`register()` (gin: `@register_schema_mtl()`) registers "schema_<task>" for
+every synthetic, GLUE and SuperGLUE task (`base_tasks()`), and the mixture
+"schema_mtl" over those with a train split except the held-out
+HELDOUT_TASKS, whose fields and categories the mixture's tasks all cover.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ import dataclasses
 import functools
 from typing import Sequence
 
+import gin
 import seqio
 import tensorflow as tf
 
@@ -170,7 +171,10 @@ def train_tasks(heldout: Sequence[str] = HELDOUT_TASKS) -> list[str]:
 
 
 def register(vocabulary: seqio.Vocabulary | None = None, overwrite: bool = False) -> None:
-    """Registers every schema task and the schema_mtl mixture (idempotent)."""
+    """Registers every schema task and the schema_mtl mixture (idempotent).
+
+    Not called at import: the schema tasks exist once a run asks for them
+    (`register_schema_mtl` in gin), so task listings stay as they were."""
     for base in base_tasks():
         if overwrite or schema_task_name(base) not in seqio.TaskRegistry.names():
             register_schema_task(base, vocabulary=vocabulary, overwrite=overwrite)
@@ -178,3 +182,20 @@ def register(vocabulary: seqio.Vocabulary | None = None, overwrite: bool = False
         seqio.MixtureRegistry.remove(MIXTURE)
     if MIXTURE not in seqio.MixtureRegistry.names():
         seqio.MixtureRegistry.add(MIXTURE, train_tasks(), default_rate=1.0)
+
+
+def unregister() -> None:
+    """Removes every schema task and the mixture (no error if absent)."""
+    seqio.MixtureRegistry.remove(MIXTURE)
+    for base in base_tasks():
+        seqio.TaskRegistry.remove(schema_task_name(base))
+        task_info_lib.remove_task_info(schema_task_name(base))
+
+
+@gin.configurable
+def register_schema_mtl() -> str:
+    """gin: `DataConfig.mixture_or_task_name = @register_schema_mtl()`
+    registers the schema tasks (with the run's vocabulary) and returns the
+    mixture's name."""
+    register()
+    return MIXTURE

@@ -14,7 +14,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-import t5mtl.data.registry  # noqa: F401  (registers the schema tasks)
+import t5mtl.data.registry  # noqa: F401  (the base tasks)
 from t5mtl.data import files
 from t5mtl.data import schema_prompts as sp
 from t5mtl.data import task_info as task_info_lib
@@ -29,6 +29,15 @@ from t5mtl.peft.schema_prompts import schema_prompt_params
 VOCAB = get_vocabulary()            # bytes: 3 special ids, 256 bytes, 100 extra ids
 SMALL = dict(keys=("premise", "hypothesis", "sentence"), types=("nli", "sentiment"), length=2,
              vocab_size=VOCAB.vocab_size)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def schema_tasks():
+    """The schema tasks registered for this module only (task listings elsewhere
+    do not know them)."""
+    assert sp.register_schema_mtl() == sp.MIXTURE
+    yield
+    sp.unregister()
 
 
 def _render(example, fields, target, category, lay):
