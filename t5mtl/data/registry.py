@@ -12,7 +12,9 @@ parse gin before importing this module, or call
 Besides the task modules' base tasks this registers their instruction
 variants ("<task>_zs", "_fs", "_opt", "_cot", "_inv"; t5mtl.data.instruction_tasks)
 and the built-in mixtures (exmix, ext5_pretrain, flan_mix, synth_seen_train,
-...; t5mtl.data.mixtures).
+...; t5mtl.data.mixtures). The schema-prompt variants ("schema_<task>",
+mixture schema_mtl; t5mtl.data.schema_prompts) register on demand:
+`@register_schema_mtl()` in gin, `schema_prompts.register()` in Python.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import importlib
 import seqio
 
 from t5mtl.data import instruction_tasks, mixtures, synthetic
+from t5mtl.data import schema_prompts  # noqa: F401  (gin: register_schema_mtl)
 
 # Task modules register their tasks on import and expose register(**kwargs).
 TASK_MODULES = (

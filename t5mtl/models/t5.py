@@ -69,11 +69,15 @@ class EncoderInputs:
                    segments 1, 2, ...; unpacked rows hold 1 at real positions
       task_ids     int32 [b, l] task index per position (-1 at padding), or None
       packed       whether rows are packed (static)
+      tokens       int32 [b, l] the token ids `embedded` came from, or None
+                   once a module changed the sequence (modules that act on
+                   chosen ids, e.g. placeholders, read them)
     """
     embedded: jax.Array
     segment_ids: jax.Array
     task_ids: jax.Array | None = None
     packed: bool = flax.struct.field(pytree_node=False, default=False)
+    tokens: jax.Array | None = None
 
 
 class EncoderOutput(NamedTuple):
@@ -264,7 +268,7 @@ class Transformer(nn.Module):
         packed = segment_ids is not None
         if not packed:
             segment_ids = (tokens != 0).astype(jnp.int32)
-        inputs = EncoderInputs(self.embed(tokens), segment_ids, task_ids, packed)
+        inputs = EncoderInputs(self.embed(tokens), segment_ids, task_ids, packed, tokens)
         if self.encoder_input is not None:
             inputs = self.encoder_input(inputs, deterministic=deterministic)
         return inputs

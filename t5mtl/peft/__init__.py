@@ -5,5 +5,7 @@ from t5mtl.peft.hyperprompt import HyperPrompt
 from t5mtl.peft.lora import LoRA
 from t5mtl.peft.match_prompt import TaskPrompts
 from t5mtl.peft.prompt_tuning import PromptTuning
+from t5mtl.peft.schema_prompts import SchemaPrompts
 
-__all__ = ["Attempt", "HyperPrompt", "LoRA", "PromptTuning", "TaskPrompts"]
+__all__ = ["Attempt", "HyperPrompt", "LoRA", "PromptTuning", "SchemaPrompts",
+           "TaskPrompts"]
