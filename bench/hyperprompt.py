@@ -19,9 +19,9 @@ Finished runs are reused, so an interrupted comparison resumes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
+from bench import common
 from bench.peft_compare import ensure_base, rank_accuracy
 
 TASKS = ("glue_cola", "glue_sst2", "synth_greater", "synth_is_sorted", "synth_palindrome",
@@ -84,15 +84,8 @@ def compare(args) -> dict:
     """{row: {task: accuracy}} (cached in out/scores.json)."""
     import t5mtl
     tasks = args.tasks
-    path = os.path.join(args.out, "scores.json")
-    scores = json.load(open(path)) if os.path.exists(path) else {}
-
-    def record(row, task, value):
-        scores.setdefault(row, {})[task] = value
-        os.makedirs(args.out, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(scores, f, indent=1)
-        os.replace(path + ".tmp", path)
+    cache = common.ScoreCache(os.path.join(args.out, "scores.json"))
+    scores, record = cache.rows, cache.record
 
     loaded = {}
 

@@ -22,8 +22,9 @@ Finished runs and scores are reused (under --out), so a run resumes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+
+from bench import common
 
 TRAIN_TASKS = ("glue_stsb", "match_boolq", "match_qnli", "superglue_cb")
 UNSEEN = "superglue_rte"
@@ -79,15 +80,8 @@ def run_all(args) -> dict:
     from t5mtl.peft.match_prompt import TaskPrompts, with_task
     from t5mtl.train import model_dir as model_dir_lib
     tasks, unseen = sorted(args.tasks.split(",")), args.unseen
-    path = os.path.join(args.out, "scores.json")
-    scores = json.load(open(path)) if os.path.exists(path) else {}
-
-    def record(row, task, value):
-        scores.setdefault(row, {})[task] = value
-        os.makedirs(args.out, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(scores, f, indent=1)
-        os.replace(path + ".tmp", path)
+    cache = common.ScoreCache(os.path.join(args.out, "scores.json"))
+    scores, record = cache.rows, cache.record
 
     def score(row, loaded, eval_tasks, with_unseen=True):
         model, params = loaded.model, loaded.params
@@ -177,7 +171,8 @@ def main(argv=None) -> str:
     from t5mtl.data import data_dir
     if args.data_dir:
         data_dir.set_data_dir(args.data_dir)
-    import t5mtl.data.matching_tasks  # noqa: F401  (match_qnli, match_boolq)
+    from t5mtl.data import matching_tasks
+    matching_tasks.register()           # match_qnli, match_boolq
     if not args.quick:
         from bench.peft_compare import ensure_base
         ensure_base(args.base, args.data_dir)

@@ -23,8 +23,9 @@ Finished runs are reused (their directories under --out).
 from __future__ import annotations
 
 import argparse
-import json
 import os
+
+from bench import common
 
 EVAL_TASKS = ("synth_add", "superglue_rte", "synth_add_one", "superglue_cb")
 HELDOUT = ("synth_add", "superglue_rte")
@@ -115,15 +116,8 @@ def run(args) -> dict:
     if leaked:
         from t5mtl.errors import T5mtlError
         raise T5mtlError(f"held-out task {sorted(leaked)[0]!r} is in the training tasks")
-    path = os.path.join(args.out, "results.json")
-    results = json.load(open(path)) if os.path.exists(path) else {}
-
-    def record(row, task, value):
-        results.setdefault(row, {})[task] = value
-        os.makedirs(args.out, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(path + ".tmp", path)
+    cache = common.ScoreCache(os.path.join(args.out, "results.json"))
+    results, record = cache.rows, cache.record
 
     if args.base:
         base = t5mtl.load(args.base)

@@ -18,11 +18,24 @@ RUNS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "gi
 
 @pytest.fixture(autouse=True)
 def clean_gin(shared_data_dir):
+    """Besides gin and the data dir, whatever a run file registered (tasks
+    made on demand, e.g. schema prompts' or the matching copies, and their
+    mixtures and cards) is removed again: later tests in this process list
+    and mix the registered tasks."""
+    from t5mtl.data import task_info
     set_data_dir(shared_data_dir)
     gin.clear_config()
+    tasks, mixtures = set(seqio.TaskRegistry.names()), set(seqio.MixtureRegistry.names())
+    infos = set(task_info._REGISTRY)
     yield
     gin.clear_config()
     set_data_dir(None)
+    for name in set(seqio.MixtureRegistry.names()) - mixtures:
+        seqio.MixtureRegistry.remove(name)
+    for name in set(seqio.TaskRegistry.names()) - tasks:
+        seqio.TaskRegistry.remove(name)
+    for name in set(task_info._REGISTRY) - infos:
+        task_info.remove_task_info(name)
 
 
 @pytest.mark.parametrize("run", RUNS)

@@ -39,9 +39,9 @@ import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from t5mtl.errors import T5mtlError
+from t5mtl.models import task_list
 from t5mtl.models import losses
 from t5mtl.models.base import BaseModel, Batch
 from t5mtl.models.config import T5Config
@@ -165,17 +165,11 @@ class MultiHeadClassifier(BaseModel):
                 "head": self.head, "hidden_dim": self.hidden_dim}
 
     def check_tasks(self, task_names: Sequence[str]) -> None:
-        if list(task_names) != list(self.tasks):
-            raise T5mtlError(f"MultiHeadClassifier has heads for tasks {list(self.tasks)} but "
-                             f"the data's tasks are {list(task_names)} (task ids index this "
-                             f"list in this order); set MultiHeadClassifier.tasks to the "
-                             f"DataConfig's mixture or task list")
+        task_list.check_task_order("MultiHeadClassifier", "heads", self.tasks, task_names)
 
     def task_features(self, task_name: str, batch_size: int) -> dict:
-        if task_name not in self.tasks:
-            raise T5mtlError(f"MultiHeadClassifier has no head for task {task_name!r} (its "
-                             f"tasks: {list(self.tasks)})")
-        return {"task_ids": np.full((batch_size,), self.tasks.index(task_name), np.int32)}
+        index = task_list.task_index("MultiHeadClassifier", "head", self.tasks, task_name)
+        return {"task_ids": task_list.task_id_rows(index, batch_size, ())}
 
     # -- data ---------------------------------------------------------------------
     def feature_converter(self, pack: bool = True, task_ids=()):

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5mtl.errors import T5mtlError
+from t5mtl.models import task_list
 from t5mtl.models.base import WarmStart
 from t5mtl.models.t5 import EncoderInputs
 from t5mtl.peft.prompt_tuning import sampled_rows
@@ -177,9 +178,8 @@ class Attempt(nn.Module):
     def check_tasks(self, task_names: Sequence[str]) -> None:
         """The run's tasks (task-id order) must be `tasks` when given, and
         at most `num_targets` many."""
-        if self.tasks and list(task_names) != list(self.tasks):
-            raise T5mtlError(f"Attempt.tasks={list(self.tasks)}, but the run's tasks are "
-                             f"{list(task_names)}")
+        if self.tasks:
+            task_list.check_task_order("Attempt", "target prompts", self.tasks, task_names)
         if len(task_names) > self.num_targets:
             raise T5mtlError(f"Attempt.num_targets={self.num_targets}, but the run mixes "
                              f"{len(task_names)} tasks: {list(task_names)}")
@@ -190,11 +190,8 @@ class Attempt(nn.Module):
         `tasks`); none for a single target."""
         if not self.tasks:
             return {}
-        if task_name not in self.tasks:
-            raise T5mtlError(f"Attempt has no target prompt for task {task_name!r} (its "
-                             f"tasks: {list(self.tasks)})")
-        return {"encoder_task_ids": np.full((batch_size, 1), self.tasks.index(task_name),
-                                            np.int32)}
+        index = task_list.task_index("Attempt", "target prompt", self.tasks, task_name)
+        return {"encoder_task_ids": task_list.task_id_rows(index, batch_size)}
 
     @nn.nowrap
     def source_prompts(self, d_model: int) -> np.ndarray:

@@ -56,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5mtl.errors import T5mtlError
+from t5mtl.models import task_list
 from t5mtl.models.config import T5Config
 from t5mtl.models.layers import KVPrefix
 
@@ -105,18 +106,12 @@ class HyperPrompt(nn.Module):
 
     # -- the model's hooks (EncoderDecoderModel.check_tasks / task_features) ------------
     def check_tasks(self, task_names: Sequence[str]) -> None:
-        if list(task_names) != list(self.tasks):
-            raise T5mtlError(f"HyperPrompt has task embeddings for {list(self.tasks)} but the "
-                             f"data's tasks are {list(task_names)} (task ids index this list "
-                             f"in this order); set HyperPrompt.tasks to it")
+        task_list.check_task_order("HyperPrompt", "task embeddings", self.tasks, task_names)
 
     def task_features(self, task_name: str, batch_size: int) -> dict:
         """Every row of `task_name`: encoder_task_ids [batch, 1] (the row's id)."""
-        if task_name not in self.tasks:
-            raise T5mtlError(f"HyperPrompt has no task embedding for {task_name!r} (its "
-                             f"tasks: {list(self.tasks)})")
-        return {"encoder_task_ids": np.full((batch_size, 1), list(self.tasks).index(task_name),
-                                            np.int32)}
+        index = task_list.task_index("HyperPrompt", "task embedding", self.tasks, task_name)
+        return {"encoder_task_ids": task_list.task_id_rows(index, batch_size)}
 
     # -- the computation --------------------------------------------------------------
     def _sizes(self):

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5mtl.errors import T5mtlError
+from t5mtl.models import task_list
 from t5mtl.models.base import WarmStart
 from t5mtl.models.t5 import EncoderInputs
 
@@ -119,18 +120,13 @@ class TaskPrompts(nn.Module):
     # -- the tasks ------------------------------------------------------------------
     def check_tasks(self, task_names: Sequence[str]) -> None:
         """Training data's task ids must index `tasks` in the same order."""
-        if list(task_names) != list(self.tasks):
-            raise T5mtlError(f"TaskPrompts has prompts for tasks {list(self.tasks)} but the "
-                             f"data's tasks are {list(task_names)} (task ids index this list "
-                             f"in this order); set TaskPrompts.tasks to the mixture's task list")
+        task_list.check_task_order("TaskPrompts", "prompts", self.tasks, task_names)
 
     def task_features(self, task_name: str, batch_size: int) -> dict:
         """Evaluating one task: every row's task id is that task's index."""
-        if task_name not in self.tasks:
-            raise T5mtlError(f"TaskPrompts has no prompt for task {task_name!r} (its tasks: "
-                             f"{list(self.tasks)}); give it one with match_prompt.with_task")
-        return {"encoder_task_ids": np.full((batch_size, 1), self.tasks.index(task_name),
-                                            np.int32)}
+        index = task_list.task_index("TaskPrompts", "prompt", self.tasks, task_name,
+                                     "; give it one with match_prompt.with_task")
+        return {"encoder_task_ids": task_list.task_id_rows(index, batch_size)}
 
     def description(self, task: str) -> str:
         """The text task `task`'s prompt is initialized from (module doc)."""

@@ -245,7 +245,7 @@ def test_bad_sources_are_one_clear_error(tmp_path, sources, setup):
     # Tasks: the run's must be the targets'; evaluation of an unknown one is refused.
     named = EncoderDecoderModel(CFG, encoder_input=Attempt(
         sources=sources[0], length=L, num_targets=2, tasks=("synth_parity", "synth_sign")))
-    with pytest.raises(T5mtlError, match="run's tasks are \\['synth_parity', 'synth_greater'\\]"):
+    with pytest.raises(T5mtlError, match="data's tasks are \\['synth_parity', 'synth_greater'\\]"):
         named.check_tasks(["synth_parity", "synth_greater"])
     with pytest.raises(T5mtlError, match="num_targets=2, but the run mixes 3 tasks"):
         _model(sources[0]).check_tasks(["a", "b", "c"])

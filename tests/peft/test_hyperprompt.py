@@ -221,7 +221,7 @@ def test_bad_input_is_one_clear_error(setup):
         model.feature_converter(pack=True)
     with pytest.raises(T5mtlError, match=r"data's tasks are \['task_a', 'task_c'\]"):
         model.check_tasks(["task_a", "task_c"])
-    with pytest.raises(T5mtlError, match="no task embedding for 'glue_rte'"):
+    with pytest.raises(T5mtlError, match="no task embedding for task .glue_rte."):
         model.task_features("glue_rte", 2)
     with pytest.raises(T5mtlError, match="HyperPrompt.tasks is empty"):
         HyperPrompt(())

@@ -230,6 +230,8 @@ def test_bench_quick_mode_end_to_end(tmp_path, peft_base, shared_data_dir):
                    for task in ("superglue_cb", "superglue_rte")}
     finally:
         set_data_dir(None)
+        from t5mtl.data import matching_tasks
+        matching_tasks.unregister()         # the bench registered them: leave none behind
     lines = text.splitlines()
     assert lines[0] == "| method | superglue_cb | in-domain mean | superglue_rte (unseen) |"
     assert [line.split(" | ")[0] for line in lines[2:]] == [f"| {label}" for _, label in bench.ROWS]
@@ -248,3 +250,27 @@ def test_bench_quick_mode_end_to_end(tmp_path, peft_base, shared_data_dir):
     base = t5mtl.load(str(peft_base)).params["token_embedder"]["embedding"]
     np.testing.assert_array_equal(s1.params["token_embedder"]["embedding"], base)
     assert np.abs(s2.params["token_embedder"]["embedding"] - base).max() > 0
+
+
+def test_matching_copies_register_on_demand_not_at_import():
+    """match_qnli / match_boolq train on the originals' validation rows: an
+    import must not register them (they joined ExMix, 'every supervised
+    task', in any process that had imported the module); the gin hook does."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = ("import seqio\n"
+            "from t5mtl.data import matching_tasks, mixtures\n"
+            "copies = set(matching_tasks.COPIES)\n"
+            "assert not copies & set(seqio.TaskRegistry.names())\n"
+            "assert matching_tasks.register_matching_tasks(['match_qnli']) == ['match_qnli']\n"
+            "assert copies <= set(seqio.TaskRegistry.names())\n"
+            "print(sorted(copies & set(mixtures.supervised_tasks())))\n")
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # Registered, they are variants of their originals, not supervised base tasks.
+    assert done.stdout.strip() == "[]"
