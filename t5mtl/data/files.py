@@ -364,6 +364,16 @@ def output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[str, seq
     }
 
 
+def claim_task_name(name: str, overwrite: bool) -> None:
+    """Frees `name` for a new task: removes the registered task and its
+    TaskInfo when `overwrite`, else refuses a name already taken."""
+    if overwrite:
+        seqio.TaskRegistry.remove(name)
+        task_info_lib.remove_task_info(name)
+    elif name in seqio.TaskRegistry.names():
+        raise T5mtlError(f"task {name!r} is already registered")
+
+
 def register_task(name: str, source: seqio.DataSource, preprocessors: Sequence[Callable],
                   info: task_info_lib.TaskInfo, metric_fns: Sequence[Callable] = (),
                   postprocess_fn: Callable | None = None,
@@ -375,11 +385,7 @@ def register_task(name: str, source: seqio.DataSource, preprocessors: Sequence[C
     """
     if info.name != name:
         raise T5mtlError(f"TaskInfo name {info.name!r} differs from task name {name!r}")
-    if overwrite:
-        seqio.TaskRegistry.remove(name)
-        task_info_lib.remove_task_info(name)
-    elif name in seqio.TaskRegistry.names():
-        raise T5mtlError(f"task {name!r} is already registered")
+    claim_task_name(name, overwrite)
     task = seqio.TaskRegistry.add(
         name,
         source=source,

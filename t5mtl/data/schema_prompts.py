@@ -147,11 +147,7 @@ def register_schema_task(base: str, layout: SchemaLayout | None = None,
         info, name=name, base_task=base, variant="schema",
         description=f"schema prompt ({info.category}: {', '.join(fields)}): "
                     f"{info.description or info.instruction}")
-    if overwrite:
-        seqio.TaskRegistry.remove(name)
-        task_info_lib.remove_task_info(name)
-    elif name in seqio.TaskRegistry.names():
-        raise T5mtlError(f"task {name!r} is already registered")
+    files.claim_task_name(name, overwrite)
     # files.register_task would tokenize "inputs" again: render tokenizes.
     task = seqio.TaskRegistry.add(
         name, source=base_task.source,
