@@ -20,9 +20,10 @@ there first when missing). Finished runs are reused.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
+
+from bench import comparison
 
 SOURCES = ("synth_parity", "synth_greater", "synth_palindrome", "glue_sst2")
 TARGETS = ("synth_is_sorted", "synth_sign")
@@ -162,35 +163,20 @@ def tables(results: dict) -> str:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default=os.path.expanduser("~/.cache/t5mtl/peft_base"))
-    parser.add_argument("--out", default="/tmp/t5mtl_attempt")
+    parser = comparison.parser(__doc__, "/tmp/t5mtl_attempt", 256,
+                               "smoke run: 2 sources, 1 target, 2 steps, 8 examples")
     parser.add_argument("--sources", default=",".join(SOURCES))
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--source_steps", type=int, default=200)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--num_examples", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data_dir", default=None)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 2 sources, 1 target, 2 steps, 8 examples")
     args = parser.parse_args(argv)
     if args.quick:
         args.sources, args.targets = "synth_parity,synth_greater", "synth_sign"
         args.steps = args.source_steps = 2
         args.batch_size, args.num_examples = 8, 8
     args.sources, args.targets = args.sources.split(","), args.targets.split(",")
-    from t5mtl.data import data_dir
-    data_dir.set_data_dir(args.data_dir)
-    import t5mtl.data.registry  # noqa: F401  (registers tasks and mixtures)
-    from bench.peft_compare import ensure_base
-    ensure_base(args.base, args.data_dir)
-    text = tables(run(args))
-    print(text, flush=True)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(text + "\n")
-    return text
+    comparison.prepare(args)
+    return comparison.write_table(args, tables(run(args)))
 
 
 if __name__ == "__main__":

@@ -73,23 +73,6 @@ def write_report(path: str | None, **results) -> None:
                        "argv": sys.argv, **results}, f, indent=1)
 
 
-class ScoreCache:
-    """A comparison's {row: {task: value}}, kept in a JSON file that every
-    `record` rewrites atomically, so an interrupted comparison resumes from
-    the scores it finished."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.rows = json.load(open(path)) if os.path.exists(path) else {}
-
-    def record(self, row: str, task: str, value) -> None:
-        self.rows.setdefault(row, {})[task] = value
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        with open(self.path + ".tmp", "w") as f:
-            json.dump(self.rows, f, indent=1)
-        os.replace(self.path + ".tmp", self.path)
-
-
 def measure_matmul_peak(n: int = 2048, reps: int = 5) -> dict[str, float]:
     """Best-of-`reps` GFLOP/s of an n x n matmul, JAX (XLA) and torch, f32 and bf16.
 

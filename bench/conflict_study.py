@@ -299,11 +299,8 @@ def main(argv=None) -> dict:
     if args.quick:
         args.tasks, args.steps, args.probe_period = "synth_sign,synth_parity", 6, 2
         args.batch_size, args.input_length, args.num_examples = 8, 32, 16
-    import jax
-    for name, value in (("jax_compilation_cache_dir", os.path.join(args.out, "xla_cache")),
-                        ("jax_persistent_cache_min_compile_time_secs", 0.0),
-                        ("jax_persistent_cache_min_entry_size_bytes", 0)):
-        jax.config.update(name, value)
+    from t5mtl.train.compile_cache import use_compilation_cache
+    use_compilation_cache(os.path.join(args.out, "xla_cache"))
     from t5mtl.data import data_dir
     from t5mtl.errors import T5mtlError
     data_dir.set_data_dir(args.data_dir)

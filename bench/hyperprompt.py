@@ -18,11 +18,10 @@ Finished runs are reused, so an interrupted comparison resumes.
 """
 from __future__ import annotations
 
-import argparse
 import os
 
-from bench import common
-from bench.peft_compare import ensure_base, rank_accuracy
+from bench import comparison
+from bench.peft_compare import rank_accuracy
 
 TASKS = ("glue_cola", "glue_sst2", "synth_greater", "synth_is_sorted", "synth_palindrome",
          "synth_parity", "synth_sign")
@@ -84,7 +83,7 @@ def compare(args) -> dict:
     """{row: {task: accuracy}} (cached in out/scores.json)."""
     import t5mtl
     tasks = args.tasks
-    cache = common.ScoreCache(os.path.join(args.out, "scores.json"))
+    cache = comparison.ScoreCache(os.path.join(args.out, "scores.json"))
     scores, record = cache.rows, cache.record
 
     loaded = {}
@@ -134,31 +133,19 @@ def table(scores: dict, tasks) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default=os.path.expanduser("~/.cache/t5mtl/peft_base"))
-    parser.add_argument("--out", default="/tmp/t5mtl_hyperprompt")
+    parser = comparison.parser(__doc__, "/tmp/t5mtl_hyperprompt", 128,
+                               "smoke run: 2 tasks, 2 steps, batch 8, 4 examples")
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--num_examples", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per_task", action="store_true")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--data_dir", default=None)
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks, args.steps, args.batch_size, args.num_examples = (
             ",".join(QUICK_TASKS), 2, 8, 4)
     args.tasks = sorted(args.tasks.split(","))      # task-id order (seqio's)
-    from t5mtl.data import data_dir
-    data_dir.set_data_dir(args.data_dir)
-    import t5mtl.data.registry  # noqa: F401  (registers tasks and mixtures)
-    ensure_base(args.base, args.data_dir)
+    comparison.prepare(args)
     scores = compare(args)
-    text = table(scores, args.tasks)
-    print(text, flush=True)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(text + "\n")
+    comparison.write_table(args, table(scores, args.tasks))
     return scores
 
 

@@ -21,10 +21,9 @@ Finished runs and scores are reused (under --out), so a run resumes.
 """
 from __future__ import annotations
 
-import argparse
 import os
 
-from bench import common
+from bench import comparison
 
 TRAIN_TASKS = ("glue_stsb", "match_boolq", "match_qnli", "superglue_cb")
 UNSEEN = "superglue_rte"
@@ -80,7 +79,7 @@ def run_all(args) -> dict:
     from t5mtl.peft.match_prompt import TaskPrompts, with_task
     from t5mtl.train import model_dir as model_dir_lib
     tasks, unseen = sorted(args.tasks.split(",")), args.unseen
-    cache = common.ScoreCache(os.path.join(args.out, "scores.json"))
+    cache = comparison.ScoreCache(os.path.join(args.out, "scores.json"))
     scores, record = cache.rows, cache.record
 
     def score(row, loaded, eval_tasks, with_unseen=True):
@@ -143,45 +142,24 @@ def table(scores: dict, tasks, unseen: str) -> str:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default=os.path.expanduser("~/.cache/t5mtl/peft_base"))
-    parser.add_argument("--out", default="/tmp/t5mtl_match_prompt")
+    parser = comparison.parser(__doc__, "/tmp/t5mtl_match_prompt", 128,
+                               "smoke run: 2 steps per stage, batch 4, 8 examples, no "
+                               "'no adaptation' or 'stage 1 only' rows")
     parser.add_argument("--tasks", default=",".join(TRAIN_TASKS))
     parser.add_argument("--unseen", default=UNSEEN)
     parser.add_argument("--stage1_steps", type=int, default=100)
     parser.add_argument("--steps", type=int, default=150, help="model-training steps")
     parser.add_argument("--prompt_lr", type=float, default=0.3)
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--num_examples", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 2 steps per stage, batch 4, 8 examples, no "
-                             "'no adaptation' or 'stage 1 only' rows")
-    parser.add_argument("--data_dir", default=None)
     args = parser.parse_args(argv)
     if args.quick:
         args.stage1_steps, args.steps, args.batch_size, args.num_examples = 2, 2, 4, 8
-    import jax
-    # Runs of one kind compile the same programs: compile each once.
-    for name, value in (("jax_compilation_cache_dir", os.path.join(args.out, "xla_cache")),
-                        ("jax_persistent_cache_min_compile_time_secs", 0.0),
-                        ("jax_persistent_cache_min_entry_size_bytes", 0)):
-        jax.config.update(name, value)
-    from t5mtl.data import data_dir
-    if args.data_dir:
-        data_dir.set_data_dir(args.data_dir)
+    comparison.prepare(args, train_base=not args.quick)
     from t5mtl.data import matching_tasks
     matching_tasks.register()           # match_qnli, match_boolq
-    if not args.quick:
-        from bench.peft_compare import ensure_base
-        ensure_base(args.base, args.data_dir)
     scores = run_all(args)
-    text = table(scores, sorted(args.tasks.split(",")), args.unseen)
-    print(text, flush=True)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(text + "\n")
-    return text
+    return comparison.write_table(args, table(scores, sorted(args.tasks.split(",")),
+                                              args.unseen))
 
 
 if __name__ == "__main__":

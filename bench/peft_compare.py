@@ -198,12 +198,8 @@ def main(argv=None) -> None:
     parser.add_argument("--no_ensemble", dest="ensemble", action="store_false")
     parser.add_argument("--data_dir", default=None)
     args = parser.parse_args(argv)
-    import jax
-    # Every run of one method compiles the same programs: compile each once.
-    for name, value in (("jax_compilation_cache_dir", os.path.join(args.out, "xla_cache")),
-                        ("jax_persistent_cache_min_compile_time_secs", 0.0),
-                        ("jax_persistent_cache_min_entry_size_bytes", 0)):
-        jax.config.update(name, value)
+    from t5mtl.train.compile_cache import use_compilation_cache
+    use_compilation_cache(os.path.join(args.out, "xla_cache"))
     from t5mtl.data import data_dir
     data_dir.set_data_dir(args.data_dir)
     import t5mtl.data.registry  # noqa: F401  (registers tasks and mixtures)

@@ -22,10 +22,9 @@ Finished runs are reused (their directories under --out).
 """
 from __future__ import annotations
 
-import argparse
 import os
 
-from bench import common
+from bench import comparison
 
 EVAL_TASKS = ("synth_add", "superglue_rte", "synth_add_one", "superglue_cb")
 HELDOUT = ("synth_add", "superglue_rte")
@@ -116,7 +115,7 @@ def run(args) -> dict:
     if leaked:
         from t5mtl.errors import T5mtlError
         raise T5mtlError(f"held-out task {sorted(leaked)[0]!r} is in the training tasks")
-    cache = common.ScoreCache(os.path.join(args.out, "results.json"))
+    cache = comparison.ScoreCache(os.path.join(args.out, "results.json"))
     results, record = cache.rows, cache.record
 
     if args.base:
@@ -158,21 +157,14 @@ def table(results: dict, tasks) -> str:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default=os.path.expanduser("~/.cache/t5mtl/peft_base"))
-    parser.add_argument("--out", default="/tmp/t5mtl_schema")
+    parser = comparison.parser(__doc__, "/tmp/t5mtl_schema", 200,
+                               "smoke run: a fresh t5_tiny (no base row), 2 training tasks, "
+                               "1 step, superglue_rte on 2 examples")
     parser.add_argument("--tasks", default=",".join(EVAL_TASKS))
     parser.add_argument("--train_tasks", default="",
                         help="base tasks to train on (default: schema_mtl's)")
     parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_examples", type=int, default=200)
-    parser.add_argument("--data_dir", default=None)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: a fresh t5_tiny (no base row), 2 training tasks, "
-                             "1 step, superglue_rte on 2 examples")
     args = parser.parse_args(argv)
     if args.quick:
         args.base, args.steps, args.batch_size, args.num_examples = None, 1, 2, 2
@@ -181,20 +173,8 @@ def main(argv=None) -> str:
             args.tasks = "superglue_rte"
         if args.out == parser.get_default("out"):
             args.out = "/tmp/t5mtl_schema_quick"
-    if not args.quick:     # the arms' scoring programs compile once across reruns
-        import jax
-        for name, value in (("jax_compilation_cache_dir", os.path.join(args.out, "xla_cache")),
-                            ("jax_persistent_cache_min_compile_time_secs", 0.0)):
-            jax.config.update(name, value)
-    from t5mtl.data import data_dir
-    data_dir.set_data_dir(args.data_dir)
-    import t5mtl.data.registry  # noqa: F401  (registers the base tasks)
-    results = run(args)
-    text = table(results, args.tasks.split(","))
-    print(text, flush=True)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(text + "\n")
-    return text
+    comparison.prepare(args, train_base=False)
+    return comparison.write_table(args, table(run(args), args.tasks.split(",")))
 
 
 if __name__ == "__main__":

@@ -72,12 +72,8 @@ def run(args: argparse.Namespace) -> int:
     families = tm.resolve_families(specs)
     if args.init:
         tm._model(settings)                     # not a model_dir: one line, nothing written
-    import jax
-    # Every run of one map compiles the same programs: compile each once.
-    for name, value in (("jax_compilation_cache_dir", os.path.join(args.out, "xla_cache")),
-                        ("jax_persistent_cache_min_compile_time_secs", 0.0),
-                        ("jax_persistent_cache_min_entry_size_bytes", 0)):
-        jax.config.update(name, value)
+    from t5mtl.train.compile_cache import use_compilation_cache
+    use_compilation_cache(os.path.join(args.out, "xla_cache"))
     n = len(families)
     print(f"{n} families, {n + n * (n - 1) // 2} runs x {settings.seeds} seed(s), "
           f"{settings.steps} steps each: {', '.join(families)}", flush=True)
