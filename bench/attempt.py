@@ -144,22 +144,29 @@ ROWS = [("chance", "chance (majority class)"), ("none", "no adaptation"),
         ("attempt_single", "ATTEMPT, single-task"), ("attempt_multi", "ATTEMPT, multi-task")]
 
 
-def tables(results: dict) -> str:
+def rows(results: dict) -> tuple[str, list, list]:
+    """(first header, columns, [(label, cells)]): accuracy per target."""
     acc, targets = results["accuracy"], list(results["accuracy"])
-    lines = ["| method | " + " | ".join(targets) + " |", "|---" * (len(targets) + 1) + "|"]
-    for key, label in ROWS:
-        if any(key in acc[t] for t in targets):
-            lines.append(f"| {label} | " + " | ".join(
-                f"{acc[t][key]:.1f}" if key in acc[t] else "-" for t in targets) + " |")
-    sources = results["sources"]
-    uniform = 1 / (len(sources) + 1)
-    for mode, per_target in results["attention"].items():
-        lines += ["", f"Mean attention, {mode.replace('_', ' ')} (uniform: {uniform:.3f})", "",
-                  "| target | " + " | ".join(sources) + " | own target prompt |",
-                  "|---" * (len(sources) + 2) + "|"]
-        for target, weights in per_target.items():
-            lines.append(f"| {target} | " + " | ".join(f"{w:.3f}" for w in weights) + " |")
-    return "\n".join(lines)
+    return "method", targets, [(label, [acc[t].get(key) for t in targets])
+                               for key, label in ROWS if any(key in acc[t] for t in targets)]
+
+
+def attention_rows(results: dict) -> tuple[str, list, list]:
+    """(first header, columns, [(label, cells)]): each run's mean attention
+    per target over the sources and the target's own prompt."""
+    out = [(f"{mode.replace('_', ' ')}: {target}", weights)
+           for mode, per_target in results["attention"].items()
+           for target, weights in per_target.items()]
+    return "run: target", [*results["sources"], "own target prompt"], out
+
+
+def tables(results: dict) -> str:
+    """The accuracy table, then the attention table (uniform: 1 / (sources + 1))."""
+    first, columns, weights = attention_rows(results)
+    return (comparison.markdown(*rows(results))
+            + f"\n\nMean attention (uniform: {1 / len(columns):.3f})\n\n"
+            + comparison.markdown(first, columns, [(label, [f"{w:.3f}" for w in cells])
+                                                   for label, cells in weights]))
 
 
 def main(argv=None) -> str:

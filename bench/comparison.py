@@ -64,3 +64,41 @@ def write_table(args, text: str) -> str:
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(text + "\n")
     return text
+
+
+def markdown(first: str, columns, rows) -> str:
+    """A markdown table: `rows` are (label, cells); a float cell prints with
+    one decimal, None as '-', a string as it is."""
+    def cell(v):
+        return "-" if v is None else v if isinstance(v, str) else f"{v:.1f}"
+    lines = [f"| {first} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(cell(v) for v in cells) + " |"
+              for label, cells in rows]
+    return "\n".join(lines)
+
+
+def mean(values) -> float | None:
+    """The mean, or None when any value is missing."""
+    return None if not values or None in values else sum(values) / len(values)
+
+
+def over_seeds(per_seed, digits: int = 1) -> list[tuple[str, list]]:
+    """The same tables from several seeds as one: each cell 'mean ± sample
+    std' over the seeds (the value alone where every seed gave the same, as
+    chance and the untrained base do; '-' where a seed lacks the cell)."""
+    import numpy as np
+    tables = [dict(rows) for rows in per_seed]
+    out = []
+    for label, first in per_seed[0]:
+        cells = []
+        for i in range(len(first)):
+            values = [t[label][i] if label in t else None for t in tables]
+            if None in values:
+                cells.append(None)
+            elif len(set(values)) == 1:
+                cells.append(f"{values[0]:.{digits}f}")
+            else:
+                cells.append(f"{np.mean(values):.{digits}f} ± "
+                             f"{np.std(values, ddof=1):.{digits}f}")
+        out.append((label, cells))
+    return out

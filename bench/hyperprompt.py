@@ -120,16 +120,18 @@ ROWS = [("chance", "chance (majority class)"), ("none", "no adaptation"),
         ("hyperprompt", "HyperPrompt-Global (l=16, t=32, b=32)")]
 
 
-def table(scores: dict, tasks) -> str:
-    lines = ["| method | " + " | ".join(tasks) + " | mean |", "|---" * (len(tasks) + 2) + "|"]
+def rows(scores: dict, tasks) -> tuple[str, list, list]:
+    """(first header, columns, [(label, cells)]): each task and the mean."""
+    out = []
     for key, label in ROWS:
-        if key not in scores:
-            continue
-        values = [scores[key].get(t) for t in tasks]
-        mean = (f"{sum(values) / len(values):.1f}" if None not in values else "-")
-        lines.append(f"| {label} | " + " | ".join("-" if v is None else f"{v:.1f}"
-                                                  for v in values) + f" | {mean} |")
-    return "\n".join(lines)
+        if key in scores:
+            values = [scores[key].get(t) for t in tasks]
+            out.append((label, [*values, comparison.mean(values)]))
+    return "method", [*tasks, "mean"], out
+
+
+def table(scores: dict, tasks) -> str:
+    return comparison.markdown(*rows(scores, tasks))
 
 
 def main(argv=None) -> dict:

@@ -128,17 +128,19 @@ ROWS = [("chance", "chance (majority class)"), ("none", "no adaptation (the base
         ("task_specific", "task-specific finetuning (one model per task)")]
 
 
-def table(scores: dict, tasks, unseen: str) -> str:
-    cols = [*tasks, "in-domain mean", f"{unseen} (unseen)"]
-    lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+def rows(scores: dict, tasks, unseen: str) -> tuple[str, list, list]:
+    """(first header, columns, [(label, cells)]): each training task, their
+    mean, the unseen task."""
+    out = []
     for key, label in ROWS:
         row = scores.get(key, {})
-        seen = [row[t] for t in tasks if t in row]
-        cells = [f"{row[t]:.1f}" if t in row else "-" for t in tasks]
-        cells.append(f"{sum(seen) / len(seen):.1f}" if len(seen) == len(tasks) else "-")
-        cells.append(f"{row[unseen]:.1f}" if unseen in row else "-")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        seen = [row.get(t) for t in tasks]
+        out.append((label, [*seen, comparison.mean(seen), row.get(unseen)]))
+    return "method", [*tasks, "in-domain mean", f"{unseen} (unseen)"], out
+
+
+def table(scores: dict, tasks, unseen: str) -> str:
+    return comparison.markdown(*rows(scores, tasks, unseen))
 
 
 def main(argv=None) -> str:

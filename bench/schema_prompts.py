@@ -145,15 +145,15 @@ ROWS = (("chance", "chance (most common target)"), ("base", "base, no multi-task
         ("plain", "multi-task, plain T5-format inputs"), ("schema", "multi-task, schema prompts"))
 
 
-def table(results: dict, tasks) -> str:
+def rows(results: dict, tasks) -> tuple[str, list, list]:
+    """(first header, columns, [(label, cells)]), held-out tasks marked."""
     head = [f"{t} (held out)" if t in HELDOUT else t for t in tasks]
-    lines = ["| model | " + " | ".join(head) + " |", "|---" * (len(tasks) + 1) + "|"]
-    for key, label in ROWS:
-        if key in results:
-            cells = [results[key].get(t) for t in tasks]
-            lines.append(f"| {label} | " + " | ".join(
-                "-" if c is None else f"{c:.1f}" for c in cells) + " |")
-    return "\n".join(lines)
+    return "model", head, [(label, [results[key].get(t) for t in tasks])
+                           for key, label in ROWS if key in results]
+
+
+def table(results: dict, tasks) -> str:
+    return comparison.markdown(*rows(results, tasks))
 
 
 def main(argv=None) -> str:
