@@ -146,7 +146,7 @@ ROWS = [("chance", "chance (majority class)"), ("none", "no adaptation"),
 
 def rows(results: dict) -> tuple[str, list, list]:
     """(first header, columns, [(label, cells)]): accuracy per target."""
-    acc, targets = results["accuracy"], list(results["accuracy"])
+    acc, targets = results["accuracy"], sorted(results["accuracy"])
     return "method", targets, [(label, [acc[t].get(key) for t in targets])
                                for key, label in ROWS if any(key in acc[t] for t in targets)]
 
@@ -154,9 +154,9 @@ def rows(results: dict) -> tuple[str, list, list]:
 def attention_rows(results: dict) -> tuple[str, list, list]:
     """(first header, columns, [(label, cells)]): each run's mean attention
     per target over the sources and the target's own prompt."""
-    out = [(f"{mode.replace('_', ' ')}: {target}", weights)
-           for mode, per_target in results["attention"].items()
-           for target, weights in per_target.items()]
+    out = [(f"{mode.replace('_', ' ')}: {target}", per_target[target])
+           for mode, per_target in sorted(results["attention"].items(), reverse=True)
+           for target in sorted(per_target)]
     return "run: target", [*results["sources"], "own target prompt"], out
 
 

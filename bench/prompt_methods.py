@@ -66,6 +66,9 @@ def seed_table(seed_dirs, rows_of, digits: int = 1) -> str:
     """One markdown table over the seeds' directories."""
     per_seed = [rows_of(d) for d in seed_dirs]
     first, columns, _ = per_seed[0]
+    for d, (_, other, _) in zip(seed_dirs, per_seed):
+        if list(other) != list(columns):
+            raise ValueError(f"{d}: columns {other} differ from the first seed's {columns}")
     return comparison.markdown(first, columns, comparison.over_seeds(
         [rows for _, _, rows in per_seed], digits))
 
