@@ -53,6 +53,22 @@ def _clear_gin_after_test():
 
 def pytest_configure(config):
     """The suite's budget is 30 minutes on 2 cores (README's test command):
-    every run lists its 25 slowest tests, so a new slow one shows at once."""
-    if not config.option.durations:
+    every run lists its 25 slowest tests, so a new slow one shows at once.
+
+    The two workers get whole files (--dist loadfile) in collection order,
+    which `pytest_collection_modifyitems` starts with the files holding a
+    test marked `slow`: the long ones start first and the many short ones
+    even out the end (xdist's own reordering, by number of tests, would put
+    the one-test end-to-end files last)."""
+    if config.option.durations is None:
         config.option.durations = 25
+    config.addinivalue_line("markers", "slow: tens of seconds or more (a training run, "
+                                       "subprocesses); its file is scheduled first")
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    slow_files = {item.nodeid.split("::")[0] for item in items
+                  if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)   # stable

@@ -27,6 +27,7 @@ def _line(cell, prefix):
     return next(line for line in _text(cell).splitlines() if line.startswith(prefix))
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -48,6 +48,8 @@ the train and decode steps), as a 1-step run took 27 s.
 import json
 import os
 
+import pytest
+
 from t5mtl import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,6 +69,7 @@ def _eval_scores(model_dir: str) -> dict[str, float]:
     return {k.split("/")[0]: v for k, v in last.items() if "/" in k}
 
 
+@pytest.mark.slow
 def test_shortened_quickstart_learns(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)                   # the README's command runs from the checkout
     model_dir = str(tmp_path / "quickstart")

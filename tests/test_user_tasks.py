@@ -50,6 +50,7 @@ def _inputs(rows, task):
     return [f"mrpc sentence1: {r[3]} sentence2: {r[4]}" for r in val]
 
 
+@pytest.mark.slow
 def test_user_tasks_list_show_train_and_evaluate(workdir, monkeypatch, capsys):
     directory, rows = workdir
     monkeypatch.chdir(directory)                 # the user's module lives here

@@ -24,6 +24,7 @@ def _md_rows(md, section):
              if line.startswith("| ") and not line.startswith("|---"))}
 
 
+@pytest.mark.slow
 def test_quick_study_tables_equal_the_probe_rows_averaged(tmp_path, shared_data_dir):
     from bench.conflict_study import TITLES, main
     out = str(tmp_path / "study")

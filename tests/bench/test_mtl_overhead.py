@@ -5,9 +5,12 @@ probe; every surgery's math is tests/mtl/test_surgery.py's), and the
 per-task gradient memory is 2 x the trainable parameters in float32."""
 import json
 
+import pytest
+
 from bench import mtl_overhead
 
 
+@pytest.mark.slow
 def test_quick_mode(tmp_path, capsys):
     out = tmp_path / "mtl.json"
     systems = ["plain", "pcgrad", "probe"]

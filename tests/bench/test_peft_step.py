@@ -3,9 +3,12 @@ table's trainable-parameter counts are the exact figures, and the compiled
 steps of prompt tuning and LoRA count fewer FLOPs than full finetuning's."""
 import json
 
+import pytest
+
 from bench import peft_step
 
 
+@pytest.mark.slow
 def test_table_counts_and_compiled_flops(tmp_path, capsys):
     out = tmp_path / "peft_step.json"
     assert peft_step.main(["--model", "t5_tiny", "--shape", "32/8", "--batch", "2",

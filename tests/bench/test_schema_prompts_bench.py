@@ -2,6 +2,8 @@
 a held-out task scored) and its table."""
 import json
 
+import pytest
+
 from bench.schema_prompts import HELDOUT, table
 
 
@@ -14,6 +16,7 @@ def test_table_marks_held_out_tasks_and_missing_cells():
                          "| multi-task, schema prompts | 61.2 | - |"]
 
 
+@pytest.mark.slow
 def test_quick_run_trains_both_arms_and_scores_the_held_out_tasks(tmp_path, shared_data_dir):
     from bench.schema_prompts import main
     from t5mtl.data import schema_prompts as sp

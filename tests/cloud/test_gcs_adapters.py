@@ -3,6 +3,7 @@ it (init_from and the adapter directories gs:// URLs), loaded alone (base
 joined and fingerprint-checked through the bucket) and as an ensemble
 (what `t5mtl eval --adapter URL --adapter URL` loads)."""
 import numpy as np
+import pytest
 
 import t5mtl
 from t5mtl import paths
@@ -14,6 +15,7 @@ from t5mtl.train.trainer import CheckpointConfig, EvalConfig, train
 from tests.peft.test_prompt_tuning import DATA, _tune
 
 
+@pytest.mark.slow
 def test_prompts_on_a_gs_base_load_alone_and_as_an_ensemble(gcs_bucket):
     base = f"{gcs_bucket}/adapters/base"
     train(base, model=EncoderDecoderModel(get_config("t5_tiny")),

@@ -9,6 +9,7 @@ import time
 import gin
 import jax
 import numpy as np
+import pytest
 
 import t5mtl
 from t5mtl import cli, paths
@@ -47,6 +48,7 @@ def _last_train_step(metrics: str) -> int:
     return max([r["step"] for r in rows if r["split"] == "train"], default=0)
 
 
+@pytest.mark.slow
 def test_gs_model_dir_sigkill_resume_is_bit_identical_then_eval_and_convert(
         gcs_bucket, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)

@@ -6,7 +6,6 @@ import json
 import os
 
 import gin
-import numpy as np
 import pytest
 import seqio
 

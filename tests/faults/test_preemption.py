@@ -52,6 +52,7 @@ def test_a_signal_saves_once_and_exits_0(run_copy, monkeypatch, capsys, signum, 
     assert progress["step"] == at_step and progress["data_position"] == at_step
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the processes in /proc")
 @pytest.mark.parametrize("period", [1, 1000], ids=["on-checkpoint", "between"])
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path, period):

@@ -10,6 +10,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 import t5mtl
 from tests.faults.runs import ROOT, cli_train, env, tiny_args, train_command
@@ -33,6 +34,7 @@ def _last_step_since(metrics, offset):
     return max([r["step"] for r in rows if r["split"] == "train"], default=0)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_at_5_random_points_is_bit_identical(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")

@@ -174,6 +174,7 @@ def runs(tmp_path_factory):
     return {"one": one, "eight": json.loads(stdout.strip().splitlines()[-1]), "two": two}
 
 
+@pytest.mark.slow
 def test_reference_is_not_degenerate(runs):
     one = runs["one"]
     ids = np.array(one["ids"])

@@ -125,6 +125,7 @@ TASKS = ["synth_add", "synth_uppercase"]
 LENGTHS = {"inputs": 32, "targets": 8}
 
 
+@pytest.mark.slow
 def test_two_task_run_with_pcgrad_and_probes_and_the_conflict_command(tmp_path):
     import t5mtl.data.registry  # noqa: F401  (the synthetic suite)
     from t5mtl.data.batches import host_batches

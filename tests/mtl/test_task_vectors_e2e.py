@@ -75,6 +75,7 @@ def _scores(loaded_or_flat, base, tasks):
     return tv.task_scores(base.model, params, tasks, LENGTHS, "validation", N)
 
 
+@pytest.mark.slow
 def test_negation_forgets_the_task_and_keeps_the_control(runs, capsys):
     out = str(runs["root"] / "neg_B")
     status = cli.main(["task-vector", "--base", runs["base"], "--negate", runs["ft_B"],

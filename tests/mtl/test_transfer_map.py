@@ -121,6 +121,7 @@ def test_pair_mixture_is_one_to_one():
     assert shares["synth_count_words"] == pytest.approx(0.5 / 4)     # 4 tasks, equal counts
 
 
+@pytest.mark.slow
 def test_end_to_end_tiny(tmp_path, monkeypatch):
     out = str(tmp_path / "map")
     families = tm.resolve_families(["counting=synth_count_words+synth_string_length",

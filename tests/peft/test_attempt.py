@@ -280,6 +280,7 @@ def quick_bench(tmp_path_factory, peft_base):
     return out, main(["--quick", "--base", str(peft_base), "--out", str(out)])
 
 
+@pytest.mark.slow
 def test_bench_quick_mode(quick_bench):
     out, text = quick_bench
     results = json.load(open(out / "results.json"))

@@ -35,6 +35,7 @@ def test_majority_vote_by_hand():
     np.testing.assert_array_equal(majority_vote(ids[:, :1].at[2, 0, 0].set(9)), [[5, 1, 0]])
 
 
+@pytest.mark.slow
 def test_one_pass_equals_the_members_combined(members):
     ensemble, params = load_ensemble(members)
     assert isinstance(ensemble, AdapterEnsemble) and ensemble.stacked == (

@@ -229,6 +229,7 @@ def test_bad_input_is_one_clear_error(setup):
         HyperPrompt(TASKS).init(jax.random.PRNGKey(0), "encoder", 2, 1, None)
 
 
+@pytest.mark.slow
 def test_bench_quick_run_and_its_adapter_directory(tmp_path, peft_base):
     """bench/hyperprompt.py --quick from the frozen test base: two tasks
     through the trainer, rank classification per task (task ids from

@@ -160,6 +160,7 @@ def test_dropout_drops_input_features_of_the_adapter_path_while_training():
         LoRA(dropout=1.0)
 
 
+@pytest.mark.slow
 def test_trainer_updates_only_the_factors_and_saves_them_alone(tmp_path):
     data = DataConfig(mixture_or_task_name="synth_add", batch_size=8, pack=False,
                       task_feature_lengths={"inputs": 32, "targets": 8})

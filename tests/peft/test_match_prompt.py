@@ -5,7 +5,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import seqio
 
@@ -213,6 +212,7 @@ def test_bad_input_is_one_clear_line(tiny):
         TaskPrompts(("a", "a"))
 
 
+@pytest.mark.slow
 def test_bench_quick_mode_end_to_end(tmp_path, peft_base, shared_data_dir):
     import json
 

@@ -60,6 +60,7 @@ def test_summary_is_mean_and_std_over_seeds():
     assert "50.0 ±     - (n=1)" in format_summary(single)
 
 
+@pytest.mark.slow
 def test_fewshot_command_end_to_end(tmp_path, capsys):
     rc = main(["fewshot", "--gin_file=gin/runs/fewshot_eval.gin", f"--model_dir={tmp_path}",
                "--gin.get_config.name='t5_tiny'", "--gin.FewShotConfig.tasks=['superglue_cb']",

@@ -116,6 +116,7 @@ def runs():
     return {"root": root, "outputs": outputs, "eight": eight_info}
 
 
+@pytest.mark.slow
 def test_trains(runs):
     losses = _losses(os.path.join(runs["root"], "one_device"))
     assert losses[-1] < 0.75 * losses[0], losses  # the parameters really move

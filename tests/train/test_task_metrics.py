@@ -72,6 +72,7 @@ def test_per_task_losses_of_a_packed_batch_equal_each_tasks_own_loss(packed_batc
     assert float(np.sum(metrics["task/target_tokens"])) == float(metrics["target_tokens"])
 
 
+@pytest.mark.slow
 def test_the_trainer_logs_each_tasks_loss(packed_batch, tmp_path):
     model, params = _model_and_params()
     train(str(tmp_path), model=model,

@@ -47,6 +47,7 @@ def _step(model, tx, mesh, trainable_names):
     return state, step
 
 
+@pytest.mark.slow
 def test_prompt_only_step_on_t5_1_1_small_computes_no_weight_gradients():
     model = EncoderDecoderModel(get_config("t5_1_1_small"), encoder_input=PrependVectors(20))
     names = list(param_names.flatten(model.abstract_params()))

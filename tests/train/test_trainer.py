@@ -2,7 +2,6 @@
 finetuning init with partial restore, and what a run leaves in model_dir."""
 import os
 import signal
-import sys
 
 import jax
 import numpy as np
@@ -21,29 +20,6 @@ from t5mtl.train.trainer import CheckpointConfig, EvalConfig, train
 from t5mtl.train.train_step import TrainState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# A run that takes a few seconds per 10 steps on a 2-core CPU, so that a kill
-# after checkpoint 10 lands before step 20.
-RUN_ARGS = [
-    "--gin_file=gin/runs/quickstart.gin",
-    "--gin.get_config.name='t5_small_cpu'",
-    "--gin.DataConfig.mixture_or_task_name='synth_all'",
-    "--gin.train.num_steps=20",
-    "--gin.train.log_period=1",
-    "--gin.DataConfig.batch_size=32",
-    "--gin.CheckpointConfig.period=10",
-    "--gin.CheckpointConfig.keep=5",
-    "--gin.EvalConfig.tasks=[]",
-    "--gin.learning_rate_schedule.name='constant'",
-    "--gin.learning_rate_schedule.base_learning_rate=0.001",
-    "--gin.learning_rate_schedule.warmup_steps=0",
-    "--gin.train.show_progress=False",
-]
-
-
-def _cmd(model_dir):
-    return [sys.executable, "-m", "t5mtl.cli", "train", f"--model_dir={model_dir}"] + RUN_ARGS
-
 
 def _flat(tree):
     return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
@@ -87,7 +63,7 @@ def test_torn_checkpoints_are_skipped(tmp_path, caplog):
 
 def _train_tiny(model_dir, **kwargs):
     args = dict(model=EncoderDecoderModel(get_config("t5_tiny")),
-                data=DataConfig(mixture_or_task_name="synth_all",
+                data=DataConfig(mixture_or_task_name="synth_parity",
                                 task_feature_lengths={"inputs": 32, "targets": 8}, batch_size=8),
                 num_steps=3, checkpoints=CheckpointConfig(period=100, async_save=False),
                 evaluation=EvalConfig(), log_period=1, show_progress=False)
@@ -170,6 +146,7 @@ def _cli_train(model_dir, *extra):
     return cli.main(["train", f"--model_dir={model_dir}", *TINY_ARGS, *extra])
 
 
+@pytest.mark.slow
 def test_incompatible_checkpoint_is_refused_and_left_intact(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     run = str(tmp_path / "run")
