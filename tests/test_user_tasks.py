@@ -22,10 +22,22 @@ LABELS = {"e2e_wic": ("different", "same"), "e2e_copa": ("choice1", "choice2"),
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
+    """The user's files and module; afterwards the CLI's data directory and
+    the e2e_ tasks it registered are gone (they would join ExMix and the
+    other tests' mixtures in this process)."""
+    import seqio
+
+    from t5mtl.data import data_dir, task_info
     directory = str(tmp_path_factory.mktemp("user_e2e"))
     rows = fx.write_files(directory)
     fx.write_module(directory, "my_e2e_tasks", prefix="e2e")
-    return directory, rows
+    yield directory, rows
+    data_dir.set_data_dir(None)
+    for name in list(seqio.TaskRegistry.names()):
+        if name.startswith("e2e_"):
+            seqio.TaskRegistry.remove(name)
+            task_info.remove_task_info(name)
+    sys.modules.pop("my_e2e_tasks", None)
 
 
 def _targets(rows, task):
