@@ -1,14 +1,17 @@
 """The "traditional" multi-task classifier (Mueller, Andrews & Dredze 2022):
 a shared T5 encoder and one small classification head per task.
 
-  tokens -> Transformer.encoder_inputs -> Transformer.encode_embedded   (T5's seams)
-         -> mean over non-padding positions -> head of the example's task
+  tokens -> the encoder backbone (T5's encoder through its seams, or BERT)
+         -> pooled (T5: mean over non-padding positions; BERT: its pooler)
+         -> head of the example's task
          -> logits over that task's labels (TaskInfo.label_names)
 
-The T5 modules are reused as they are, through the encoder seams; only the
-embedder and encoder parameters exist (`token_embedder/...`, `encoder/...`,
-named as in T5, so `CheckpointConfig.init_from` a T5 checkpoint fills them and
-leaves the heads fresh). Each task's head lives under `heads/<task name>/`:
+The encoder is a `models.encoder_backbone` backbone: with a T5Config only
+the embedder and encoder parameters exist (`token_embedder/...`,
+`encoder/...`, named as in T5, so `CheckpointConfig.init_from` a T5
+checkpoint fills them and leaves the heads fresh); with a BertConfig, BERT's
+encoder and pooler (one linear head on BERT's pooled output is HF's
+BertForSequenceClassification). Each task's head lives under `heads/<task name>/`:
 `out` (linear) or `hidden` + tanh + `out` (mlp, as HF's classification head).
 
 Batches come from `data.class_labels.ClassLabelConverter` (unpacked):
@@ -44,26 +47,10 @@ from t5mtl.errors import T5mtlError
 from t5mtl.models import task_list
 from t5mtl.models import losses
 from t5mtl.models.base import BaseModel, Batch
-from t5mtl.models.config import T5Config
+from t5mtl.models.encoder_backbone import backbone_from_spec, encoder_backbone
 from t5mtl.models.layers import NEG_INF
-from t5mtl.models.layout import to_layout
-from t5mtl.models.t5 import EncoderOutput, Transformer
 
 HEADS = ("linear", "mlp")
-ENCODER_SUBTREES = ("token_embedder", "encoder")
-
-
-def _encode(module: Transformer, tokens, deterministic: bool) -> EncoderOutput:
-    """T5's encoder through its seams (unpacked rows: pad id 0 masked)."""
-    inputs = module.encoder_inputs(tokens, deterministic=deterministic)
-    return module.encode_embedded(inputs, deterministic)
-
-
-def mean_pool(encoded: EncoderOutput) -> jax.Array:
-    """float32 [b, d]: the mean of the hidden states at non-padding positions."""
-    mask = (encoded.segment_ids > 0).astype(jnp.float32)[..., None]
-    total = jnp.sum(encoded.hidden.astype(jnp.float32) * mask, axis=1)
-    return total / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
 
 
 class ClassificationHeads(nn.Module):
@@ -117,15 +104,14 @@ def _dense(features: int, axes: tuple, name: str) -> nn.Dense:
 class MultiHeadClassifier(BaseModel):
     """A shared T5 encoder, mean-pooled, and a classification head per task."""
 
-    def __init__(self, config: T5Config = gin.REQUIRED,
+    def __init__(self, config=gin.REQUIRED,
                  tasks: str | Sequence[str] = gin.REQUIRED, head: str = "linear",
                  hidden_dim: int | None = None,
                  labels: Sequence[Sequence[str]] | None = None,
                  label_ids: Sequence[Sequence[Sequence[int]]] | None = None,
-                 eos_id: int = 1):
-        if not isinstance(config, T5Config):
-            raise T5mtlError(f"MultiHeadClassifier.config must be a T5Config (e.g. "
-                             f"@get_config()), got {config!r}")
+                 eos_id: int = 1, family: str | None = None):
+        self.backbone = (backbone_from_spec({"family": family, "config": config})
+                         if family is not None else encoder_backbone(config))
         if head not in HEADS:
             raise T5mtlError(f"MultiHeadClassifier.head {head!r}: choose from {HEADS}")
         if labels is None or label_ids is None:
@@ -136,31 +122,31 @@ class MultiHeadClassifier(BaseModel):
         if not tasks or len(labels) != len(tasks) or len(label_ids) != len(tasks):
             raise T5mtlError(f"MultiHeadClassifier: {len(tasks)} tasks but {len(labels)} "
                              f"label sets and {len(label_ids)} label id sets")
-        self.config, self.head = config, head
-        self.hidden_dim = int(hidden_dim or config.d_model)
+        self.config, self.head = self.backbone.config, head
+        self.hidden_dim = int(hidden_dim or self.backbone.d_model)
         self.tasks = tasks
         self.labels = tuple(tuple(t) for t in labels)
         self.label_ids = tuple(tuple(tuple(int(i) for i in ids) for ids in t) for t in label_ids)
         self.eos_id = int(eos_id)
-        self.encoder = Transformer(config)
         self.heads = ClassificationHeads(tasks, tuple(len(t) for t in self.labels), head,
-                                         self.hidden_dim, config.dropout_rate)
+                                         self.hidden_dim, self.backbone.dropout_rate)
 
     # -- what it is ---------------------------------------------------------------
     def spec(self) -> dict:
-        return {"config": self.config.to_dict(), "tasks": list(self.tasks), "head": self.head,
+        return {"family": self.backbone.family, "config": self.config.to_dict(), "tasks": list(self.tasks), "head": self.head,
                 "hidden_dim": self.hidden_dim, "labels": [list(t) for t in self.labels],
                 "label_ids": [[list(ids) for ids in t] for t in self.label_ids],
                 "eos_id": self.eos_id}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> "MultiHeadClassifier":
-        return cls(**{**spec, "config": T5Config.from_dict(spec["config"])})
+        # model.json of runs made before BERT came in has no "family": T5.
+        return cls(**{"family": "t5", **spec})
 
     def architecture(self) -> dict:
-        from t5mtl.models.encoder_decoder import ARCHITECTURE_FIELDS
-        arch = {f: getattr(self.config, f) for f in ARCHITECTURE_FIELDS
-                if f != "num_decoder_layers"}
+        arch = self.backbone.architecture()
+        if self.backbone.family != "t5":
+            arch = {"family": self.backbone.family, **arch}
         return {**arch, "tasks": list(self.tasks), "labels": [list(t) for t in self.labels],
                 "head": self.head, "hidden_dim": self.hidden_dim}
 
@@ -181,24 +167,23 @@ class MultiHeadClassifier(BaseModel):
     # -- parameters ---------------------------------------------------------------
     def init_boxed(self, rng):
         enc_rng, head_rng = jax.random.split(rng)
-        params = self.encoder.init(enc_rng, jnp.ones((1, 4), jnp.int32), True,
-                                   method=_encode)["params"]
-        pooled = jnp.zeros((1, self.config.d_model), jnp.float32)
+        params = self.backbone.init(enc_rng, heads=("pooler",))
+        pooled = jnp.zeros((1, self.backbone.d_model), jnp.float32)
         return {**params, "heads": self.heads.init(head_rng, pooled)["params"]}
 
     def adapt_params(self, params):
-        """Per-layer or scanned encoder as `scan_layers` asks; a T5 source's
-        decoder is dropped (this model has none)."""
-        params = {k: v for k, v in params.items() if k not in ("decoder",)}
-        return to_layout(params, self.config)
+        """The backbone's layout (T5: per-layer or scanned as `scan_layers`
+        asks; a T5 source's decoder is dropped, this model has none)."""
+        heads = {"heads": params["heads"]} if "heads" in params else {}
+        return {**self.backbone.adapt_params({k: v for k, v in params.items()
+                                              if k != "heads"}), **heads}
 
     # -- forward ------------------------------------------------------------------
     def pooled(self, params, tokens, dropout_rng=None):
-        """float32 [b, d]: the encoder's output mean-pooled over real tokens."""
-        rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-        encoded = self.encoder.apply({"params": {k: params[k] for k in ENCODER_SUBTREES}},
-                                     tokens, dropout_rng is None, method=_encode, rngs=rngs)
-        return mean_pool(encoded)
+        """float32 [b, d]: the backbone's pooled output (T5: the mean over
+        real tokens)."""
+        encoded = self.backbone.encode(params, tokens, None, dropout_rng)
+        return self.backbone.pooled(params, encoded)
 
     def all_logits(self, params, tokens, dropout_rng=None):
         """float32 [b, tasks, max labels]: every head on every example."""
