@@ -1,0 +1,70 @@
+"""The masked-LM feature converter: seqio's EncoderFeatureConverter with the
+loss on every position the objective selected.
+
+seqio.EncoderFeatureConverter weights the loss where the input is the mask
+id, which leaves out BERT's randomly replaced and kept tokens (10% + 10% of
+the selected ones; Devlin et al. 2019 predict those too). Here the objective
+(t5mtl.data.bert_objective.bert_mask) writes the original id at each selected
+position of "targets" and 0 elsewhere, so the weight is `targets > 0`; an
+optional "token_types" feature (sentence A / B) comes along as
+encoder_token_types (zeros for tasks without one).
+
+  task features:  inputs, targets [, token_types]
+  model features: encoder_input_tokens, encoder_target_tokens,
+                  encoder_loss_weights, encoder_token_types
+
+One example per row (no packing): BERT's absolute positions and [CLS]
+pooler are per sequence.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import seqio
+import tensorflow as tf
+
+from t5mtl.errors import T5mtlError
+
+_INT = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
+
+
+class MaskedLMFeatureConverter(seqio.EncoderFeatureConverter):
+    """Unpacked masked-LM features weighted at every selected position."""
+
+    TASK_FEATURES = {"inputs": _INT, "targets": _INT}
+    MODEL_FEATURES = {"encoder_input_tokens": _INT, "encoder_target_tokens": _INT,
+                      "encoder_loss_weights": _INT, "encoder_token_types": _INT}
+    PACKING_FEATURE_DTYPES = {}
+
+    def __init__(self, pack: bool = False, **kwargs):
+        if pack:
+            raise T5mtlError("a masked LM reads one example per row: set DataConfig.pack = False")
+        super().__init__(mask_id=-1, pack=False, **kwargs)
+
+    def _convert_features(self, ds: tf.data.Dataset,
+                          task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+        if task_feature_lengths["targets"] != task_feature_lengths["inputs"]:
+            raise T5mtlError(f"a masked LM's 'inputs' and 'targets' are aligned: their lengths "
+                             f"must be equal, got {dict(task_feature_lengths)}")
+        types = "token_types" in ds.element_spec
+        lengths = {"inputs": task_feature_lengths["inputs"],
+                   "targets": task_feature_lengths["inputs"]}
+        if types:
+            lengths["token_types"] = task_feature_lengths["inputs"]
+        ds = self._pack_or_pad(ds.map(
+            lambda ex: {k: ex[k] for k in lengths}), lengths)
+
+        def convert(ex):
+            out = {"encoder_input_tokens": ex["inputs"],
+                   "encoder_target_tokens": ex["targets"],
+                   "encoder_loss_weights": tf.cast(ex["targets"] > 0, tf.int32)}
+            out["encoder_token_types"] = (ex["token_types"] if types
+                                          else tf.zeros_like(ex["inputs"]))
+            return out
+        return ds.map(convert, num_parallel_calls=tf.data.experimental.AUTOTUNE)
+
+    def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
+                                  ) -> Mapping[str, int]:
+        length = task_feature_lengths["inputs"]
+        return {"encoder_input_tokens": length, "encoder_target_tokens": length,
+                "encoder_loss_weights": length, "encoder_token_types": length}
