@@ -14,34 +14,15 @@ import numpy as np
 
 from t5mtl import paths
 from t5mtl.convert.atomic_dir import atomic_directory
+from t5mtl.convert.hf_tensors import (DENSE as _DENSE, IDENTITY as _IDENTITY, Path,
+                                      get_path as _get, linear_in as _linear_in,
+                                      linear_out as _linear_out, read_hf_json,
+                                      read_tensors as _read_tensors, set_path as _set)
 from t5mtl.errors import T5mtlError
 from t5mtl.models.config import T5Config
 
-Path = tuple[str, ...]
-
-
-def _linear_in(shape_out: Callable[[int], tuple]) -> tuple[Callable, Callable]:
-    """(to_ours, to_hf) for a torch Linear weight [out, in] -> kernel [in, *out]."""
-    def to_ours(w):
-        return np.ascontiguousarray(w.T).reshape((w.shape[1],) + shape_out(w.shape[0]))
-
-    def to_hf(k):
-        return np.ascontiguousarray(k.reshape(k.shape[0], -1).T)
-    return to_ours, to_hf
-
-
-def _linear_out(shape_in: Callable[[int], tuple]) -> tuple[Callable, Callable]:
-    """Attention output: torch [d_model, heads*kv] -> kernel [heads, kv, d_model]."""
-    def to_ours(w):
-        return np.ascontiguousarray(w.T).reshape(shape_in(w.shape[1]) + (w.shape[0],))
-
-    def to_hf(k):
-        return np.ascontiguousarray(k.reshape(-1, k.shape[-1]).T)
-    return to_ours, to_hf
-
-
-_IDENTITY = (lambda x: x, lambda x: x)
-_DENSE = _linear_in(lambda out: (out,))
+__all__ = ["name_table", "read_hf_config", "read_hf_json", "import_hf", "export_hf",
+           "hf_vocabulary_spec"]
 
 
 def name_table(cfg: T5Config) -> Iterator[tuple[str, Path, tuple[Callable, Callable]]]:
@@ -91,58 +72,8 @@ def name_table(cfg: T5Config) -> Iterator[tuple[str, Path, tuple[Callable, Calla
 
 # -- reading -------------------------------------------------------------------
 
-def _read_tensors(src: str) -> dict[str, np.ndarray]:
-    single = os.path.join(src, "model.safetensors")
-    index = os.path.join(src, "model.safetensors.index.json")
-    torch_bin = os.path.join(src, "pytorch_model.bin")
-    if os.path.exists(single):
-        from safetensors.numpy import load_file
-        return _load_safetensors(single, load_file)
-    if os.path.exists(index):
-        from safetensors.numpy import load_file
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        tensors = {}
-        for shard in shards:
-            tensors.update(_load_safetensors(os.path.join(src, shard), load_file))
-        return tensors
-    if os.path.exists(torch_bin):
-        try:
-            import torch
-        except ImportError as e:
-            raise T5mtlError(f"{torch_bin}: reading pytorch_model.bin needs torch "
-                             f"(pip install torch==2.13.0)") from e
-        state = torch.load(torch_bin, map_location="cpu", weights_only=True)
-        return {k: v.float().numpy() for k, v in state.items()}
-    raise T5mtlError(f"{src}: no weights found (expected model.safetensors, "
-                     f"model.safetensors.index.json or pytorch_model.bin)")
-
-
-def _load_safetensors(path, load_file):
-    try:
-        tensors = load_file(path)
-    except Exception as e:  # safetensors raises its own error types
-        raise T5mtlError(f"{path}: not a readable safetensors file ({e})") from e
-    return {k: np.asarray(v, np.float32) if v.dtype != np.float32 else v
-            for k, v in tensors.items()}
-
-
 def read_hf_config(src: str) -> T5Config:
     return T5Config.from_hf_dict(read_hf_json(src), source=os.path.join(src, "config.json"))
-
-
-def read_hf_json(src: str) -> dict:
-    path = paths.join(src, "config.json")
-    if not paths.isdir(src):
-        paths.check_bucket(src)
-        raise T5mtlError(f"{src}: not a directory")
-    if not paths.exists(path):
-        raise T5mtlError(f"{src}: no config.json (not an HF model directory)")
-    try:
-        d = json.loads(paths.read_text(path))
-    except json.JSONDecodeError as e:
-        raise T5mtlError(f"{path}: not valid JSON ({e})") from e
-    return d
 
 
 def import_hf(src: str) -> tuple[T5Config, dict]:
@@ -230,18 +161,6 @@ def export_hf(cfg: T5Config, params: dict, dst: str) -> None:
                   os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(cfg.to_hf_dict(), f, indent=2)
-
-
-def _get(tree, path):
-    for p in path:
-        tree = tree[p]
-    return tree
-
-
-def _set(tree, path, value):
-    for p in path[:-1]:
-        tree = tree.setdefault(p, {})
-    tree[path[-1]] = value
 
 
 def hf_vocabulary_spec(src: str) -> dict | None:

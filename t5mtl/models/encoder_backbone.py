@@ -82,7 +82,10 @@ class EncoderBackbone(abc.ABC):
     def architecture(self) -> dict:
         """The fields that decide what the parameters compute."""
 
-    def adapt_params(self, params: dict) -> dict:
+    def adapt_params(self, params: dict, heads: Sequence[str] = ()) -> dict:
+        """Params from a checkpoint (or another model's), in this backbone's
+        layout, with the heads named (others, e.g. a source's decoder or
+        MLM head, dropped)."""
         return params
 
     def spec(self) -> dict:
@@ -142,9 +145,10 @@ class T5EncoderBackbone(EncoderBackbone):
         return {f: getattr(self.config, f) for f in ARCHITECTURE_FIELDS
                 if f != "num_decoder_layers"}
 
-    def adapt_params(self, params: dict) -> dict:
-        """Per-layer or scanned as `scan_layers` asks; a T5 source's decoder is dropped."""
-        params = {k: v for k, v in params.items() if k != "decoder"}
+    def adapt_params(self, params: dict, heads: Sequence[str] = ()) -> dict:
+        """Per-layer or scanned as `scan_layers` asks; only the embedder and
+        encoder are kept (a T5 source's decoder is dropped)."""
+        params = {k: v for k, v in params.items() if k in self.subtrees}
         return to_layout(params, self.config)
 
 

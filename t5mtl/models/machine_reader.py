@@ -93,11 +93,10 @@ class MachineReader(BaseModel):
         return {**params, SUBTREE: self.extractor.init(span_rng, hidden)["params"]}
 
     def adapt_params(self, params):
-        """The backbone's layout; an MLM source's heads (BERT's `mlm`,
-        `pooler`) are dropped: the extractor replaces them."""
+        """The backbone's layout; a source's heads (BERT's `mlm`, `pooler`,
+        T5's decoder) are dropped: the extractor replaces them."""
         own = {SUBTREE: params[SUBTREE]} if SUBTREE in params else {}
-        rest = {k: v for k, v in params.items() if k not in (SUBTREE, "mlm", "pooler")}
-        return {**self.backbone.adapt_params(rest), **own}
+        return {**self.backbone.adapt_params(params), **own}
 
     # -- forward ------------------------------------------------------------------
     def span_logits(self, params, batch: Batch, dropout_rng=None):

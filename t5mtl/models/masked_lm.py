@@ -73,7 +73,7 @@ class MaskedLanguageModel(BaseModel):
         return self.backbone.init(rng, heads=("mlm",))
 
     def adapt_params(self, params):
-        return self.backbone.adapt_params(params)
+        return self.backbone.adapt_params(params, heads=("mlm",))
 
     # -- forward ------------------------------------------------------------------
     def logits(self, params, batch: Batch, dropout_rng=None):

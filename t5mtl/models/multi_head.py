@@ -175,8 +175,7 @@ class MultiHeadClassifier(BaseModel):
         """The backbone's layout (T5: per-layer or scanned as `scan_layers`
         asks; a T5 source's decoder is dropped, this model has none)."""
         heads = {"heads": params["heads"]} if "heads" in params else {}
-        return {**self.backbone.adapt_params({k: v for k, v in params.items()
-                                              if k != "heads"}), **heads}
+        return {**self.backbone.adapt_params(params, heads=("pooler",)), **heads}
 
     # -- forward ------------------------------------------------------------------
     def pooled(self, params, tokens, dropout_rng=None):

@@ -1,0 +1,60 @@
+"""BERT behind the model protocol: an imported HF BertForMaskedLM is the
+MaskedLanguageModel's logits, an imported BertForSequenceClassification is
+the MultiHeadClassifier's (one task, linear head), and a BertForMaskedLM
+source warm-starts a machine reader (its MLM head dropped)."""
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from t5mtl.convert.hf_bert import import_hf_bert  # noqa: E402
+from t5mtl.models.machine_reader import MachineReader  # noqa: E402
+from t5mtl.models.masked_lm import MaskedLanguageModel  # noqa: E402
+from t5mtl.models.multi_head import MultiHeadClassifier  # noqa: E402
+from tests.convert.test_hf_bert import batch, hf_outputs, make_hf_bert  # noqa: E402
+
+
+def _tree_shapes(tree):
+    return jax.tree.map(lambda x: np.shape(x), tree)
+
+
+def test_masked_lm_is_hf_bert_for_masked_lm(tmp_path):
+    hf = make_hf_bert("BertForMaskedLM", 101, 2, str(tmp_path))
+    config, params, _ = import_hf_bert(str(tmp_path))
+    model = MaskedLanguageModel(config.replace(hidden_dropout=0.0, attention_dropout=0.0))
+    params = model.adapt_params(params)
+    fresh = nn.unbox(model.init_boxed(jax.random.PRNGKey(0)))
+    assert _tree_shapes(params) == _tree_shapes(fresh)
+    ids, types, mask = batch(101)
+    ours = np.asarray(model.logits(params, {"encoder_input_tokens": ids,
+                                            "encoder_token_types": types}))
+    expected = hf_outputs(hf, ids, types, mask)
+    np.testing.assert_allclose(ours[mask > 0], expected[mask > 0], atol=1e-4, rtol=1e-4)
+    assert MaskedLanguageModel.from_spec(model.spec()).architecture()["family"] == "bert"
+
+    # The reader starts from the MLM's encoder; its extractor is fresh.
+    reader = MachineReader(config, intermediate_dim=16)
+    adapted = reader.adapt_params(params)
+    assert "mlm" not in adapted and "embeddings" in adapted
+    rfresh = nn.unbox(reader.init_boxed(jax.random.PRNGKey(0)))
+    assert set(rfresh) - set(adapted) == {"span_extractor"}
+
+
+def test_classifier_is_hf_bert_for_sequence_classification(tmp_path):
+    hf = make_hf_bert("BertForSequenceClassification", 96, 3, str(tmp_path))
+    config, params, _ = import_hf_bert(str(tmp_path))
+    model = MultiHeadClassifier(config, ("task",), head="linear",
+                                labels=(("a", "b", "c"),), label_ids=(((5,), (6,), (7,)),))
+    head = {"task": {"out": {"kernel": params["classifier"]["kernel"],
+                             "bias": params["classifier"]["bias"]}}}
+    params = model.adapt_params({**params, "heads": head})
+    fresh = nn.unbox(model.init_boxed(jax.random.PRNGKey(0)))
+    assert _tree_shapes(params) == _tree_shapes(fresh)
+    ids, types, mask = batch(96)
+    types[:] = 0              # the classifier passes no token types: all 0
+    ours = np.asarray(model.logits(params, {"encoder_input_tokens": ids,
+                                            "task_ids": np.zeros(2, np.int32)}))
+    np.testing.assert_allclose(ours, hf_outputs(hf, ids, types, mask), atol=1e-4, rtol=1e-4)
+    assert MultiHeadClassifier.from_spec(model.spec()).architecture() == model.architecture()
