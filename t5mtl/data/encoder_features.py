@@ -31,7 +31,7 @@ _INT = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
 class MaskedLMFeatureConverter(seqio.EncoderFeatureConverter):
     """Unpacked masked-LM features weighted at every selected position."""
 
-    TASK_FEATURES = {"inputs": _INT, "targets": _INT}
+    TASK_FEATURES = {"inputs": _INT, "targets": _INT, "token_types": _INT}
     MODEL_FEATURES = {"encoder_input_tokens": _INT, "encoder_target_tokens": _INT,
                       "encoder_loss_weights": _INT, "encoder_token_types": _INT}
     PACKING_FEATURE_DTYPES = {}
@@ -41,30 +41,30 @@ class MaskedLMFeatureConverter(seqio.EncoderFeatureConverter):
             raise T5mtlError("a masked LM reads one example per row: set DataConfig.pack = False")
         super().__init__(mask_id=-1, pack=False, **kwargs)
 
+    def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+                 ) -> tf.data.Dataset:
+        """"targets" (and "token_types", when given) must be as long as
+        "inputs"; a task without token types gets zeros."""
+        length = task_feature_lengths["inputs"]
+        unaligned = {k: v for k, v in task_feature_lengths.items() if v != length}
+        if unaligned:
+            raise T5mtlError(f"a masked LM's features are aligned: every length must equal "
+                             f"'inputs' ({length}), got {dict(task_feature_lengths)}")
+        if "token_types" not in ds.element_spec:
+            ds = ds.map(lambda ex: {**ex, "token_types": tf.zeros_like(ex["inputs"])})
+        return super().__call__(ds, {k: length for k in self.TASK_FEATURES})
+
     def _convert_features(self, ds: tf.data.Dataset,
                           task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-        if task_feature_lengths["targets"] != task_feature_lengths["inputs"]:
-            raise T5mtlError(f"a masked LM's 'inputs' and 'targets' are aligned: their lengths "
-                             f"must be equal, got {dict(task_feature_lengths)}")
-        types = "token_types" in ds.element_spec
-        lengths = {"inputs": task_feature_lengths["inputs"],
-                   "targets": task_feature_lengths["inputs"]}
-        if types:
-            lengths["token_types"] = task_feature_lengths["inputs"]
-        ds = self._pack_or_pad(ds.map(
-            lambda ex: {k: ex[k] for k in lengths}), lengths)
-
-        def convert(ex):
-            out = {"encoder_input_tokens": ex["inputs"],
-                   "encoder_target_tokens": ex["targets"],
-                   "encoder_loss_weights": tf.cast(ex["targets"] > 0, tf.int32)}
-            out["encoder_token_types"] = (ex["token_types"] if types
-                                          else tf.zeros_like(ex["inputs"]))
-            return out
-        return ds.map(convert, num_parallel_calls=tf.data.experimental.AUTOTUNE)
+        ds = self._pack_or_pad(ds.map(lambda ex: {k: ex[k] for k in self.TASK_FEATURES}),
+                               task_feature_lengths)
+        return ds.map(lambda ex: {"encoder_input_tokens": ex["inputs"],
+                                  "encoder_target_tokens": ex["targets"],
+                                  "encoder_loss_weights": tf.cast(ex["targets"] > 0, tf.int32),
+                                  "encoder_token_types": ex["token_types"]},
+                      num_parallel_calls=tf.data.experimental.AUTOTUNE)
 
     def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
                                   ) -> Mapping[str, int]:
         length = task_feature_lengths["inputs"]
-        return {"encoder_input_tokens": length, "encoder_target_tokens": length,
-                "encoder_loss_weights": length, "encoder_token_types": length}
+        return {k: length for k in self.MODEL_FEATURES}

@@ -67,8 +67,8 @@ def _convert(examples, length, **kw):
     ds = tf.data.Dataset.from_generator(
         lambda: iter(examples),
         output_signature={k: tf.TensorSpec([None], tf.int32) for k in examples[0]})
-    return list(MaskedLMFeatureConverter(**kw)(ds, {"inputs": length, "targets": length})
-                .as_numpy_iterator())
+    lengths = {k: length for k in examples[0]}
+    return list(MaskedLMFeatureConverter(**kw)(ds, lengths).as_numpy_iterator())
 
 
 def test_converter_weights_every_selected_position_not_only_mask_ids():
@@ -91,5 +91,5 @@ def test_converter_refuses_packing_and_unaligned_lengths():
     with pytest.raises(T5mtlError, match="DataConfig.pack = False"):
         MaskedLMFeatureConverter(pack=True)
     ds = tf.data.Dataset.from_tensors({"inputs": tf.constant([1, 2]), "targets": tf.constant([1, 2])})
-    with pytest.raises(T5mtlError, match="must be equal"):
+    with pytest.raises(T5mtlError, match="every length must equal"):
         MaskedLMFeatureConverter()(ds, {"inputs": 4, "targets": 5})
