@@ -167,6 +167,10 @@ BERT_CONFIGS: dict[str, BertConfig] = {
     # Tests: a vocabulary and MLP width that are not multiples of 8.
     "bert_tiny": BertConfig(vocab_size=101, hidden_size=32, num_layers=2, num_heads=4,
                             intermediate_size=37, max_position_embeddings=64),
+    # The CPU recipes (bench/pmr.py, gin/runs/bert_*.gin): the shipped
+    # 8,000-entry WordPiece vocabulary (data/vocabs/wordpiece_en_8k.txt).
+    "bert_small_cpu": BertConfig(vocab_size=8000, hidden_size=128, num_layers=4, num_heads=4,
+                                 intermediate_size=512, max_position_embeddings=256),
 }
 
 
