@@ -56,16 +56,6 @@ def train_run(run: str, model, task: str, lengths: dict, args, steps: int, lr: f
     return run
 
 
-def windows_of(examples, layout, with_answers_only: bool):
-    from t5mtl.data.pmr_data import encode_mrc
-    out = []
-    for ex in examples:
-        for w in encode_mrc(ex, layout):
-            if w.spans or w.cls_label or not with_answers_only:
-                out.append(w)
-    return out
-
-
 def squad_scores(model, params, examples, layout, length: int, batch_size: int) -> dict:
     """EM / F1 of the best context span of each example's (first) window."""
     import jax
@@ -107,44 +97,28 @@ def main(argv=None) -> str:
         args.num_examples, args.batch_size = 16, 8
     comparison.prepare(args, train_base=False)
 
-    from t5mtl.data import bert_tasks, mrc_features, pmr_data, wae_data
-    from t5mtl.data.vocab import get_vocabulary
+    from t5mtl.data import bert_tasks, mrc_tasks
     from t5mtl.models.bert_config import get_bert_config
     from t5mtl.models.machine_reader import MachineReader
     from t5mtl.models.masked_lm import MaskedLanguageModel
 
-    vocab = get_vocabulary("wordpiece_en")
-    config = get_bert_config(CONFIG_NAME, vocab_size=vocab.vocab_size)
-    layout = pmr_data.MrcLayout(vocab, vocab.cls_id, vocab.sep_id, max_length=args.length,
-                                max_query_length=48)
+    layout = mrc_tasks.layout(args.length)
+    config = get_bert_config(CONFIG_NAME, vocab_size=layout.vocab.vocab_size)
     out = lambda name: os.path.join(args.out, name)       # noqa: E731
-    data_dir = args.data_dir or "../shared/data"
 
-    bert_tasks.register(vocab)
+    bert_tasks.register(layout.vocab)
     mlm_lengths = {k: 128 for k in bert_tasks.MLM_LENGTHS}
     mlm = train_run(out("mlm"), MaskedLanguageModel(config), bert_tasks.MLM_TASK, mlm_lengths,
                     args, args.mlm_steps, args.lr)
 
-    docs = wae_data.read_text_documents(sorted(
-        os.path.join(root, f) for root, _, files in os.walk(os.path.join(data_dir, "raw_text_en"))
-        for f in files if f.endswith(".txt")))
-    wae = wae_data.wae_examples(docs, wae_data.WaeConfig(positives_per_anchor=10,
-                                                         seed=args.seed))
-    wae_train, wae_eval = pmr_data.split_by_group(wae, 0.1, args.seed)
-    mrc_features.register_mrc_task("pmr_wae", {
-        "train": windows_of(wae_train, layout, False),
-        "validation": windows_of(wae_eval, layout, False)}, vocab)
     reader = MachineReader(config)
     lengths = {"inputs": args.length}
-    wae_run = train_run(out("wae"), reader, "pmr_wae", lengths, args, args.wae_steps, args.lr,
+    wae_task = mrc_tasks.register_pmr_wae(args.length, args.seed)
+    wae_run = train_run(out("wae"), reader, wae_task, lengths, args, args.wae_steps, args.lr,
                         init_from=mlm)
 
-    squad = pmr_data.read_squad_mrc(os.path.join(data_dir, "squad_v1.1", "dev-v1.1.json"))
-    squad_train, squad_eval = pmr_data.split_by_group(squad, 0.2, args.seed)
-    squad_eval = squad_eval[:args.num_examples]
-    mrc_features.register_mrc_task("pmr_squad", {
-        "train": windows_of(squad_train, layout, True),
-        "validation": windows_of(squad_eval, layout, True)}, vocab)
+    squad_task = mrc_tasks.register_pmr_squad(args.length, args.seed)
+    squad_eval = mrc_tasks.squad_split(args.seed)[1][:args.num_examples]
 
     cache = comparison.ScoreCache(out("scores.json"))
 
@@ -159,7 +133,7 @@ def main(argv=None) -> str:
     score("PMR zero-shot (WAE only, no SQuAD training)", wae_run)
     for row, init in (("no pretraining", None), ("MLM", mlm), ("MLM + WAE (PMR)", wae_run)):
         name = {"no pretraining": "squad_scratch", "MLM": "squad_mlm"}.get(row, "squad_pmr")
-        run = train_run(out(name), reader, "pmr_squad", lengths, args, args.squad_steps,
+        run = train_run(out(name), reader, squad_task, lengths, args, args.squad_steps,
                         args.lr, init_from=init)
         score(row, run)
     rows = [(row, [cache.rows[row]["em"], cache.rows[row]["f1"]])
