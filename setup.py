@@ -17,6 +17,8 @@ INSTALL_REQUIRES = [
     "tensorflow-text>=2.21.1,<2.22",
     "gin-config>=0.5.0,<0.6",
     "sentencepiece>=0.2.3,<0.3",
+    # WordPiece vocabularies (t5mtl/data/wordpiece.py): the Python path
+    "tokenizers==0.23.3",
     "clu==0.0.12",
     "tensorboard>=2.21.0,<2.22",
     "safetensors>=0.8.0,<0.9",
@@ -62,4 +64,6 @@ setuptools.setup(
     extras_require={"test": TEST_REQUIRES},
     entry_points={"console_scripts": ["t5mtl=t5mtl.cli:main"]},
     include_package_data=True,
+    # the shipped WordPiece vocabulary ("wordpiece_en", t5mtl/data/vocab.py)
+    package_data={"t5mtl.data": ["vocabs/*.txt"]},
 )

@@ -14,7 +14,9 @@ variants ("<task>_zs", "_fs", "_opt", "_cot", "_inv"; t5mtl.data.instruction_tas
 and the built-in mixtures (exmix, ext5_pretrain, flan_mix, synth_seen_train,
 ...; t5mtl.data.mixtures). The schema-prompt variants ("schema_<task>",
 mixture schema_mtl; t5mtl.data.schema_prompts) register on demand:
-`@register_schema_mtl()` in gin, `schema_prompts.register()` in Python.
+`@register_schema_mtl()` in gin, `schema_prompts.register()` in Python; so
+does BERT's masked LM over raw_text_en (t5mtl.data.bert_tasks:
+`@register_bert_mlm()`, `bert_tasks.register()`).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import seqio
 
 from t5mtl.data import instruction_tasks, mixtures, synthetic
 from t5mtl.data import schema_prompts  # noqa: F401  (gin: register_schema_mtl)
+from t5mtl.data import bert_tasks  # noqa: F401  (gin: register_bert_mlm)
 
 # Task modules register their tasks on import and expose register(**kwargs).
 TASK_MODULES = (

@@ -1,4 +1,4 @@
-"""Vocabularies: bytes (the offline default) and SentencePiece in T5's layout.
+"""Vocabularies: bytes (the offline default), SentencePiece in T5's layout, BERT's WordPiece.
 
 T5's layout: ids 0, 1, 2 are PAD, EOS and UNK (no BOS), then the model's
 pieces (32,000 for the released T5 vocabulary), then 100 extra ids used as
@@ -15,6 +15,12 @@ Which vocabulary tasks use is chosen in gin, e.g.
 Task modules call `get_vocabulary()` when they register, so the binding has to
 be parsed before they are imported (the CLI parses gin first).
 `train_sentencepiece` makes a T5-layout model from local text files, offline.
+
+WordPiece vocabularies (BERT's vocab.txt; t5mtl/data/wordpiece.py) have
+[PAD] = 0, no EOS and no extra ids: kind "wordpiece" with a path (and
+`lowercase`, HF's do_lower_case), or "wordpiece_en", the uncased 8,000-token
+vocabulary shipped in t5mtl/data/vocabs (made by t5mtl.data.wordpiece_recipe
+from raw_text_en).
 """
 from __future__ import annotations
 
@@ -27,25 +33,33 @@ import gin
 import seqio
 import tensorflow as tf
 
+from t5mtl.data.wordpiece import WordPieceVocabulary
 from t5mtl.errors import T5mtlError
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 T5_NUM_PIECES = 32000
 DEFAULT_EXTRA_IDS = 100
-VOCABULARY_KINDS = ("byte", "sentencepiece")
+VOCABULARY_KINDS = ("byte", "sentencepiece", "wordpiece", "wordpiece_en")
+WORDPIECE_EN_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                 "vocabs", "wordpiece_en_8k.txt")
 
 
 @gin.configurable
 def get_vocabulary(kind: str = "byte", path: str | None = None,
-                   extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.Vocabulary:
+                   extra_ids: int | None = None, lowercase: bool = True) -> seqio.Vocabulary:
     """Returns the vocabulary tasks register with (by default bytes + 100 extra ids).
 
     Args:
-      kind: "byte" (seqio.ByteVocabulary) or "sentencepiece"
-        (seqio.SentencePieceVocabulary).
-      path: the SentencePiece model file; an absolute path, or one relative to
-        the data_dir (see t5mtl.data.data_dir). Only for "sentencepiece".
-      extra_ids: how many sentinel ids to add on top (T5 uses 100).
+      kind: "byte" (seqio.ByteVocabulary), "sentencepiece"
+        (seqio.SentencePieceVocabulary), "wordpiece" (a BERT vocab.txt) or
+        "wordpiece_en" (the shipped one; see the module docstring).
+      path: the SentencePiece model or the vocab.txt; an absolute path, or one
+        relative to the data_dir (see t5mtl.data.data_dir). Only for
+        "sentencepiece" and "wordpiece".
+      extra_ids: how many sentinel ids to add on top (default: 100, as T5;
+        WordPiece vocabularies take none).
+      lowercase: for "wordpiece": strip accents and lowercase (uncased
+        vocabularies); "wordpiece_en" is uncased.
 
     The same arguments give the same object, so tasks that share a vocabulary
     can be mixed.
@@ -53,6 +67,18 @@ def get_vocabulary(kind: str = "byte", path: str | None = None,
     if kind not in VOCABULARY_KINDS:
         raise T5mtlError(
             f"unknown vocabulary kind {kind!r}; choose one of {VOCABULARY_KINDS}")
+    if kind in ("wordpiece", "wordpiece_en"):
+        if extra_ids:
+            raise T5mtlError(f"a WordPiece vocabulary takes no extra ids (got {extra_ids})")
+        if kind == "wordpiece_en":
+            if path is not None:
+                raise T5mtlError(f"the wordpiece_en vocabulary takes no path (got {path!r})")
+            return _wordpiece_vocabulary(WORDPIECE_EN_PATH, True)
+        if not path:
+            raise T5mtlError("a wordpiece vocabulary needs a vocab.txt: bind get_vocabulary.path")
+        return _wordpiece_vocabulary(_resolve_model_path(path, "WordPiece vocabulary"),
+                                     bool(lowercase))
+    extra_ids = DEFAULT_EXTRA_IDS if extra_ids is None else extra_ids
     if extra_ids < 0:
         raise T5mtlError(f"extra_ids must be >= 0, got {extra_ids}")
     if kind == "byte":
@@ -86,10 +112,15 @@ def _sentencepiece_vocabulary(path: str, extra_ids: int) -> seqio.SentencePieceV
     return vocab
 
 
-def _resolve_model_path(path: str) -> str:
+@functools.lru_cache(maxsize=None)
+def _wordpiece_vocabulary(path: str, lowercase: bool) -> WordPieceVocabulary:
+    return WordPieceVocabulary(path, lowercase=lowercase)
+
+
+def _resolve_model_path(path: str, what: str = "SentencePiece model") -> str:
     if os.path.isabs(path) or "://" in path:
         if not tf.io.gfile.exists(path):
-            raise T5mtlError(f"SentencePiece model {path!r} does not exist")
+            raise T5mtlError(f"{what} {path!r} does not exist")
         return path
     from t5mtl.data.data_dir import data_path
     return data_path(path)
@@ -104,6 +135,12 @@ def vocabulary_spec(vocab: seqio.Vocabulary) -> dict | None:
         from t5mtl import paths
         return {"kind": "sentencepiece", "path": paths.absolute(vocab.sentencepiece_model_file),
                 "extra_ids": vocab.extra_ids}
+    if isinstance(vocab, WordPieceVocabulary):
+        if vocab == _wordpiece_vocabulary(WORDPIECE_EN_PATH, True):
+            return {"kind": "wordpiece_en"}
+        from t5mtl import paths
+        return {"kind": "wordpiece", "path": paths.absolute(vocab.vocab_file),
+                "lowercase": vocab.lowercase}
     return None
 
 
@@ -119,7 +156,11 @@ def vocabulary_from_spec(spec: dict | None) -> seqio.Vocabulary | None:
         if not spec.get("path") or not paths.isfile(spec["path"]):
             raise T5mtlError(f"sentencepiece model {spec.get('path')!r} not found")
         return seqio.SentencePieceVocabulary(spec["path"], extra_ids=spec.get("extra_ids", 100))
-    raise T5mtlError(f"unknown vocabulary kind {kind!r} (byte or sentencepiece)")
+    if kind == "wordpiece_en":
+        return get_vocabulary("wordpiece_en")
+    if kind == "wordpiece":
+        return WordPieceVocabulary(spec.get("path") or "", lowercase=spec.get("lowercase", True))
+    raise T5mtlError(f"unknown vocabulary kind {kind!r} (one of {VOCABULARY_KINDS})")
 
 
 def sentinel_id(vocab: seqio.Vocabulary, i: int = 0) -> int:

@@ -117,7 +117,9 @@ def test_sentinel_out_of_range():
 
 def test_bad_vocabulary_arguments(tmp_path, monkeypatch):
     monkeypatch.setenv("T5MTL_DATA_DIR", str(tmp_path))
-    with pytest.raises(T5mtlError, match="'wordpiece'"):
+    with pytest.raises(T5mtlError, match="'bpe'"):
+        get_vocabulary("bpe")
+    with pytest.raises(T5mtlError, match="needs a vocab.txt"):
         get_vocabulary("wordpiece")
     with pytest.raises(T5mtlError, match="needs a model path"):
         get_vocabulary("sentencepiece")
