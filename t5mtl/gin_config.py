@@ -57,14 +57,19 @@ def import_modules(modules: Sequence[str]) -> None:
 def _register_configurables() -> None:
     """Import the modules whose configurables gin files may name."""
     import t5mtl.data.batches  # noqa: F401
+    import t5mtl.data.bert_variants  # noqa: F401  (register_bert_variants)
     import t5mtl.data.data_config  # noqa: F401
     import t5mtl.data.data_dir  # noqa: F401
+    import t5mtl.data.mrc_tasks  # noqa: F401  (register_pmr_squad, register_pmr_wae)
     import t5mtl.data.registry  # noqa: F401  (tasks and mixtures)
     import t5mtl.data.user_tasks  # noqa: F401  (register_task_specs)
     import t5mtl.data.vocab  # noqa: F401
+    import t5mtl.models.bert_config  # noqa: F401  (get_bert_config)
     import t5mtl.models.configs  # noqa: F401
     import t5mtl.models.encoder_decoder  # noqa: F401
     import t5mtl.models.encoder_inputs  # noqa: F401
+    import t5mtl.models.machine_reader  # noqa: F401
+    import t5mtl.models.masked_lm  # noqa: F401
     import t5mtl.models.multi_head  # noqa: F401
     import t5mtl.mtl.surgery  # noqa: F401  (gradient surgery methods)
     import t5mtl.peft  # noqa: F401

@@ -7,6 +7,7 @@ import gin
 import pytest
 import seqio
 
+import t5mtl.data.registry  # noqa: F401  (registered before clean_gin takes its snapshot)
 from t5mtl import gin_config
 from t5mtl.data.data_dir import set_data_dir
 from t5mtl.errors import T5mtlError

@@ -56,7 +56,8 @@ def label_token_ids(task_names: Sequence[str]
                              f"to distinct, non-empty token ids")
         labels.append(tuple(info.label_names))
         ids.append(encoded)
-        eos.add(int(vocab.eos_id))
+        # A vocabulary without EOS (WordPiece): 0, i.e. nothing after the label.
+        eos.add(0 if vocab.eos_id is None else int(vocab.eos_id))
     if len(eos) > 1:
         raise T5mtlError(f"tasks {list(task_names)} use vocabularies with different EOS ids "
                          f"{sorted(eos)}")

@@ -16,7 +16,7 @@ vocabulary of "targets".
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import seqio
@@ -55,23 +55,35 @@ def _dataset(records: Sequence[dict]) -> tf.data.Dataset:
         output_signature=signature)
 
 
-def register_mrc_task(name: str, windows: Mapping[str, Sequence], vocabulary: seqio.Vocabulary,
-                      overwrite: bool = True) -> seqio.Task:
-    """A seqio Task over pre-tokenized MRC windows, one split per key."""
-    if not windows or not all(windows.values()):
-        raise T5mtlError(f"MRC task {name!r}: every split needs windows, got "
-                         f"{ {k: len(v) for k, v in windows.items()} }")
-    records = {split: [window_record(f) for f in fs] for split, fs in windows.items()}
+def register_mrc_task(name: str, windows: Mapping[str, Sequence | Callable[[], Sequence]],
+                      vocabulary: seqio.Vocabulary, overwrite: bool = True) -> seqio.Task:
+    """A seqio Task over pre-tokenized MRC windows, one split per key: a
+    list of windows, or a function making them, called once, when the split
+    is first read (so registering costs nothing)."""
+    made: dict[str, list] = {}
+
+    def records(split):
+        if split not in windows:
+            raise T5mtlError(f"MRC task {name!r} has no split {split!r} ({sorted(windows)})")
+        if split not in made:
+            fs = windows[split]() if callable(windows[split]) else windows[split]
+            if not fs:
+                raise T5mtlError(f"MRC task {name!r}: split {split!r} has no windows")
+            made[split] = [window_record(f) for f in fs]
+        return made[split]
+
+    if not windows:
+        raise T5mtlError(f"MRC task {name!r}: no splits")
+    for split, fs in windows.items():
+        if not callable(fs):
+            records(split)                # a given list is checked now
 
     def dataset_fn(split, shuffle_files=False, seed=None):
-        if split not in records:
-            raise T5mtlError(f"MRC task {name!r} has no split {split!r} ({sorted(records)})")
-        return _dataset(records[split])
+        return _dataset(records(split))
 
     if overwrite and name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
-    source = seqio.FunctionDataSource(dataset_fn, splits=tuple(records),
-                                      num_input_examples={k: len(v) for k, v in records.items()})
+    source = seqio.FunctionDataSource(dataset_fn, splits=tuple(windows))
     features = {"inputs": seqio.Feature(vocabulary, add_eos=False),
                 "targets": seqio.Feature(vocabulary, add_eos=False, required=False)}
     return seqio.TaskRegistry.add(name, source=source, preprocessors=[],

@@ -17,6 +17,7 @@ In gin:
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import gin
@@ -65,21 +66,23 @@ def wae_split(seed: int = 0, positives_per_anchor: int = 10, eval_fraction: floa
 
 @gin.configurable
 def register_pmr_squad(length: int = 256, seed: int = 0) -> str:
-    """Registers pmr_squad (again, if it exists) and returns its name."""
-    train, validation = squad_split(seed)
+    """Registers pmr_squad (again, if it exists) and returns its name; the
+    windows are made when a split is first read."""
     mrc_layout = layout(length)
+    split = functools.lru_cache(None)(lambda: squad_split(seed))
     mrc_features.register_mrc_task(SQUAD_TASK, {
-        "train": windows_of(train, mrc_layout, answered_only=True),
-        "validation": windows_of(validation, mrc_layout)}, mrc_layout.vocab)
+        "train": lambda: windows_of(split()[0], mrc_layout, answered_only=True),
+        "validation": lambda: windows_of(split()[1], mrc_layout)}, mrc_layout.vocab)
     return SQUAD_TASK
 
 
 @gin.configurable
 def register_pmr_wae(length: int = 256, seed: int = 0, positives_per_anchor: int = 10) -> str:
-    """Registers pmr_wae (again, if it exists) and returns its name."""
-    train, validation = wae_split(seed, positives_per_anchor)
+    """Registers pmr_wae (again, if it exists) and returns its name; the
+    windows are made when a split is first read."""
     mrc_layout = layout(length)
+    split = functools.lru_cache(None)(lambda: wae_split(seed, positives_per_anchor))
     mrc_features.register_mrc_task(WAE_TASK, {
-        "train": windows_of(train, mrc_layout), "validation": windows_of(validation, mrc_layout)},
-        mrc_layout.vocab)
+        "train": lambda: windows_of(split()[0], mrc_layout),
+        "validation": lambda: windows_of(split()[1], mrc_layout)}, mrc_layout.vocab)
     return WAE_TASK
