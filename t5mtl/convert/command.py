@@ -1,7 +1,9 @@
-"""`t5mtl convert`: HF T5 directories and t5x checkpoints <-> t5mtl model directories.
+"""`t5mtl convert`: HF T5 and BERT directories and t5x checkpoints <-> t5mtl model directories.
 
   t5mtl convert --from hf  --src HF_DIR --dst MODEL_DIR
   t5mtl convert --to hf    --src MODEL_DIR --dst HF_DIR
+  (an HF BERT directory, config.json model_type "bert", converts both ways too:
+  convert/hf_bert_dirs.py)
   t5mtl convert --from t5x --src T5X_CHECKPOINT --dst MODEL_DIR --t5x_config CONFIG
                 [--step N] [--optimizer_state [--gin_file F --gin.X=Y]]
   t5mtl convert --to t5x   --src MODEL_DIR --dst T5X_DIR [--step N]
@@ -48,8 +50,11 @@ def hf_to_model_dir(src: str, dst: str, scan_layers: bool = False) -> None:
     """
     from t5mtl.convert.atomic_dir import atomic_directory
     from t5mtl.convert.hf import hf_vocabulary_spec, import_hf
+    from t5mtl.convert.hf_bert_dirs import hf_bert_to_model_dir, is_hf_bert
     from t5mtl.models.encoder_decoder import EncoderDecoderModel
     from t5mtl.train.model_dir import save_params, write_model_json
+    if is_hf_bert(src):
+        return hf_bert_to_model_dir(src, dst)
     config, params = import_hf(src)
     model = EncoderDecoderModel(config.replace(scan_layers=scan_layers))
     vocab = hf_vocabulary_spec(src)
@@ -74,6 +79,9 @@ def model_dir_to_hf(src: str, dst: str, step: int | None = None) -> None:
     from t5mtl.convert.hf import export_hf
     from t5mtl.train.model_dir import load_params
     model, params = load_params(src, step)
+    if getattr(getattr(model, "backbone", None), "family", None) == "bert":
+        from t5mtl.convert.hf_bert_dirs import export_bert_model
+        return export_bert_model(src, model, params, dst)
     _check_plain_t5(src, model)
     export_hf(model.config, params, dst)
 

@@ -215,6 +215,9 @@ def load_params(path: str, step: int | None = None,
     if model is not None and t5x.is_t5x_checkpoint(path):
         return model, t5x.read_params(t5x.open_checkpoint(path, step), model.abstract_params(),
                                       strict=False)
+    from t5mtl.convert.hf_bert_dirs import is_hf_bert, load_hf_bert
+    if is_hf_bert(path):
+        return load_hf_bert(path)
     if paths.isfile(paths.join(path, "config.json")):
         from t5mtl.convert.hf import import_hf
         from t5mtl.models.encoder_decoder import EncoderDecoderModel

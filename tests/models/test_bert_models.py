@@ -58,3 +58,32 @@ def test_classifier_is_hf_bert_for_sequence_classification(tmp_path):
                                             "task_ids": np.zeros(2, np.int32)}))
     np.testing.assert_allclose(ours, hf_outputs(hf, ids, types, mask), atol=1e-4, rtol=1e-4)
     assert MultiHeadClassifier.from_spec(model.spec()).architecture() == model.architecture()
+
+
+def test_convert_hf_bert_to_model_dir_and_back(tmp_path):
+    """`t5mtl convert --from hf` of an HF BertForMaskedLM (its vocab.txt kept),
+    then `--to hf`: transformers reloads the same logits; init_from reads
+    the HF directory as it is."""
+    from t5mtl.cli import main
+    from t5mtl.train.model_dir import load_params, read_model_json
+    hf_dir, model_dir, back = (str(tmp_path / n) for n in ("hf", "model_dir", "back"))
+    hf = make_hf_bert("BertForMaskedLM", 101, 2, hf_dir)
+    with open(f"{hf_dir}/vocab.txt", "w") as f:
+        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                          + [f"w{i}" for i in range(96)]) + "\n")
+    assert main(["convert", "--from", "hf", "--src", hf_dir, "--dst", model_dir]) == 0
+    info = read_model_json(model_dir)
+    assert isinstance(info.model, MaskedLanguageModel)
+    assert info.vocabulary["kind"] == "wordpiece" and info.vocabulary["path"].endswith("vocab.txt")
+    assert main(["convert", "--to", "hf", "--src", model_dir, "--dst", back]) == 0
+    reloaded = torch_reload(back)
+    ids, types, mask = batch(101)
+    np.testing.assert_allclose(hf_outputs(reloaded, ids, types, mask),
+                               hf_outputs(hf, ids, types, mask), atol=1e-5, rtol=1e-5)
+    model, params = load_params(hf_dir)
+    assert isinstance(model, MaskedLanguageModel) and "mlm" in params
+
+
+def torch_reload(path):
+    import transformers
+    return transformers.BertForMaskedLM.from_pretrained(path).eval()
