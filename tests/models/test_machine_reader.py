@@ -2,7 +2,6 @@
 its seqio path (t5mtl.data.mrc_features): the batches a registered MRC task
 yields carry exactly the labels data.pmr_data.mrc_arrays builds, the model's
 loss is span_loss over them, and training makes the gold spans the best."""
-import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -16,6 +15,7 @@ from t5mtl.errors import T5mtlError
 from t5mtl.models import get_config
 from t5mtl.models.machine_reader import MachineReader, span_labels
 from t5mtl.models.span_extractor import span_loss, valid_span_mask
+from tests.models.test_masked_lm import random_params
 
 CONFIG = get_config("t5_tiny")
 VOCAB = seqio.ByteVocabulary()
@@ -69,7 +69,7 @@ def test_loss_is_span_loss_and_training_makes_the_gold_spans_best(mrc_task):
     batch = {k: np.asarray(v) for k, v in _batch(mrc_task).items()}
     ref = mrc_arrays(WINDOWS, LENGTH)
     model = MachineReader(CONFIG, max_span_length=None)
-    params = nn.unbox(model.init_boxed(jax.random.PRNGKey(0)))
+    params = random_params(model)
     logits = model.span_logits(params, batch)
     valid = valid_span_mask(ref["context_mask"], None, ref["cls_span"])
     loss, metrics = model.loss_fn(params, batch, None)
@@ -99,7 +99,7 @@ def test_spec_round_trip_and_a_source_mlm_head_is_dropped():
     model = MachineReader(CONFIG, max_span_length=8, intermediate_dim=16)
     again = MachineReader.from_spec(model.spec())
     assert again.spec() == model.spec() and again.architecture() == model.architecture()
-    params = nn.unbox(model.init_boxed(jax.random.PRNGKey(0)))
+    params = model.abstract_params()
     adapted = model.adapt_params({**params, "mlm": {"bias": np.zeros(3)}, "decoder": {}})
     assert set(adapted) == set(params)
     with pytest.raises(T5mtlError, match="split 'train' has no windows"):
