@@ -86,10 +86,10 @@ def squad_scores(model, params, examples, layout, length: int, batch_size: int) 
 def main(argv=None) -> str:
     parser = comparison.parser(__doc__, "/tmp/t5mtl_pmr", 500,
                                "a few steps per stage (a smoke run)")
-    parser.add_argument("--length", type=int, default=256, help="tokens per MRC window")
-    parser.add_argument("--mlm_steps", type=int, default=2000)
-    parser.add_argument("--wae_steps", type=int, default=1000)
-    parser.add_argument("--squad_steps", type=int, default=1000)
+    parser.add_argument("--length", type=int, default=192, help="tokens per MRC window")
+    parser.add_argument("--mlm_steps", type=int, default=300)
+    parser.add_argument("--wae_steps", type=int, default=300)
+    parser.add_argument("--squad_steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args(argv)
     if args.quick:
