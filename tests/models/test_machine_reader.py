@@ -70,9 +70,17 @@ def test_loss_is_span_loss_and_training_makes_the_gold_spans_best(mrc_task):
     ref = mrc_arrays(WINDOWS, LENGTH)
     model = MachineReader(CONFIG, max_span_length=None)
     params = random_params(model)
-    logits = model.span_logits(params, batch)
+
+    @jax.jit
+    def outputs(params):
+        """Everything checked, in one program: logits, loss and metrics,
+        best spans, [CLS] logits."""
+        loss, metrics = model.loss_fn(params, batch, None)
+        return (model.span_logits(params, batch), loss, metrics,
+                model.best_spans(params, batch), model.cls_logits(params, batch))
+
+    logits, loss, metrics, _, _ = outputs(params)
     valid = valid_span_mask(ref["context_mask"], None, ref["cls_span"])
-    loss, metrics = model.loss_fn(params, batch, None)
     np.testing.assert_allclose(float(loss), float(span_loss(logits, ref["span_labels"], valid)),
                                rtol=1e-6)
     assert float(metrics["num_sequences"]) == len(WINDOWS)
@@ -87,12 +95,11 @@ def test_loss_is_span_loss_and_training_makes_the_gold_spans_best(mrc_task):
         return optax.apply_updates(params, updates), state
     for _ in range(60):
         params, state = step(params, state)
-    starts, ends, _ = model.best_spans(params, batch)
+    _, _, metrics, (starts, ends, _), cls = outputs(params)
     texts = [w.span_text(int(s), int(e)) for w, s, e in zip(WINDOWS, starts[:, 0], ends[:, 0])]
     assert [texts[i] for i in (0, 1, 3)] == ["Ada", "Rome", "May"]
-    cls = np.asarray(model.cls_logits(params, batch))
     assert cls[1] > 0 > cls[2]                    # relevant vs not
-    assert float(model.loss_fn(params, batch, None)[1]["accuracy"]) == 1.0
+    assert float(metrics["accuracy"]) == 1.0
 
 
 def test_spec_round_trip_and_a_source_mlm_head_is_dropped():
