@@ -19,11 +19,15 @@ superglue_cb):
      selection (single-task Go-tuning, one model per task); all selections
      mixed at equal rates (multi-task, the paper's mgo-T5, one model); the
      random control (one model); same steps, batch and learning rate;
-  4. every model is scored zero-shot on each task's "<task>_zs" instruction
-     variant (validation split) by rank classification over its verbalizers.
+  4. every model is scored zero-shot on the validation split by rank
+     classification over label words, in two prompt formats: each task's
+     "<task>_zs" instruction variant (its verbalizers as targets), and a
+     cloze prompt whose blank is T5's first sentinel (CLOZE; targets
+     "<extra_id_0> word", the form span corruption trains).
 
-Writes --out/table.md (accuracy: chance, base, control, single-task,
-multi-task; then what each selection is made of) and --out/results.json.
+Writes --out/table.md (accuracy in each format: chance, base, control,
+single-task, multi-task; then what each selection is made of) and
+--out/results.json.
 
   python -m bench.go_tuning --data_dir ../shared/data --out /tmp/t5mtl_go
   python -m bench.go_tuning --data_dir ../shared/data --quick   # tiny base, minutes
@@ -213,6 +217,43 @@ def zero_shot(model, params, task: str, args) -> dict:
     return {"accuracy": result["accuracy"], "chance": majority_share(result["targets"])}
 
 
+# Cloze prompts: the label word fills T5's first sentinel, the way span
+# corruption (the Go-tuning update) trains the model to fill blanks. The
+# words are this benchmark's choice (sentiment: LM-BFF's great / terrible).
+CLOZE = {
+    "glue_sst2": ("{sentence} It was <X> .", ("terrible", "great")),
+    "superglue_rte": ("{premise} Question: {hypothesis} Yes or no? Answer: <X> .",
+                      ("yes", "no")),
+    "superglue_cb": ("{premise} Question: {hypothesis} Yes, no or maybe? Answer: <X> .",
+                     ("yes", "no", "maybe")),
+}
+
+
+def cloze_zero_shot(model, params, vocabulary, task: str, args) -> dict:
+    """Rank classification of CLOZE[task] on the validation split (the same
+    examples as zero_shot's): the input with <extra_id_0> at the blank (the
+    text before it cut from the left to fit), each option "<extra_id_0> word"."""
+    import seqio
+    from t5mtl.data.task_info import get_task_info
+    from t5mtl.data.vocab import sentinel_id
+    from t5mtl.infer.rank_classification import option_log_likelihoods
+    template, words = CLOZE[task]
+    before, after = template.split("<X>")
+    blank = sentinel_id(vocabulary, 0)
+    labels = list(get_task_info(task).label_names)
+    rows = list(seqio.get_mixture_or_task(task).source.iter_examples("validation"))
+    rows = rows[:args.num_examples] if args.num_examples else rows
+    inputs = []
+    for row in rows:
+        tail = list(vocabulary.encode(after.format(**row))) + [1]
+        head = list(vocabulary.encode(before.format(**row)))
+        inputs.append(head[-(args.eval_length - 1 - len(tail)):] + [blank] + tail)
+    options = [[blank] + list(vocabulary.encode(w)) + [1] for w in words]
+    scores = option_log_likelihoods(model, params, inputs, options)
+    gold = np.array([labels.index(row["label"]) for row in rows])
+    return {"accuracy": 100.0 * float(np.mean(scores.argmax(axis=1) == gold))}
+
+
 # ---------------------------------------------------------------------------
 # The table.
 
@@ -226,7 +267,15 @@ def tables(scores: dict, summary: dict, tasks, args) -> str:
     for key, label in ROWS:
         cells = [scores.get(key, {}).get(t) for t in tasks]
         rows.append((label, cells + [comparison.mean(cells)]))
-    acc = comparison.markdown("zero-shot accuracy (%)", [*tasks, "mean"], rows)
+    acc = comparison.markdown("zero-shot accuracy (%), instruction prompts",
+                              [*tasks, "mean"], rows)
+    rows = []
+    for key, label in ROWS:
+        cells = [scores.get(key if key == "chance" else f"cloze_{key}", {}).get(t)
+                 for t in tasks]
+        rows.append((label, cells + [comparison.mean(cells)]))
+    cloze = comparison.markdown("zero-shot accuracy (%), cloze prompts",
+                                [*tasks, "mean"], rows)
     comp_rows = []
     for key, s in summary.items():
         shares = [100.0 * s["sources"][src] / max(s["selected"], 1) for src in SOURCE_ORDER]
@@ -238,7 +287,7 @@ def tables(scores: dict, summary: dict, tasks, args) -> str:
                 f"{args.batch_size}, Adafactor lr {args.learning_rate}, seed {args.seed}; "
                 f"{args.num_examples or 'all'} validation examples per task, inputs "
                 f"{args.eval_length} bytes")
-    return f"{acc}\n\n{comp}\n\n{settings}"
+    return f"{acc}\n\n{cloze}\n\n{comp}\n\n{settings}"
 
 
 def main(argv=None) -> None:
@@ -292,7 +341,8 @@ def main(argv=None) -> None:
     models["multi"] = (go_tune(args, "multi", names, lengths), tasks)
     for key, (path, evaluated) in models.items():
         row = key.split(":")[0]
-        todo = [t for t in evaluated if t not in cache.rows.get(row, {})]
+        todo = [t for t in evaluated if t not in cache.rows.get(row, {})
+                or t not in cache.rows.get(f"cloze_{row}", {})]
         if not todo:
             continue
         loaded = t5mtl.load(path)
@@ -300,7 +350,10 @@ def main(argv=None) -> None:
             result = zero_shot(loaded.model, loaded.params, task, args)
             cache.record(row, task, result["accuracy"])
             cache.record("chance", task, result["chance"])
-            print(f"{row} {task}: {result['accuracy']:.1f}", flush=True)
+            cloze = cloze_zero_shot(loaded.model, loaded.params, loaded.vocabulary, task, args)
+            cache.record(f"cloze_{row}", task, cloze["accuracy"])
+            print(f"{row} {task}: {result['accuracy']:.1f} (cloze {cloze['accuracy']:.1f})",
+                  flush=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"scores": cache.rows, "selection": summary, "args": vars(args)}, f, indent=1)
     comparison.write_table(args, tables(cache.rows, summary, tasks, args))
