@@ -163,7 +163,7 @@ def encoder_embedding_fn(model):
     (through its seams and weight adapter) mean-pooled over non-padding tokens."""
     import jax
     from t5mtl.models.encoder_decoder import EncoderDecoderModel
-    from t5mtl.models.multi_head import mean_pool
+    from t5mtl.models.encoder_backbone import mean_pool
     from t5mtl.models.t5 import Transformer
     if not isinstance(model, EncoderDecoderModel):
         raise T5mtlError(f"Go-tuning embeds with a T5 encoder (EncoderDecoderModel), got "

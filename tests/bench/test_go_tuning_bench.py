@@ -1,5 +1,5 @@
 """bench/go_tuning.py's pool and table (the comparison itself is run by hand:
-docs/go_tuning.md)."""
+docs/encoders.md)."""
 import json
 import os
 
