@@ -1,4 +1,4 @@
-"""SIGKILL at 5 seeded random steps of one run (each restart resumes from
+"""SIGKILL at 3 seeded random steps of one run (each restart resumes from
 its latest checkpoint, async saves included), then the same result, bit for
 bit, as the run never interrupted."""
 import json
@@ -35,12 +35,12 @@ def _last_step_since(metrics, offset):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_at_5_random_points_is_bit_identical(tmp_path, monkeypatch):
+def test_resume_after_sigkill_at_3_random_points_is_bit_identical(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
     assert cli_train(full, *ARGS) == 0
     metrics = os.path.join(killed, "metrics.jsonl")
-    points = sorted(random.Random(0).sample(range(2, NUM_STEPS - 1), 5))
+    points = sorted(random.Random(0).sample(range(2, NUM_STEPS - 1), 3))
     kills = []
     for point in points:
         offset = os.path.getsize(metrics) if os.path.exists(metrics) else 0

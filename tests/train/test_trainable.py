@@ -48,14 +48,16 @@ def _step(model, tx, mesh, trainable_names):
 
 
 @pytest.mark.slow
-def test_prompt_only_step_on_t5_1_1_small_computes_no_weight_gradients():
-    model = EncoderDecoderModel(get_config("t5_1_1_small"), encoder_input=PrependVectors(20))
+def test_prompt_only_step_on_t5_1_1_small_widths_computes_no_weight_gradients():
+    # t5_1_1_small's widths (d_model 512, its 32k vocabulary), two layers a side.
+    model = EncoderDecoderModel(get_config("t5_1_1_small", num_layers=2),
+                                encoder_input=PrependVectors(20))
     names = list(param_names.flatten(model.abstract_params()))
     prompt = param_names.select(names, PROMPT)
     assert prompt == ["encoder_input/vectors"]
     tx = create_optimizer("adafactor", learning_rate=0.1)
     mesh = partitioning.create_mesh((1, 1, 1), jax.devices()[:1])
-    batches = list(_batches(model.config.vocab_size, 5))
+    batches = list(_batches(model.config.vocab_size, 3))
     batch = partitioning.host_batch_to_global(batches[0], mesh)
 
     flops = {}
@@ -72,7 +74,7 @@ def test_prompt_only_step_on_t5_1_1_small_computes_no_weight_gradients():
     assert ratio <= 0.72, flops
     # The optimizer keeps the state of the 20 x 512 prompt and nothing else.
     alone = tx.init({"encoder_input": {"vectors": np.zeros((20, 512), np.float32)}})
-    assert _nbytes(state.opt_state) == _nbytes(alone) < full_opt_bytes / 1000
+    assert _nbytes(state.opt_state) == _nbytes(alone) < full_opt_bytes / 400
 
     before = jax.tree.map(np.array, state.params)
     for b in batches:
