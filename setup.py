@@ -26,6 +26,8 @@ INSTALL_REQUIRES = [
     "tqdm>=4.70,<5",
     "sacrebleu>=2.6.0,<3",
     "rouge-score==0.1.2",
+    # passage indexes for retrieval (t5mtl/retrieval/index.py)
+    "faiss-cpu==1.15.1",
 ]
 
 TEST_REQUIRES = [
