@@ -52,9 +52,11 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from t5mtl.errors import T5mtlError
+# texts -> mean-pooled T5 encoder states, shared with retrieval (re-exported)
+from t5mtl.retrieval.embed import (EMBED_LENGTH, embed_texts,  # noqa: F401
+                                   encoder_embedding_fn, tokenize)
 
 DEFAULT_COVERAGE = 0.9
-EMBED_LENGTH = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,58 +145,6 @@ def select_for_tasks(task_embeddings: Mapping[str, np.ndarray], pool_embeddings,
         raise T5mtlError("select_for_tasks needs at least one target task")
     return {task: select_task_aware(emb, pool_embeddings, budget, coverage)
             for task, emb in sorted(task_embeddings.items())}
-
-
-# ---------------------------------------------------------------------------
-# The model side: texts -> mean-pooled encoder states.
-
-def tokenize(texts: Sequence[str], vocabulary, length: int) -> np.ndarray:
-    """int32 [len(texts), length]: each text's ids cut to length - 1, then EOS,
-    then padding (0), as task inputs are made."""
-    rows = np.zeros((len(texts), length), np.int32)
-    for i, text in enumerate(texts):
-        ids = list(vocabulary.encode(text))[:length - 1] + [1]
-        rows[i, :len(ids)] = ids
-    return rows
-
-
-def encoder_embedding_fn(model):
-    """jitted (params, tokens [b, l]) -> float32 [b, d]: the model's T5 encoder
-    (through its seams and weight adapter) mean-pooled over non-padding tokens."""
-    import jax
-    from t5mtl.models.encoder_decoder import EncoderDecoderModel
-    from t5mtl.models.encoder_backbone import mean_pool
-    from t5mtl.models.t5 import Transformer
-    if not isinstance(model, EncoderDecoderModel):
-        raise T5mtlError(f"Go-tuning embeds with a T5 encoder (EncoderDecoderModel), got "
-                         f"{type(model).__name__}")
-
-    @jax.jit
-    def embed(params, tokens):
-        encoded = model.module.apply({"params": model.weights(params)}, tokens,
-                                     method=Transformer.encode)
-        return mean_pool(encoded)
-    return embed
-
-
-def embed_texts(model, params, texts: Sequence[str], vocabulary, length: int = EMBED_LENGTH,
-                batch_size: int = 64) -> np.ndarray:
-    """float32 [len(texts), d]: each text's mean-pooled encoder states, in
-    fixed-shape batches (one compile; the last batch padded and trimmed)."""
-    import jax
-    if not texts:
-        raise T5mtlError("embed_texts got no texts")
-    if length < 2 or batch_size < 1:
-        raise T5mtlError(f"need length >= 2 and batch_size >= 1, got {length}, {batch_size}")
-    embed = encoder_embedding_fn(model)
-    params = jax.device_put(params)
-    out = []
-    for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start:start + batch_size])
-        n = len(chunk)
-        tokens = tokenize(chunk + [chunk[0]] * (batch_size - n), vocabulary, length)
-        out.append(np.asarray(embed(params, tokens))[:n])
-    return np.concatenate(out).astype(np.float32)
 
 
 def task_texts(task_name: str, split: str = "train", limit: int | None = None,

@@ -1,7 +1,6 @@
 """t5mtl/retrieval/index.py: exact search against numpy, IVF-PQ's recall
 against exact search, adding after the build, save/load, bad input."""
 import json
-import os
 
 import numpy as np
 import pytest
