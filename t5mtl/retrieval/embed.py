@@ -43,15 +43,17 @@ def encoder_embedding_fn(model):
 
 
 def embed_texts(model, params, texts: Sequence[str], vocabulary, length: int = EMBED_LENGTH,
-                batch_size: int = 64) -> np.ndarray:
+                batch_size: int = 64, embed_fn=None) -> np.ndarray:
     """float32 [len(texts), d]: each text's mean-pooled encoder states, in
-    fixed-shape batches (one compile; the last batch padded and trimmed)."""
+    fixed-shape batches (one compile; the last batch padded and trimmed).
+    `embed_fn`: an `encoder_embedding_fn(model)` to reuse across calls (its
+    compiled program with it); by default a new one."""
     import jax
     if not texts:
         raise T5mtlError("embed_texts got no texts")
     if length < 2 or batch_size < 1:
         raise T5mtlError(f"need length >= 2 and batch_size >= 1, got {length}, {batch_size}")
-    embed = encoder_embedding_fn(model)
+    embed = embed_fn or encoder_embedding_fn(model)
     params = jax.device_put(params)
     out = []
     for start in range(0, len(texts), batch_size):
