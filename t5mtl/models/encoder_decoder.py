@@ -107,7 +107,7 @@ class EncoderDecoderModel(BaseModel):
     def replace(self, **changes) -> "EncoderDecoderModel":
         args = dict(config=self.config, loss=self.loss, encoder_input=self.encoder_input,
                     attention_prefix=self.attention_prefix, weight_adapter=self.weight_adapter)
-        return EncoderDecoderModel(**{**args, **changes})
+        return type(self)(**{**args, **changes})
 
     # -- what it is ---------------------------------------------------------------
     def spec(self) -> dict:
@@ -210,6 +210,14 @@ class EncoderDecoderModel(BaseModel):
             deterministic=dropout_rng is None, task_ids=batch.get("encoder_task_ids"),
             rngs=rngs)
 
+    def encode_batch(self, params, batch: Batch) -> EncoderOutput:
+        """The encoder's output for the batch's encoder features, with
+        `params` as the T5 modules compute with them (`weights` applied);
+        what decoding starts from."""
+        return self.module.apply({"params": params}, batch["encoder_input_tokens"],
+                                 task_ids=batch.get("encoder_task_ids"),
+                                 method=Transformer.encode)
+
     def loss_denominator(self, batch: Batch, num_tasks: int = 0) -> dict:
         """{"loss": the batch's denominator} and, with tasks, {"task": [num_tasks]}:
         the one place the loss's normalization is decided (segment ids included)."""
@@ -264,10 +272,9 @@ class EncoderDecoderModel(BaseModel):
         module = self.module
 
         def prefill(params, batch):
-            tokens, task_ids = batch["encoder_input_tokens"], batch.get("encoder_task_ids")
-            encoded = module.apply({"params": params}, tokens, task_ids=task_ids,
-                                   method=Transformer.encode)
-            b = tokens.shape[0]
+            task_ids = batch.get("encoder_task_ids")
+            encoded = self.encode_batch(params, batch)
+            b = encoded.hidden.shape[0]
             start = jnp.zeros((b, 1), jnp.int32)      # decoder start token = pad = 0
             logits, variables = module.apply(
                 {"params": params}, encoded, start, decoder_positions=start, decode=True,
