@@ -29,16 +29,14 @@ def encoder_embedding_fn(model):
     import jax
     from t5mtl.models.encoder_decoder import EncoderDecoderModel
     from t5mtl.models.encoder_backbone import mean_pool
-    from t5mtl.models.t5 import Transformer
     if not isinstance(model, EncoderDecoderModel):
-        raise T5mtlError(f"Go-tuning embeds with a T5 encoder (EncoderDecoderModel), got "
+        raise T5mtlError(f"texts are embedded with a T5 encoder (EncoderDecoderModel), got "
                          f"{type(model).__name__}")
 
     @jax.jit
     def embed(params, tokens):
-        encoded = model.module.apply({"params": model.weights(params)}, tokens,
-                                     method=Transformer.encode)
-        return mean_pool(encoded)
+        return mean_pool(model.encode_batch(model.weights(params),
+                                            {"encoder_input_tokens": tokens}))
     return embed
 
 
