@@ -190,7 +190,9 @@ class ReleaseWait:
     checkpoint's host copies, say) instead of being waited for again. Does
     nothing unless `enabled` (the ``keep`` policy, one step in flight).
 
-    The first call also hands what setup freed back to the kernel
+    The first call waits up to `timeout_s` for a buffer still being freed
+    (its level, not one with that buffer held, is the first baseline). It
+    also hands what setup freed back to the kernel
     (`release_free_heap`): under ``keep`` nothing else would, and the first
     step's buffer would land above the jitted init's freed temporaries,
     adding them to the run's peak RSS (docs/performance.md).
@@ -208,10 +210,14 @@ class ReleaseWait:
             return
         if self.baseline is None:
             release_free_heap()
+            # A buffer freed just before this first call may still be on its
+            # way back: a baseline taken with it held would let every later
+            # step dispatch beside its predecessor's buffer.
+            target = self.in_use() - self.slack_bytes
         else:
-            start = time.perf_counter()
-            while (self.in_use() > self.baseline + self.slack_bytes
-                   and time.perf_counter() - start < self.timeout_s):
-                time.sleep(0.0002)
-            self.waited_s += time.perf_counter() - start
+            target = self.baseline + self.slack_bytes
+        start = time.perf_counter()
+        while self.in_use() > target and time.perf_counter() - start < self.timeout_s:
+            time.sleep(0.0002)
+        self.waited_s += time.perf_counter() - start
         self.baseline = self.in_use()

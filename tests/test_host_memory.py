@@ -199,14 +199,26 @@ def test_release_wait_waits_for_the_drop_rebases_after_its_timeout_and_is_inert_
     level = [100 << 20]
     wait = host_memory.ReleaseWait(True, slack_bytes=1 << 20, timeout_s=0.05)
     wait.in_use = lambda: level[0]
-    wait()                                                 # first call: sets the baseline
-    assert wait.baseline == 100 << 20 and wait.waited_s < 0.05
+    wait()                                 # first call: no free in flight, baseline after timeout
+    assert wait.baseline == 100 << 20 and 0.05 <= wait.waited_s < 1.0
     level[0] = 300 << 20                                   # e.g. a checkpoint's host copies
+    before = wait.waited_s
     wait()
-    assert 0.05 <= wait.waited_s and wait.baseline == 300 << 20
+    assert 0.05 <= wait.waited_s - before and wait.baseline == 300 << 20
     before = wait.waited_s
     wait()                                                 # the new level is the baseline
     assert wait.waited_s - before < 0.05
+
+
+def test_first_release_wait_takes_its_baseline_after_a_free_in_flight_lands():
+    # The first call comes while the previous buffer (200 MiB) is still held
+    # for 20 polls; its baseline must be the level after the free, or every
+    # later step would be dispatched beside its predecessor's buffer.
+    polls = []
+    wait = host_memory.ReleaseWait(True, slack_bytes=1 << 20, timeout_s=5.0)
+    wait.in_use = lambda: (polls.append(1), (300 << 20) if len(polls) <= 21 else 100 << 20)[1]
+    wait()
+    assert wait.baseline == 100 << 20 and len(polls) > 21
 
 
 @pytest.fixture
