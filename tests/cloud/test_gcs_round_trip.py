@@ -61,7 +61,7 @@ def test_gs_model_dir_sigkill_resume_is_bit_identical_then_eval_and_convert(
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline and \
             _last_train_step(metrics) < KILL_AFTER:
-        time.sleep(0.02)
+        time.sleep(0.05)    # each poll is a request the emulator serves
     proc.send_signal(signal.SIGKILL)
     _, err = proc.communicate()
     killed_at = _last_train_step(metrics)
