@@ -58,6 +58,7 @@ def _register_configurables() -> None:
     """Import the modules whose configurables gin files may name."""
     import t5mtl.data.batches  # noqa: F401
     import t5mtl.data.bert_variants  # noqa: F401  (register_bert_variants)
+    import t5mtl.data.contriever_crops  # noqa: F401  (register_contriever_crops)
     import t5mtl.data.data_config  # noqa: F401
     import t5mtl.data.data_dir  # noqa: F401
     import t5mtl.data.mrc_tasks  # noqa: F401  (register_pmr_squad, register_pmr_wae)
@@ -66,6 +67,7 @@ def _register_configurables() -> None:
     import t5mtl.data.vocab  # noqa: F401
     import t5mtl.models.bert_config  # noqa: F401  (get_bert_config)
     import t5mtl.models.configs  # noqa: F401
+    import t5mtl.models.dual_encoder  # noqa: F401  (DualEncoder)
     import t5mtl.models.encoder_decoder  # noqa: F401
     import t5mtl.models.encoder_inputs  # noqa: F401
     import t5mtl.models.machine_reader  # noqa: F401
