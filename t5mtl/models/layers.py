@@ -22,7 +22,12 @@ from t5mtl.models import kernels as kernels_lib
 from t5mtl.models.kernels.reference import NEG_INF, activation, attention_scores
 
 __all__ = ["NEG_INF", "DenseGeneral", "dense_2d", "RMSNorm", "MLP", "KVPrefix",
-           "relative_position_bucket", "RelativePositionBias", "MultiHeadAttention"]
+           "relative_position_bucket", "RelativePositionBias", "MultiHeadAttention",
+           "CROSS_ATTENTION", "value_weighted_attention"]
+
+# The name cross-attention layers sow their `value_weighted_attention` under,
+# in the "intermediates" collection (only when the caller makes it mutable).
+CROSS_ATTENTION = "cross_attention"
 
 
 def _init(stddev: float, axes: tuple[str, ...]):
@@ -217,6 +222,16 @@ def _with_prefix(prefix: KVPrefix, key, value, bias, mask):
     return key, value, bias, mask
 
 
+def value_weighted_attention(query, key, value, bias, mask):
+    """float32 [b, q, k]: the attention probability of each key times the L2
+    norm of its value vector, averaged over heads, mean_h alpha_hqk |v_hk|
+    (Atlas's attention-distillation quantity; the probabilities before any
+    attention dropout). query [b, q, h, d], key and value [b, k, h, d]."""
+    weights = jax.nn.softmax(attention_scores(query, key, bias, mask), axis=-1)
+    norms = jnp.sqrt(jnp.sum(jnp.square(value.astype(jnp.float32)), axis=-1))   # [b, k, h]
+    return jnp.mean(weights * jnp.transpose(norms, (0, 2, 1))[:, :, None, :], axis=1)
+
+
 class MultiHeadAttention(nn.Module):
     """T5 attention: no 1/sqrt(d) scaling (folded into the init), additive bias.
 
@@ -225,6 +240,11 @@ class MultiHeadAttention(nn.Module):
     cross-attention projects the encoder output once and reuses it. A
     `kv_prefix` (self-attention only) is prepended after the cache, so the
     cache holds only the sequence's own keys and values.
+
+    Seam: a cross-attention layer sows `value_weighted_attention` ([b, q, k])
+    as "intermediates"/CROSS_ATTENTION when the caller applies the model with
+    `mutable=["intermediates"]` (Atlas's attention distillation reads it);
+    otherwise it is not computed.
     """
     num_heads: int
     d_kv: int
@@ -270,6 +290,9 @@ class MultiHeadAttention(nn.Module):
             weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
             weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
             out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+        if self.is_cross and self.is_mutable_collection("intermediates"):
+            self.sow("intermediates", CROSS_ATTENTION,
+                     value_weighted_attention(query, key, value, bias, mask))
         return DenseGeneral((d_model,), ("heads", "kv", "embed"), inner ** -0.5, 2, self.dtype,
                             self.kernels, name="out")(out)
 

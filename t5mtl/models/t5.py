@@ -24,6 +24,12 @@ Seams (flaxformer's split, with the mask carried rather than rebuilt):
   decode(EncoderOutput, decoder tokens): the encoder mask comes from the
       EncoderOutput's segment ids, never from tokens
 
+Reading the decoder's cross-attention: applied with
+`mutable=["intermediates"]`, every decoder layer's cross-attention sows
+`layers.value_weighted_attention` under "intermediates" (per layer, or
+stacked on a leading [layers] axis when scanned); see
+t5mtl.models.distillation.cross_attention_maps.
+
 `encoder_input` (optional) maps EncoderInputs to EncoderInputs and may
 change the sequence and its length (prepend vectors); `attention_prefix`
 (optional) gives each stack's per-layer `KVPrefix` (see layers.KVPrefix).
@@ -160,7 +166,7 @@ def _stack(layer_cls, config: T5Config, num_layers: int, n_broadcast: int, **att
     if config.scan_layers:
         def apply_scanned(x, *args, kv_prefix=None):
             per_layer = () if kv_prefix is None else (0,)
-            scanned = nn.scan(cls, variable_axes={"params": 0, "cache": 0},
+            scanned = nn.scan(cls, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
                               split_rngs={"params": True, "dropout": True},
                               in_axes=(nn.broadcast,) * n_broadcast + per_layer,
                               length=num_layers,
