@@ -65,6 +65,7 @@ def _register_configurables() -> None:
     import t5mtl.data.registry  # noqa: F401  (tasks and mixtures)
     import t5mtl.data.user_tasks  # noqa: F401  (register_task_specs)
     import t5mtl.data.vocab  # noqa: F401
+    import t5mtl.models.atlas  # noqa: F401  (AtlasModel, FusionInDecoder)
     import t5mtl.models.bert_config  # noqa: F401  (get_bert_config)
     import t5mtl.models.configs  # noqa: F401
     import t5mtl.models.dual_encoder  # noqa: F401  (DualEncoder)

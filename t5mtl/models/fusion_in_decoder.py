@@ -13,7 +13,9 @@ modules changes: the model only reshapes around `Transformer.encode` and
 
 With one passage the model is the plain encoder-decoder on that input
 (tested to 1e-5). Rows are unpacked (each row is one question's passages);
-seam modules that read task ids are not supported.
+seam modules that read task ids are not supported. `cross_attention` reads
+the decoder's cross-attention over the fused passages (Atlas's attention
+distillation, t5mtl.models.distillation).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import gin
 
 from t5mtl.errors import T5mtlError
 from t5mtl.models.base import Batch
+from t5mtl.models.distillation import cross_attention_maps
 from t5mtl.models.encoder_decoder import EncoderDecoderModel
 from t5mtl.models.t5 import EncoderOutput, Transformer
 
@@ -76,3 +79,13 @@ class FusionInDecoder(EncoderDecoderModel):
             batch.get("decoder_segment_ids"), batch.get("decoder_positions"),
             deterministic=deterministic, rngs=rngs, method=Transformer.decode)
 
+    def cross_attention(self, params, batch: Batch):
+        """float32 [layers, b, t, p x l]: each decoder layer's cross-attention
+        (attention probability times value norm, averaged over heads:
+        layers.value_weighted_attention) in a dropout-free forward pass."""
+        params = self.weights(params)
+        encoded = self._encode(params, batch)
+        _, variables = self.module.apply(
+            {"params": params}, encoded, batch["decoder_input_tokens"], deterministic=True,
+            mutable=["intermediates"], method=Transformer.decode)
+        return cross_attention_maps(variables["intermediates"])
