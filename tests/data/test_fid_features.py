@@ -108,3 +108,20 @@ def test_decoder_features_equal_seqio_converter():
         np.testing.assert_array_equal(ours[name][0], theirs[name], err_msg=name)
     np.testing.assert_array_equal(ours["encoder_input_tokens"][0, 0],
                                   theirs["encoder_input_tokens"])
+
+
+def test_real_split_gold_batch(shared_data_dir):
+    from t5mtl.data import fewshot_qa, passages
+    corpus = {p.id: p for p in passages.squad_passages(shared_data_dir)}
+    train, _ = fewshot_qa.fewshot_split(fewshot_qa.squad_questions(shared_data_dir),
+                                        train_size=64, test_size=10)
+    rows = [f"question: {ex.question} context: {corpus[ex.passage_id].text}"
+            for ex in train[:2]]
+    got = fid.fid_batch(train[:2], VOCAB, corpus, "gold", k=2, lengths={
+        "inputs": max(len(r.encode()) for r in rows) + 1, "targets": 64})
+    for i, ex in enumerate(train[:2]):
+        row = got["encoder_input_tokens"][i, 0]
+        assert VOCAB.decode([int(t) for t in row[:list(row).index(1)]]) == rows[i]
+        assert not got["encoder_input_tokens"][i, 1].any()
+        target = got["decoder_target_tokens"][i]
+        assert VOCAB.decode([int(t) for t in target[:list(target).index(1)]]) == ex.answers[0]
