@@ -125,3 +125,26 @@ def test_real_split_gold_batch(shared_data_dir):
         assert not got["encoder_input_tokens"][i, 1].any()
         target = got["decoder_target_tokens"][i]
         assert VOCAB.decode([int(t) for t in target[:list(target).index(1)]]) == ex.answers[0]
+
+
+def test_padding_rows_do_not_change_the_reader():
+    """FusionInDecoder on a gold batch with k=3 (two padding rows) gives the
+    k=1 batch's logits: the padding rows are masked out."""
+    import jax
+    from t5mtl.models import get_config
+    from t5mtl.models.fusion_in_decoder import FusionInDecoder
+    from t5mtl.models.init import param_shapes
+    config = get_config("t5_tiny")
+    assert config.vocab_size >= VOCAB.vocab_size
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: rng.normal(0.0, 0.3, s.shape).astype(np.float32),
+                          param_shapes(config))
+    lengths = {"inputs": 48, "targets": 8}
+    model = FusionInDecoder(config)
+    logits = jax.jit(model.logits)
+    features = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+    one, three = (fid.fid_batch([EX], VOCAB, PASSAGES, "gold", k=k, lengths=lengths)
+                  for k in (1, 3))
+    want = np.asarray(logits(params, {n: one[n] for n in features}))
+    got = np.asarray(logits(params, {n: three[n] for n in features}))
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
