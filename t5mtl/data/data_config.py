@@ -55,11 +55,15 @@ def resolve_mixture(name_or_names: str | Sequence[str]) -> str:
     return mixture
 
 
+TOKEN_FEATURES = ("encoder_input_tokens", "decoder_target_tokens",   # text-to-text, encoders
+                  "query_tokens", "passage_tokens")                   # retrievers
+
+
 def count_tokens(batch) -> int:
-    """Real (non-pad) encoder and target tokens of a batch (encoder tokens
-    alone for a batch without decoder targets, e.g. a classifier's)."""
-    return int(sum(np.sum(batch[k] > 0) for k in ("encoder_input_tokens",
-                                                  "decoder_target_tokens") if k in batch))
+    """Real (non-pad) tokens of a batch: those of its `TOKEN_FEATURES` (encoder
+    tokens alone for a classifier's batch, query and passage tokens for a
+    retriever's)."""
+    return int(sum(np.sum(batch[k] > 0) for k in TOKEN_FEATURES if k in batch))
 
 
 def example_input(task_name: str) -> str:
