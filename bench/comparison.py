@@ -66,6 +66,14 @@ def write_table(args, text: str) -> str:
     return text
 
 
+def write_results(args, result: dict, table: str) -> str:
+    """--out/results.json (`result`) and --out/table.md (`write_table`)."""
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return write_table(args, table)
+
+
 def markdown(first: str, columns, rows) -> str:
     """A markdown table: `rows` are (label, cells); a float cell prints with
     one decimal, None as '-', a string as it is."""

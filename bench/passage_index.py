@@ -21,11 +21,12 @@ Writes --out/table.md and --out/results.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
 import numpy as np
+
+from bench import comparison
 
 
 def corpus_texts(num_passages: int, words: int, data_dir: str | None) -> list[str]:
@@ -122,12 +123,7 @@ def main(argv=None) -> dict:
         f"{rows[1]['search_ms_per_query']:.3f} ms/query |",
         f"| IVF-PQ: share of the exact top-{args.k} in its top-{args.k} | {recall:.3f} |",
         f"| IVF-PQ: exact nearest other passage in its top-{args.k} | {nearest:.3f} |"])
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(table + "\n")
-    print(table)
+    comparison.write_results(args, result, table)
     return result
 
 

@@ -23,8 +23,8 @@ Writes --out/table.md and --out/results.json. Chance: k / passages.
 from __future__ import annotations
 
 import argparse
-import json
-import os
+
+from bench import comparison
 
 
 def embedder(spec: str, config: str, length: int, batch_size: int):
@@ -100,12 +100,7 @@ def main(argv=None) -> dict:
                                                     for k in ks) + " |"])
     result = {"passages": len(corpus), "questions": len(test), "rows": rows, "chance": chance,
               "settings": {k: v for k, v in vars(args).items() if k != "out"}}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(table + "\n")
-    print(table)
+    comparison.write_results(args, result, table)
     return result
 
 
