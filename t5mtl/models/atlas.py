@@ -32,9 +32,10 @@ sqrt(d) x 0.01 on dot products) and the target is
 at `target_temperature` (None = Atlas's, distillation.ATLAS_TARGET_TEMPERATURE),
 under stop-gradient. `retriever_training`:
 
-  "frozen"  the retriever gets no gradient; the KL is reported
-            (metric distillation_kl) but not added to the loss, which is
-            the reader's, as Atlas's loss when the retriever is not trained
+  "frozen"  the retriever is not trained: the loss and metrics are the
+            reader's alone, with no distillation pass (as Atlas's loss when
+            the retriever is not trained); `distillation_kl` still computes
+            the KL for evaluation
   "query"   gradient only through the query embedding (the passage
             embeddings are stop-gradient: with a shared tower the passages
             keep the embeddings their index was built with only if the
@@ -153,6 +154,12 @@ class AtlasModel(BaseModel):
         own = [n[len("reader/"):] for n in fresh if n.startswith("reader/")]
         return {**params, "reader": self.reader.warm_start(params["reader"], own, context)}
 
+    @property
+    def distills(self) -> bool:
+        """Whether training distills the reader into the retriever (the loss
+        adds the KL): a distillation target and a retriever that trains."""
+        return self.distillation != "none" and self.retriever_training != "frozen"
+
     # -- the retriever side -------------------------------------------------------
     def check_batch(self, batch: Batch) -> None:
         """A T5mtlError naming the shapes unless the features are laid out as
@@ -208,7 +215,7 @@ class AtlasModel(BaseModel):
         alone = {"encoder_input_tokens": tokens.reshape(b * k, 1, length),
                  "decoder_input_tokens": jnp.repeat(batch["decoder_input_tokens"], k, axis=0)}
         logits = self.reader.logits(reader_params, alone)
-        log_probs = dist.token_log_probs(logits, jnp.repeat(targets, k, axis=0))
+        log_probs = losses.token_log_probs(logits, jnp.repeat(targets, k, axis=0))
         return dist.pdist_scores(log_probs.reshape(b, k, -1), weights, self.pdist_reduction)
 
     def _temperatures(self) -> tuple[float, float]:
@@ -232,7 +239,7 @@ class AtlasModel(BaseModel):
     # -- the protocol's computations ----------------------------------------------
     def loss_denominator(self, batch: Batch, num_tasks: int = 0) -> dict:
         out = dict(self.reader.loss_denominator(batch, num_tasks))
-        if self.distillation != "none":
+        if self.distills:
             counted = jnp.any(self._valid_passages(batch), axis=1)
             out["questions"] = jnp.maximum(jnp.sum(counted.astype(jnp.float32)), 1.0)
         return out
@@ -241,7 +248,7 @@ class AtlasModel(BaseModel):
         self.check_batch(batch)
         reader_loss, metrics = self.reader.loss_fn(params["reader"], batch, dropout_rng,
                                                    num_tasks)
-        if self.distillation == "none":
+        if not self.distills:
             return reader_loss, metrics
         use_dropout = self.retriever.backbone.dropout_rate > 0 and dropout_rng is not None
         retriever_rng = (jax.random.fold_in(dropout_rng, RETRIEVER_DROPOUT_STREAM)
@@ -249,7 +256,7 @@ class AtlasModel(BaseModel):
         kl, counted = self.distillation_kl(params, batch, retriever_rng)
         denominator = batch.get(losses.LOSS_DENOMINATOR_KEY) or self.loss_denominator(batch)
         kl = jnp.sum(kl) / denominator["questions"]
-        loss = reader_loss if self.retriever_training == "frozen" else reader_loss + kl
+        loss = reader_loss + kl
         metrics = {**metrics, "loss": loss, "reader_loss": reader_loss, "distillation_kl": kl,
                    "num_questions": jnp.sum(counted.astype(jnp.float32))}
         return loss, metrics

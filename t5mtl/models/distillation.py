@@ -92,12 +92,6 @@ def adist_scores(maps: jax.Array, passage_tokens_mask: jax.Array,
     return total / (layers * jnp.maximum(jnp.sum(w, axis=1), 1.0))[:, None]
 
 
-def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """float32 [..., t]: log p(target token) under softmax(logits [..., t, V])."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-
-
 def pdist_scores(log_probs: jax.Array, target_weights: jax.Array,
                  reduction: str = "mean") -> jax.Array:
     """float32 [b, p]: PDist's per-passage score, stop-gradient.

@@ -254,10 +254,8 @@ class EncoderDecoderModel(BaseModel):
 
     def score_batch(self, params, batch: Batch):
         """Sum over target tokens of log p(token), per example (unpacked batches)."""
-        logits = self.logits(params, batch)
-        logp = jax.nn.log_softmax(logits, axis=-1)
         targets = batch["decoder_target_tokens"]
-        tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+        tok = losses.token_log_probs(self.logits(params, batch), targets)
         weights = batch.get("decoder_loss_weights")
         weights = (targets > 0) if weights is None else weights > 0
         return jnp.sum(jnp.where(weights, tok, 0.0), axis=-1)

@@ -268,6 +268,13 @@ def _is_argmax(logits, target_logits, targets):
     return (target_logits == top) & ~earlier_top
 
 
+def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """float32 [...]: log p(target id) under softmax(logits [..., V]), for
+    scoring (no custom gradient: cross_entropy_with_z_loss is the training loss)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
 def finalize_metrics(metrics: Mapping[str, jax.Array]) -> Metrics:
     """Recomputes the ratio metric ``accuracy`` from summed counts.
 

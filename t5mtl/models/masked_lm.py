@@ -27,7 +27,6 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import gin
-import jax
 import jax.numpy as jnp
 
 from t5mtl.models import losses
@@ -96,9 +95,8 @@ class MaskedLanguageModel(BaseModel):
     # -- scores and predictions -----------------------------------------------------
     def score_batch(self, params, batch: Batch):
         """[b]: sum of log p(target id) over each row's weighted positions."""
-        logp = jax.nn.log_softmax(self.logits(params, batch), axis=-1)
-        targets = jnp.asarray(batch["encoder_target_tokens"], jnp.int32)
-        picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+        picked = losses.token_log_probs(self.logits(params, batch),
+                                        batch["encoder_target_tokens"])
         return jnp.sum(picked * _weights(batch), axis=-1)
 
     def predict_batch(self, params, batch: Batch, decode=None, rng=None):

@@ -13,6 +13,7 @@ import pytest
 
 from t5mtl.errors import T5mtlError
 from t5mtl.models import distillation as dist
+from t5mtl.models import losses
 from t5mtl.models import get_config
 from t5mtl.models.layers import (CROSS_ATTENTION, NEG_INF, MultiHeadAttention,
                                  value_weighted_attention)
@@ -133,7 +134,7 @@ def test_pdist_mean_and_sum_of_answer_log_likelihoods():
     rng = np.random.default_rng(2)
     logits = rng.normal(size=(2, 3, 4, 11))
     targets = rng.integers(0, 11, (2, 3, 4))
-    logp = np.asarray(dist.token_log_probs(jnp.asarray(logits, jnp.float32), targets))
+    logp = np.asarray(losses.token_log_probs(jnp.asarray(logits, jnp.float32), targets))
     ref = np.log(_softmax(logits))
     want_logp = np.take_along_axis(ref, targets[..., None], axis=-1)[..., 0]
     np.testing.assert_allclose(logp, want_logp, rtol=1e-5)
