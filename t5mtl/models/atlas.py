@@ -132,8 +132,11 @@ class AtlasModel(BaseModel):
 
     # -- data ---------------------------------------------------------------------
     def feature_converter(self, pack: bool = True, task_ids=()):
-        raise T5mtlError("AtlasModel's batches (k retrieved passages per question) come from "
-                         "the retrieval rounds, which have no seqio feature converter yet")
+        """Unpacked rows of k passages per question (t5mtl.data.fid_task)."""
+        if task_ids:
+            raise T5mtlError("AtlasModel takes no task ids")
+        from t5mtl.data.fid_task import FiDFeatureConverter
+        return FiDFeatureConverter(pack=pack)
 
     def check_tasks(self, task_names) -> None:
         self.reader.check_tasks(task_names)

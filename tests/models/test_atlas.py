@@ -174,8 +174,8 @@ def test_bad_values_and_shapes_are_refused(batch):
     fewer = {**batch, "passage_tokens": batch["passage_tokens"][:, :2]}
     with pytest.raises(T5mtlError, match=r"passage_tokens \(2, 2, 8\)"):
         model.loss_fn(None, fewer, None)
-    with pytest.raises(T5mtlError, match="feature converter"):
-        model.feature_converter(pack=False)
+    with pytest.raises(T5mtlError, match="pack = False"):
+        model.feature_converter(pack=True)
 
 
 def test_spec_round_trips_and_gin_builds_it():
