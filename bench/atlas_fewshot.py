@@ -1,0 +1,147 @@
+"""Atlas few-shot QA at CPU scale: joint training of a FiD reader and a
+retriever on the 64 few-shot training questions (t5mtl.retrieval.rounds),
+then the reader's exact match and F1 on the test questions closed-book,
+with the gold passage and with the top-k retrieved, before and after, and
+the retriever's recall@1/5/20 before and after.
+
+Start: the reader from --reader (a T5 model_dir), the retriever from
+--retriever (a DualEncoder or T5 model_dir), its towers untied (query-side
+training: the passage tower and so the index stay as built, Atlas's
+few-shot setting). Corpus, questions and split as bench/retrieval_recall.py.
+
+  python -m bench.atlas_fewshot --data_dir ../shared/data \\
+      --reader /tmp/t5mtl_go/base500 --retriever /tmp/t5mtl_atlas/contriever400
+
+Writes --out/table.md and --out/results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from bench import comparison
+
+SETTINGS = (("closed_book", 1), ("gold", 1), ("retrieved", None))
+
+
+def build_model(args):
+    import t5mtl
+    from t5mtl.models.atlas import AtlasModel
+    from t5mtl.models.dual_encoder import DualEncoder
+    from t5mtl.models.fusion_in_decoder import FusionInDecoder
+    reader = t5mtl.load(args.reader)
+    retriever = t5mtl.load(args.retriever)
+    if isinstance(retriever.model, DualEncoder):
+        untied = DualEncoder.from_spec({**retriever.model.spec(), "shared": False})
+    else:                                   # a T5 model_dir: its encoder on both sides
+        untied = DualEncoder(retriever.model.config, shared=False)
+    model = AtlasModel(FusionInDecoder(reader.model.config), untied,
+                       distillation=args.distillation, retriever_training="query")
+    return model, reader.vocabulary
+
+
+def reader_scores(model, params, rounds, by_id, test, retrieved, setting: str, k: int,
+                  batch_size: int, max_decode_length: int) -> dict:
+    """EM and F1 (percent) of the reader's greedy answers on `test`."""
+    from t5mtl.data import fewshot_qa, fid_features
+    from t5mtl.models.encoder_decoder import DecodeConfig
+    decode = model.reader.decoder(DecodeConfig(max_decode_length=max_decode_length))
+    answers = []
+    for start in range(0, len(test), batch_size):
+        chunk = list(test[start:start + batch_size])
+        n = len(chunk)
+        chunk += [chunk[0]] * (batch_size - n)             # one compiled shape
+        ids = None if retrieved is None else retrieved[start:start + batch_size]
+        if ids is not None:
+            ids = list(ids) + [ids[0]] * (batch_size - n)
+        batch = fid_features.fid_batch(chunk, rounds.vocabulary, by_id, setting, k, ids,
+                                       rounds.lengths, rounds.title)
+        out = np.asarray(decode(params["reader"], {"encoder_input_tokens":
+                                                   batch["encoder_input_tokens"]}))
+        answers += [rounds.vocabulary.decode([int(t) for t in row if t > 1]) for row in out[:n]]
+    return fewshot_qa.qa_scores(test, answers)              # already percent
+
+
+def evaluate(model, params, rounds, by_id, test, index, args) -> dict:
+    from t5mtl.retrieval import recall
+    ranked = rounds.retrieve(params["retriever"], index, test)  # top rounds.k
+    wide = index.search(rounds.embed(params["retriever"], [q.question for q in test], "query"),
+                        max(recall.RECALL_KS))[1]
+    out = {f"recall@{k}": 100 * v for k, v in
+           recall.recall_at_k([q.passage_id for q in test], wide).items()}
+    for setting, k in SETTINGS:
+        scores = reader_scores(model, params, rounds, by_id, test, ranked if setting == "retrieved"
+                               else None, setting, k or args.k, args.eval_batch_size,
+                               args.max_decode_length)
+        out.update({f"{setting}/{name}": v for name, v in scores.items()})
+        print(setting, scores, flush=True)
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data_dir", default=None)
+    p.add_argument("--out", default="/tmp/t5mtl_atlas_fewshot")
+    p.add_argument("--reader", required=True, help="a T5 model_dir")
+    p.add_argument("--retriever", required=True, help="a DualEncoder or T5 model_dir")
+    p.add_argument("--distillation", default="adist", choices=("adist", "pdist", "none"))
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--learning_rate", type=float, default=1e-3)
+    p.add_argument("--inputs_length", type=int, default=384)
+    p.add_argument("--embed_length", type=int, default=128)
+    p.add_argument("--max_decode_length", type=int, default=32)
+    p.add_argument("--eval_batch_size", type=int, default=50)
+    p.add_argument("--test_size", type=int, default=500)
+    p.add_argument("--corpus_limit", type=int, default=None)
+    args = p.parse_args(argv)
+    import t5mtl
+    from t5mtl.data import fewshot_qa, passages
+    from t5mtl.data.data_dir import set_data_dir
+    from t5mtl.retrieval import rounds as atlas_rounds
+    from t5mtl.retrieval.index import PassageIndex
+    from t5mtl.train.optimizers import create_optimizer
+    set_data_dir(args.data_dir)
+
+    corpus = passages.passage_corpus(limit=args.corpus_limit, data_dir=args.data_dir)
+    train_qs, test = fewshot_qa.fewshot_split(fewshot_qa.squad_questions(args.data_dir),
+                                              test_size=args.test_size, seed=0)
+    model, vocabulary = build_model(args)
+    init, run = os.path.join(args.out, "init"), os.path.join(args.out, "run")
+    if not os.path.exists(os.path.join(init, "model.json")):
+        atlas_rounds.atlas_init_dir(init, model, args.reader, args.retriever)
+    lengths = {"inputs": args.inputs_length, "query": args.embed_length,
+               "passages": args.embed_length, "targets": args.max_decode_length}
+    rounds = atlas_rounds.RetrievalRounds(model, corpus, vocabulary, args.k, lengths)
+    # query-side training leaves the passage tower, so one round (one index)
+    atlas_rounds.train_rounds(run, model, rounds, train_qs, num_steps=args.steps,
+                              period=args.steps, batch_size=args.batch_size, init_from=init,
+                              optimizer=create_optimizer("adafactor", args.learning_rate),
+                              log_period=20, show_progress=False)
+    index = PassageIndex.load(atlas_rounds.index_dir(run, 0))
+    by_id = {**{p.id: p for p in passages.squad_passages(args.data_dir)}, **rounds.by_id}
+    rows = []
+    for name, path in (("before (start)", init), (f"after {args.steps} steps", run)):
+        params = model.adapt_params(t5mtl.load(path).params)
+        rows.append({"model": name, **evaluate(model, params, rounds, by_id, test, index,
+                                               args)})
+    cols = ["closed_book/em", "gold/em", "retrieved/em", "closed_book/f1", "gold/f1",
+            "retrieved/f1", "recall@1", "recall@5", "recall@20"]
+    header = (f"| reader + retriever ({len(test)} test questions, {len(corpus):,} passages, "
+              f"k = {args.k}) | EM closed-book | EM gold | EM top-{args.k} | F1 closed-book "
+              f"| F1 gold | F1 top-{args.k} | recall@1 | recall@5 | recall@20 |")
+    table = "\n".join([header, "|---|" + "---|" * len(cols)] + [
+        f"| {r['model']} | " + " | ".join(f"{r[c]:.1f}" for c in cols) + " |" for r in rows])
+    result = {"rows": rows, "passages": len(corpus), "questions": len(test),
+              "settings": {k: v for k, v in vars(args).items() if k != "out"}}
+    comparison.write_results(args, result, table)
+    return result
+
+
+if __name__ == "__main__":
+    from t5mtl.host_memory import reexec_with_malloc_policy
+    reexec_with_malloc_policy()          # the CLI's malloc policy (t5mtl/host_memory.py)
+    main()
