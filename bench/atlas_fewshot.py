@@ -1,8 +1,9 @@
 """Atlas few-shot QA at CPU scale: joint training of a FiD reader and a
 retriever on the 64 few-shot training questions (t5mtl.retrieval.rounds),
 then the reader's exact match and F1 on the test questions closed-book,
-with the gold passage and with the top-k retrieved, before and after, and
-the retriever's recall@1/5/20 before and after.
+with the gold passage and with the top-k retrieved, before and after; the
+retriever's recall@1/5/20 before and after; and passages added to the
+index after training (`added_documents`).
 
 Start: the reader from --reader (a T5 model_dir), the retriever from
 --retriever (a DualEncoder or T5 model_dir), its towers untied (query-side
@@ -80,6 +81,33 @@ def evaluate(model, params, rounds, by_id, test, index, args) -> dict:
     return out
 
 
+def added_documents(rounds, params, index, test) -> dict:
+    """Index refresh after training: the corpus indexed without the test
+    questions' gold passages, then those passages embedded with the trained
+    retriever and added; recall@k (percent) of the test questions before and
+    after the add, and whether the grown index ranks every question's
+    passages exactly as the index built with them from the start."""
+    from t5mtl.retrieval import recall
+    from t5mtl.retrieval.index import PassageIndex
+    gold = sorted({q.passage_id for q in test} & set(rounds.by_id))
+    ids = index.ids
+    vectors = index.embeddings()
+    keep = [i for i, pid in enumerate(ids) if pid not in set(gold)]
+    grown = PassageIndex.build(vectors[keep], [ids[i] for i in keep])
+    queries = rounds.embed(params["retriever"], [q.question for q in test], "query")
+    ks = recall.RECALL_KS
+    golds = [q.passage_id for q in test]
+    out = {"added": len(gold), "before": {
+        k: 100 * v for k, v in recall.recall_at_k(golds, grown.search(queries, max(ks))[1]).items()}}
+    new = [p.text for p in (rounds.by_id[g] for g in gold)]
+    grown.add(rounds.embed(params["retriever"], new, "passage"), gold)
+    after = grown.search(queries, max(ks))[1]
+    out["after"] = {k: 100 * v for k, v in recall.recall_at_k(golds, after).items()}
+    full = index.search(queries, max(ks))[1]
+    out["same_ranking_as_built_with_them"] = [set(a) for a in after] == [set(f) for f in full]
+    return out
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data_dir", default=None)
@@ -128,6 +156,8 @@ def main(argv=None) -> dict:
         params = model.adapt_params(t5mtl.load(path).params)
         rows.append({"model": name, **evaluate(model, params, rounds, by_id, test, index,
                                                args)})
+    added = added_documents(rounds, params, index, test)
+    print("added documents", added, flush=True)
     cols = ["closed_book/em", "gold/em", "retrieved/em", "closed_book/f1", "gold/f1",
             "retrieved/f1", "recall@1", "recall@5", "recall@20"]
     header = (f"| reader + retriever ({len(test)} test questions, {len(corpus):,} passages, "
@@ -135,7 +165,15 @@ def main(argv=None) -> dict:
               f"| F1 gold | F1 top-{args.k} | recall@1 | recall@5 | recall@20 |")
     table = "\n".join([header, "|---|" + "---|" * len(cols)] + [
         f"| {r['model']} | " + " | ".join(f"{r[c]:.1f}" for c in cols) + " |" for r in rows])
-    result = {"rows": rows, "passages": len(corpus), "questions": len(test),
+    table += (f"\n\nAdded after training: the index without the test questions' "
+              f"{added['added']} gold passages, then those passages embedded with the trained "
+              f"retriever and added. recall@1/5/20 before the add "
+              + "/".join(f"{added['before'][k]:.1f}" for k in sorted(added['before']))
+              + ", after " + "/".join(f"{added['after'][k]:.1f}" for k in sorted(added['after']))
+              + "; top-20 sets equal to the index built with them: "
+              + str(added["same_ranking_as_built_with_them"]))
+    result = {"rows": rows, "added_documents": added, "passages": len(corpus),
+              "questions": len(test),
               "settings": {k: v for k, v in vars(args).items() if k != "out"}}
     comparison.write_results(args, result, table)
     return result
