@@ -118,10 +118,13 @@ class EncoderDecoderModel(BaseModel):
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> "EncoderDecoderModel":
-        return cls(T5Config.from_dict(spec["config"]), LossConfig(**spec.get("loss", {})),
-                   module_from_spec(spec.get("encoder_input")),
-                   module_from_spec(spec.get("attention_prefix")),
-                   module_from_spec(spec.get("weight_adapter")))
+        # by keyword: gin may bind these on a configurable subclass, and an
+        # explicit keyword overrides a binding where a positional one collides
+        return cls(config=T5Config.from_dict(spec["config"]),
+                   loss=LossConfig(**spec.get("loss", {})),
+                   encoder_input=module_from_spec(spec.get("encoder_input")),
+                   attention_prefix=module_from_spec(spec.get("attention_prefix")),
+                   weight_adapter=module_from_spec(spec.get("weight_adapter")))
 
     def architecture(self) -> dict:
         cfg = self.config

@@ -196,3 +196,8 @@ def test_spec_round_trips_and_gin_builds_it():
     built = AtlasModel()
     assert (built.distillation, built.retriever_training) == ("pdist", "frozen")
     assert built.reader.config == CONFIG
+    # a saved model rebuilds from its spec while gin binds its config (a run's
+    # model.json read back under that run's gin): the spec's config wins
+    small = AtlasModel(FusionInDecoder(config=get_config("t5_small_cpu")),
+                       DualEncoder(config=CONFIG))
+    assert AtlasModel.from_spec(small.spec()).reader.config == get_config("t5_small_cpu")
