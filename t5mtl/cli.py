@@ -30,7 +30,7 @@ from t5mtl.quiet_start import debug_requested
 
 # Commands that read data (TensorFlow behind seqio).
 DATA_COMMANDS = ("train", "eval", "fewshot", "infer", "tasks", "task-vector",
-                 "transfer-map")
+                 "transfer-map", "atlas")
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("t5mtl.infer.eval_command", "evaluate a checkpoint on tasks or mixtures"),
     "fewshot": ("t5mtl.train.fewshot_command", "the K-shot x seeds finetuning protocol"),
     "infer": ("t5mtl.infer.command", "decode text with a trained or converted model"),
+    "atlas": ("t5mtl.retrieval.atlas_command",
+              "Atlas few-shot QA: retriever and FiD reader trained by retrieval rounds"),
     "tasks": ("t5mtl.data.tasks_command", "list and inspect registered tasks"),
     "conflict": ("t5mtl.mtl.conflict_command",
                  "tables and heat maps of a run's task-conflict probes"),

@@ -76,6 +76,7 @@ def _register_configurables() -> None:
     import t5mtl.models.multi_head  # noqa: F401
     import t5mtl.mtl.surgery  # noqa: F401  (gradient surgery methods)
     import t5mtl.peft  # noqa: F401
+    import t5mtl.retrieval.atlas_fewshot  # noqa: F401  (atlas_fewshot_train)
     import t5mtl.train.fewshot  # noqa: F401
     import t5mtl.train.optimizers  # noqa: F401
     import t5mtl.train.partitioning  # noqa: F401

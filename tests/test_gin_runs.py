@@ -47,6 +47,13 @@ def test_run_file_parses_and_names_registered_data(run):
         for task in FewShotConfig().tasks:
             assert seqio.get_mixture_or_task(task).splits
         return
+    if run.endswith("atlas_fewshot.gin"):         # `t5mtl atlas`, no DataConfig
+        from t5mtl.models.atlas import AtlasModel
+        model = AtlasModel()
+        assert (model.distillation, model.retriever_training, model.retriever.shared) == \
+            ("adist", "query", False)
+        assert gin.query_parameter("atlas_fewshot_train.num_steps") > 0
+        return
     from t5mtl.data.data_config import DataConfig, resolve_mixture
     from t5mtl.train.trainer import EvalConfig
     data = DataConfig()
