@@ -40,7 +40,7 @@ def build_model(args):
         untied = DualEncoder(retriever.model.config, shared=False)
     model = AtlasModel(FusionInDecoder(reader.model.config), untied,
                        distillation=args.distillation, retriever_training="query")
-    return model, reader.vocabulary
+    return model
 
 
 def reader_scores(model, params, rounds, by_id, test, retrieved, setting: str, k: int,
@@ -130,25 +130,23 @@ def main(argv=None) -> dict:
     from t5mtl.data import fewshot_qa, passages
     from t5mtl.data.data_dir import set_data_dir
     from t5mtl.retrieval import rounds as atlas_rounds
+    from t5mtl.retrieval.atlas_fewshot import atlas_fewshot_train
     from t5mtl.retrieval.index import PassageIndex
-    from t5mtl.train.optimizers import create_optimizer
     set_data_dir(args.data_dir)
 
-    corpus = passages.passage_corpus(limit=args.corpus_limit, data_dir=args.data_dir)
-    train_qs, test = fewshot_qa.fewshot_split(fewshot_qa.squad_questions(args.data_dir),
-                                              test_size=args.test_size, seed=0)
-    model, vocabulary = build_model(args)
-    init, run = os.path.join(args.out, "init"), os.path.join(args.out, "run")
-    if not os.path.exists(os.path.join(init, "model.json")):
-        atlas_rounds.atlas_init_dir(init, model, args.reader, args.retriever)
+    model = build_model(args)
+    run = os.path.join(args.out, "run")
     lengths = {"inputs": args.inputs_length, "query": args.embed_length,
                "passages": args.embed_length, "targets": args.max_decode_length}
-    rounds = atlas_rounds.RetrievalRounds(model, corpus, vocabulary, args.k, lengths)
-    # query-side training leaves the passage tower, so one round (one index)
-    atlas_rounds.train_rounds(run, model, rounds, train_qs, num_steps=args.steps,
-                              period=args.steps, batch_size=args.batch_size, init_from=init,
-                              optimizer=create_optimizer("adafactor", args.learning_rate),
-                              log_period=20, show_progress=False)
+    rounds = atlas_fewshot_train(run, model=model, reader_from=args.reader,
+                                 retriever_from=args.retriever, k=args.k,
+                                 num_steps=args.steps, batch_size=args.batch_size,
+                                 lengths=lengths, learning_rate=args.learning_rate,
+                                 corpus_limit=args.corpus_limit, show_progress=False)
+    corpus = rounds.passages
+    _, test = fewshot_qa.fewshot_split(fewshot_qa.squad_questions(args.data_dir),
+                                       test_size=args.test_size, seed=0)
+    init = os.path.join(run, "init")
     index = PassageIndex.load(atlas_rounds.index_dir(run, 0))
     by_id = {**{p.id: p for p in passages.squad_passages(args.data_dir)}, **rounds.by_id}
     rows = []
