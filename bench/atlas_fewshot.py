@@ -85,8 +85,8 @@ def added_documents(rounds, params, index, test) -> dict:
     """Index refresh after training: the corpus indexed without the test
     questions' gold passages, then those passages embedded with the trained
     retriever and added; recall@k (percent) of the test questions before and
-    after the add, and whether the grown index ranks every question's
-    passages exactly as the index built with them from the start."""
+    after the add, and how many questions the grown index ranks exactly as
+    the index built with them from the start."""
     from t5mtl.retrieval import recall
     from t5mtl.retrieval.index import PassageIndex
     gold = sorted({q.passage_id for q in test} & set(rounds.by_id))
@@ -100,11 +100,17 @@ def added_documents(rounds, params, index, test) -> dict:
     out = {"added": len(gold), "before": {
         k: 100 * v for k, v in recall.recall_at_k(golds, grown.search(queries, max(ks))[1]).items()}}
     new = [p.text for p in (rounds.by_id[g] for g in gold)]
-    grown.add(rounds.embed(params["retriever"], new, "passage"), gold)
+    fresh = rounds.embed(params["retriever"], new, "passage")
+    grown.add(fresh, gold)
     after = grown.search(queries, max(ks))[1]
     out["after"] = {k: 100 * v for k, v in recall.recall_at_k(golds, after).items()}
     full = index.search(queries, max(ks))[1]
-    out["same_ranking_as_built_with_them"] = [set(a) for a in after] == [set(f) for f in full]
+    position = {pid: i for i, pid in enumerate(ids)}
+    # the same passages embedded in other batches: float noise, which can
+    # swap near-tied neighbours
+    out["max_abs_embedding_difference"] = float(np.max(np.abs(
+        fresh - vectors[[position[g] for g in gold]])))
+    out["questions_ranked_identically"] = sum(a == f for a, f in zip(after, full))
     return out
 
 
@@ -168,8 +174,10 @@ def main(argv=None) -> dict:
               f"retriever and added. recall@1/5/20 before the add "
               + "/".join(f"{added['before'][k]:.1f}" for k in sorted(added['before']))
               + ", after " + "/".join(f"{added['after'][k]:.1f}" for k in sorted(added['after']))
-              + "; top-20 sets equal to the index built with them: "
-              + str(added["same_ranking_as_built_with_them"]))
+              + f"; {added['questions_ranked_identically']} of {len(test)} questions get "
+              f"the same top-20 as from the index built with them (the re-embedded passages "
+              f"differ from the stored ones by at most "
+              f"{added['max_abs_embedding_difference']:.1e})")
     result = {"rows": rows, "added_documents": added, "passages": len(corpus),
               "questions": len(test),
               "settings": {k: v for k, v in vars(args).items() if k != "out"}}
