@@ -10,6 +10,8 @@ of that label, not its tokens. Two pieces:
 - `ClassLabelConverter`: a seqio feature converter (unpacked: one example
   per row) to
     encoder_input_tokens  int32 [b, inputs_length]
+    encoder_token_types   int32 [b, inputs_length]  BERT's sentence A / B
+                          ("token_types"; zeros for a task without them)
     task_ids              int32 [b]  the example's task (`task_ids.TASK_INDEX`)
     labels                int32 [b]  the index of its target among its task's labels
   It matches the target's tokens (EOS and padding stripped) against the
@@ -82,8 +84,9 @@ class ClassLabelConverter(seqio.FeatureConverter):
     TASK_INDEX is t; `labels` (names, for messages) in the same order.
     """
 
-    TASK_FEATURES = {"inputs": _INT, "targets": _INT}
-    MODEL_FEATURES = {"encoder_input_tokens": _INT, "task_ids": _SCALAR, "labels": _SCALAR}
+    TASK_FEATURES = {"inputs": _INT, "targets": _INT, "token_types": _INT}
+    MODEL_FEATURES = {"encoder_input_tokens": _INT, "encoder_token_types": _INT,
+                      "task_ids": _SCALAR, "labels": _SCALAR}
     PACKING_FEATURE_DTYPES = {}
     task_id_features = ("task_ids",)     # batches.host_batches: add TASK_INDEX
 
@@ -96,6 +99,13 @@ class ClassLabelConverter(seqio.FeatureConverter):
         self.label_ids = tuple(tuple(tuple(ids) for ids in task) for task in label_ids)
         self.labels = tuple(tuple(task) for task in labels)
         self.eos_id = int(eos_id)
+
+    def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+                 ) -> tf.data.Dataset:
+        if "token_types" not in ds.element_spec:
+            ds = ds.map(lambda ex: {**ex, "token_types": tf.zeros_like(ex["inputs"])})
+        lengths = {**task_feature_lengths, "token_types": task_feature_lengths["inputs"]}
+        return super().__call__(ds, lengths)
 
     def _check_targets_length(self, length: int) -> None:
         for t, task in enumerate(self.label_ids):
@@ -135,16 +145,19 @@ class ClassLabelConverter(seqio.FeatureConverter):
                 f"a task index is beyond the classifier's {num_tasks} tasks", task])
             with tf.control_dependencies([check]):
                 task = tf.ensure_shape(tf.identity(task), [])
-            return {"inputs": ex["inputs"], "task_ids": task,
+            return {"inputs": ex["inputs"], "token_types": ex["token_types"], "task_ids": task,
                     "labels": self._label_index(ex["targets"], task)}
 
         ds = ds.map(convert, num_parallel_calls=tf.data.experimental.AUTOTUNE)
-        ds = self._pack_or_pad(ds, {"inputs": task_feature_lengths["inputs"]})
+        length = task_feature_lengths["inputs"]
+        ds = self._pack_or_pad(ds, {"inputs": length, "token_types": length})
         return ds.map(lambda ex: {"encoder_input_tokens": ex["inputs"],
+                                  "encoder_token_types": ex["token_types"],
                                   "task_ids": ex["task_ids"], "labels": ex["labels"]},
                       num_parallel_calls=tf.data.experimental.AUTOTUNE)
 
     def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
                                   ) -> Mapping[str, int]:
-        return {"encoder_input_tokens": task_feature_lengths["inputs"], "task_ids": 1,
+        return {"encoder_input_tokens": task_feature_lengths["inputs"],
+                "encoder_token_types": task_feature_lengths["inputs"], "task_ids": 1,
                 "labels": 1}

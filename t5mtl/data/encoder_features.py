@@ -15,6 +15,11 @@ encoder_token_types (zeros for tasks without one).
 
 One example per row (no packing): BERT's absolute positions and [CLS]
 pooler are per sequence.
+
+`EncDecTokenTypesConverter` is seqio's EncDecFeatureConverter plus
+encoder_token_types for tasks that have "token_types" (evaluation reads
+BERT sentence pairs through it; a task without them converts exactly as
+with seqio's).
 """
 from __future__ import annotations
 
@@ -68,3 +73,40 @@ class MaskedLMFeatureConverter(seqio.EncoderFeatureConverter):
                                   ) -> Mapping[str, int]:
         length = task_feature_lengths["inputs"]
         return {k: length for k in self.MODEL_FEATURES}
+
+
+class EncDecTokenTypesConverter(seqio.EncDecFeatureConverter):
+    """seqio.EncDecFeatureConverter, plus "token_types" as encoder_token_types
+    when the converted task has them (padded like "inputs").
+
+    Whether a task has them is read from each dataset it converts, so the
+    model features are set per call: one conversion at a time, as
+    seqio.Evaluator does them.
+    """
+
+    def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+                 ) -> tf.data.Dataset:
+        self.token_types = "token_types" in ds.element_spec
+        self.MODEL_FEATURES = {**seqio.EncDecFeatureConverter.MODEL_FEATURES,
+                               **({"encoder_token_types": _INT} if self.token_types else {})}
+        return super().__call__(ds, task_feature_lengths)
+
+    def _convert_features(self, ds: tf.data.Dataset,
+                          task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+        if self.token_types:
+            task_feature_lengths = {**task_feature_lengths,
+                                    "token_types": task_feature_lengths["inputs"]}
+        return super()._convert_features(ds, task_feature_lengths)
+
+    def _convert_example(self, features: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
+        d = dict(super()._convert_example(features))
+        if self.token_types:
+            d["encoder_token_types"] = features["token_types"]
+        return d
+
+    def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
+                                  ) -> Mapping[str, int]:
+        lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
+        if getattr(self, "token_types", False):
+            lengths["encoder_token_types"] = task_feature_lengths["inputs"]
+        return lengths

@@ -295,6 +295,11 @@ class Template:
         names = [n for text in (self.inputs, self.targets) for _, n in _parse(text) if n]
         return tuple(dict.fromkeys(names))
 
+    def input_fields(self) -> tuple[str, ...]:
+        """The fields the inputs name that the targets do not, in order."""
+        targets = {n for _, n in _parse(self.targets) if n}
+        return tuple(dict.fromkeys(n for _, n in _parse(self.inputs) if n and n not in targets))
+
     def check(self, fields: Mapping[str, str], task: str = "") -> None:
         """Raises unless every slot names a text field in `fields` (name -> dtype)."""
         prefix = f"task {task!r}: " if task else ""
@@ -331,8 +336,11 @@ def _parse(text: str) -> tuple[tuple[str, str | None], ...]:
     return tuple(pieces)
 
 
-def _render_tf(text: str, ex: Mapping[str, tf.Tensor]) -> tf.Tensor:
-    parts = []
+def render_tf(text: str, ex: Mapping[str, tf.Tensor], shape_like: tf.Tensor | None = None
+              ) -> tf.Tensor:
+    """A template string ("{field}" slots) filled from tensors: scalars, or
+    vectors shaped like `shape_like`."""
+    parts = [] if shape_like is None else [tf.fill(tf.shape(shape_like), "")]
     for literal, name in _parse(text):
         if literal:
             parts.append(tf.constant(literal))
@@ -341,12 +349,20 @@ def _render_tf(text: str, ex: Mapping[str, tf.Tensor]) -> tf.Tensor:
     return tf.strings.join(parts) if parts else tf.constant("")
 
 
+def task_template(task: seqio.Task) -> Template | None:
+    """The Template a task's `apply_template` step renders (None without one)."""
+    for p in task.preprocessors:
+        if getattr(p, "func", None) is apply_template:
+            return p.keywords["template"]
+    return None
+
+
 def apply_template(dataset: tf.data.Dataset, template: Template) -> tf.data.Dataset:
     """seqio preprocessor: adds "inputs"/"targets"; raw fields pass through."""
     def fn(ex):
         out = dict(ex)
-        out["inputs"] = _render_tf(template.inputs, ex)
-        out["targets"] = _render_tf(template.targets, ex)
+        out["inputs"] = render_tf(template.inputs, ex)
+        out["targets"] = render_tf(template.targets, ex)
         return out
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 

@@ -247,16 +247,13 @@ def task_fields(task: str) -> tuple[tuple[str, ...], str]:
     from t5mtl.data import files
     from t5mtl.data.task_info import get_task_info
     info = get_task_info(task)
-    template = None
-    if task in seqio.TaskRegistry.names():
-        for p in seqio.TaskRegistry.get(task).preprocessors:
-            if getattr(p, "func", None) is files.apply_template:
-                template = p.keywords["template"]
+    template = (files.task_template(seqio.TaskRegistry.get(task))
+                if task in seqio.TaskRegistry.names() else None)
     if template is not None:
         targets = [n for _, n in files._parse(template.targets) if n]
-        inputs = [n for _, n in files._parse(template.inputs) if n and n not in targets]
+        inputs = template.input_fields()
         if len(targets) == 1 and inputs:
-            return tuple(dict.fromkeys(inputs)), targets[0]
+            return inputs, targets[0]
     answer = next((f for f in ("label", "answer", "target", "targets") if f in info.fields), "")
     inputs = tuple(f for f in info.fields if f != answer)
     if not answer or not inputs:

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import string
 import zlib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -148,21 +147,6 @@ def cot_answer(text: str) -> str:
 
 
 # ---------------------------------------------------------------- rendering
-
-def _parse(text: str):
-    return [(lit, name) for lit, name, _, _ in string.Formatter().parse(text)]
-
-
-def render_tf(text: str, ex: Mapping[str, tf.Tensor], shape_like: tf.Tensor | None = None):
-    """A template string filled from tensors (scalars, or vectors like `shape_like`)."""
-    parts = [] if shape_like is None else [tf.fill(tf.shape(shape_like), "")]
-    for literal, name in _parse(text):
-        if literal:
-            parts.append(tf.constant(literal))
-        if name:
-            parts.append(ex[name])
-    return tf.strings.join(parts) if parts else tf.constant("")
-
 
 def _hash(salt: str, key: tf.Tensor, buckets: int) -> tf.Tensor:
     return tf.strings.to_hash_bucket_fast(tf.strings.join([tf.constant(salt), key]), buckets)
@@ -316,7 +300,8 @@ def instruct(dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | None
                                                   spec.verbalizers)
         key = tf.strings.join([out[f] for f in fields], separator="\x1f")
         idx = _hash(salt + "template\x1f", key, n)
-        rendered = [(render_tf(t.inputs, out), render_tf(t.targets, out)) for t in spec.templates]
+        rendered = [(files.render_tf(t.inputs, out), files.render_tf(t.targets, out))
+                    for t in spec.templates]
         inputs = tf.gather(tf.stack([r[0] for r in rendered]), idx) + suffix
         targets = tf.gather(tf.stack([r[1] for r in rendered]), idx)
         used = tf.constant(0, tf.int32)
@@ -339,9 +324,9 @@ def _few_shot(inputs, key, idx, pool: ExemplarPool, spec: InstructionSpec, suffi
     not_self = tf.not_equal(tf.gather(tf.constant(pool.keys.tolist()), candidates), key)
     chosen = tf.boolean_mask(candidates, not_self)[:k]
     shot_ex = {f: tf.gather(tf.constant(pool.columns[f].tolist()), chosen) for f in pool.fields}
-    shot_inputs = tf.gather(tf.stack([render_tf(t.inputs, shot_ex, chosen)
+    shot_inputs = tf.gather(tf.stack([files.render_tf(t.inputs, shot_ex, chosen)
                                       for t in spec.templates]), idx) + suffix
-    shot_targets = tf.gather(tf.stack([render_tf(t.targets, shot_ex, chosen)
+    shot_targets = tf.gather(tf.stack([files.render_tf(t.targets, shot_ex, chosen)
                                        for t in spec.templates]), idx)
     shots = shot_inputs + ANSWER_SEPARATOR + shot_targets
     candidates_text = [inputs] + [

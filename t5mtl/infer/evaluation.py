@@ -17,6 +17,7 @@ import numpy as np
 import seqio
 from jax.sharding import Mesh
 
+from t5mtl.data.encoder_features import EncDecTokenTypesConverter
 from t5mtl.errors import T5mtlError
 from t5mtl.infer import sharded
 from t5mtl.models.base import BaseModel
@@ -38,8 +39,9 @@ class _QuietSeqioEvaluator(logging.Filter):
 
 logging.getLogger("absl").addFilter(_QuietSeqioEvaluator())
 
-MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-                  "decoder_loss_weights")
+MODEL_FEATURES = ("encoder_input_tokens", "encoder_token_types", "decoder_input_tokens",
+                  "decoder_target_tokens", "decoder_loss_weights")
+ENCODER_FEATURES = ("encoder_input_tokens", "encoder_token_types")    # what decoding reads
 
 
 def _batches(ds, batch_size: int):
@@ -77,7 +79,7 @@ class TaskEvaluator:
         self.rules = rules
         self.decode = decode or DecodeConfig(max_decode_length=task_feature_lengths["targets"])
         self.evaluator = seqio.Evaluator(
-            mixture_or_task_name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
+            mixture_or_task_name, feature_converter=EncDecTokenTypesConverter(pack=False),
             eval_split=split, sequence_length=dict(task_feature_lengths),
             num_examples=num_examples, logger_cls=(), use_memory_cache=True)
         if not self.evaluator.eval_tasks:
@@ -112,7 +114,7 @@ class TaskEvaluator:
         def predict_fn(ds):
             preds = self._map(ds, lambda f: decoder(
                 params, {k: v for k, v in f.items()
-                         if k == "encoder_input_tokens" or k not in MODEL_FEATURES}),
+                         if k in ENCODER_FEATURES or k not in MODEL_FEATURES}),
                 extra(ds))
             # Full-length rows (0 after EOS): seqio stacks them into one array
             # and its vocabulary's decode stops at EOS.

@@ -15,7 +15,8 @@ BertForSequenceClassification). Each task's head lives under `heads/<task name>/
 `out` (linear) or `hidden` + tanh + `out` (mlp, as HF's classification head).
 
 Batches come from `data.class_labels.ClassLabelConverter` (unpacked):
-encoder_input_tokens, task_ids [b] and labels [b]. The loss is the mean
+encoder_input_tokens, encoder_token_types (BERT's sentence A / B; T5 has
+none and ignores them), task_ids [b] and labels [b]. The loss is the mean
 softmax cross-entropy of each example's head over its task's labels; with
 `num_tasks` the metrics carry per-task vectors as the T5 model's do
 (`task/loss`, differentiable; `task/target_tokens` and
@@ -178,17 +179,18 @@ class MultiHeadClassifier(BaseModel):
         return {**self.backbone.adapt_params(params, heads=("pooler",)), **heads}
 
     # -- forward ------------------------------------------------------------------
-    def pooled(self, params, tokens, dropout_rng=None):
+    def pooled(self, params, tokens, dropout_rng=None, token_types=None):
         """float32 [b, d]: the backbone's pooled output (T5: the mean over
-        real tokens)."""
-        encoded = self.backbone.encode(params, tokens, None, dropout_rng)
+        real tokens; BERT: the pooler on [CLS], sentence A / B by
+        `token_types`, None: all A)."""
+        encoded = self.backbone.encode(params, tokens, token_types, dropout_rng)
         return self.backbone.pooled(params, encoded)
 
-    def all_logits(self, params, tokens, dropout_rng=None):
+    def all_logits(self, params, tokens, dropout_rng=None, token_types=None):
         """float32 [b, tasks, max labels]: every head on every example."""
         if dropout_rng is not None:
             dropout_rng, head_rng = jax.random.split(dropout_rng)
-        pooled = self.pooled(params, tokens, dropout_rng)
+        pooled = self.pooled(params, tokens, dropout_rng, token_types)
         rngs = None if dropout_rng is None else {"dropout": head_rng}
         return self.heads.apply({"params": params["heads"]}, pooled, dropout_rng is None,
                                 rngs=rngs)
@@ -197,7 +199,8 @@ class MultiHeadClassifier(BaseModel):
         """float32 [b, max labels]: each example's own task's head (-1e10 at
         labels its task lacks)."""
         task = self._task_ids(batch)
-        logits = self.all_logits(params, batch["encoder_input_tokens"], dropout_rng)
+        logits = self.all_logits(params, batch["encoder_input_tokens"], dropout_rng,
+                                 batch.get("encoder_token_types"))
         return jnp.take_along_axis(logits, jnp.maximum(task, 0)[:, None, None], axis=1)[:, 0]
 
     def _task_ids(self, batch: Batch):
@@ -221,7 +224,7 @@ class MultiHeadClassifier(BaseModel):
         if num_tasks and num_tasks != len(self.tasks):
             raise T5mtlError(f"the data has {num_tasks} tasks but MultiHeadClassifier has "
                              f"{len(self.tasks)} heads ({list(self.tasks)})")
-        use_dropout = self.config.dropout_rate > 0 and dropout_rng is not None
+        use_dropout = self.backbone.dropout_rate > 0 and dropout_rng is not None
         logits = self.logits(params, batch, dropout_rng if use_dropout else None)
         labels = jnp.maximum(jnp.asarray(batch["labels"], jnp.int32), 0)
         weights = _weights(batch)

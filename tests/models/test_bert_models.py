@@ -52,11 +52,25 @@ def test_classifier_is_hf_bert_for_sequence_classification(tmp_path):
     fresh = model.abstract_params()
     assert _tree_shapes(params) == _tree_shapes(fresh)
     ids, types, mask = batch(96)
-    types[:] = 0              # the classifier passes no token types: all 0
+    assert types.any()        # sentence B present: the batch's token types are read
     ours = np.asarray(model.logits(params, {"encoder_input_tokens": ids,
+                                            "encoder_token_types": types,
                                             "task_ids": np.zeros(2, np.int32)}))
-    np.testing.assert_allclose(ours, hf_outputs(hf, ids, types, mask), atol=1e-4, rtol=1e-4)
+    expected = hf_outputs(hf, ids, types, mask)
+    np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=1e-4)
     assert MultiHeadClassifier.from_spec(model.spec()).architecture() == model.architecture()
+
+    # The training loss (what train() calls, with a dropout key) is the mean
+    # cross-entropy of HF's logits once dropout is off.
+    labels = np.array([2, 0], np.int32)
+    quiet = MultiHeadClassifier(config.replace(hidden_dropout=0.0, attention_dropout=0.0),
+                                ("task",), head="linear", labels=(("a", "b", "c"),),
+                                label_ids=(((5,), (6,), (7,)),))
+    loss, _ = quiet.loss_fn(params, {"encoder_input_tokens": ids, "encoder_token_types": types,
+                                     "task_ids": np.zeros(2, np.int32), "labels": labels},
+                            jax.random.PRNGKey(0))
+    log_p = expected - np.log(np.exp(expected).sum(-1, keepdims=True))
+    np.testing.assert_allclose(float(loss), -log_p[[0, 1], labels].mean(), rtol=1e-4)
 
 
 def test_convert_hf_bert_to_model_dir_and_back(tmp_path):
