@@ -175,7 +175,9 @@ def test_the_converter_maps_each_target_to_its_label_index():
     batch = next(host_batches("synth_sign", lengths, batch_size_per_host=16, shuffle=False,
                               feature_converter=ClassLabelConverter(
                                   model.label_ids[1:], model.eos_id, model.labels[1:])))
-    assert sorted(batch) == ["encoder_input_tokens", "labels", "task_ids"]
+    assert sorted(batch) == ["encoder_input_tokens", "encoder_token_types", "labels",
+                             "task_ids"]
+    assert not batch["encoder_token_types"].any()           # a T5 task has none
     task = seqio.get_mixture_or_task("synth_sign")
     want = [["positive", "negative"].index(ex["targets_pretokenized"].decode())
             for ex in task.get_dataset(lengths, split="train", shuffle=False).take(16)
