@@ -33,4 +33,7 @@ def init_params(config: T5Config, rng=None):
 
 
 def count_params(config: T5Config) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(param_shapes(config))))
+    """The parameter count, traced with scanned layers (one layer traced per
+    stack, the same count as per-layer parameters)."""
+    shapes = param_shapes(config.replace(scan_layers=True))
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes)))

@@ -37,6 +37,7 @@ def _random_model(name="t5_tiny", **overrides):
 def test_packed_row_equals_examples_alone(name):
     cfg, params = _random_model(name)
     model = Transformer(cfg)
+    apply = jax.jit(model.apply)       # one program per call, not op by op
     rng = np.random.RandomState(0)
     a, b = rng.randint(2, 300, 5), rng.randint(2, 300, 4)
     ta = np.concatenate([[0], rng.randint(2, 300, 2)])
@@ -48,9 +49,9 @@ def test_packed_row_equals_examples_alone(name):
     dec = pad(np.concatenate([ta, tb]), 9)[None].astype(np.int32)
     dec_seg = pad(np.array([1] * 3 + [2] * 4), 9)[None]
     dec_pos = pad(np.concatenate([np.arange(3), np.arange(4)]), 9)[None]
-    packed = model.apply({"params": params}, enc, dec, enc_seg, dec_seg, enc_pos, dec_pos)
-    alone_a = model.apply({"params": params}, a[None].astype(np.int32), ta[None].astype(np.int32))
-    alone_b = model.apply({"params": params}, b[None].astype(np.int32), tb[None].astype(np.int32))
+    packed = apply({"params": params}, enc, dec, enc_seg, dec_seg, enc_pos, dec_pos)
+    alone_a = apply({"params": params}, a[None].astype(np.int32), ta[None].astype(np.int32))
+    alone_b = apply({"params": params}, b[None].astype(np.int32), tb[None].astype(np.int32))
     np.testing.assert_allclose(packed[0, :3], alone_a[0], atol=1e-5)
     np.testing.assert_allclose(packed[0, 3:7], alone_b[0], atol=1e-5)
 
@@ -68,15 +69,15 @@ def _batch():
 def test_scan_and_remat_equal_plain_loop(scan, remat):
     cfg, params = _random_model(num_decoder_layers=3)
     enc, dec = _batch()
-    plain = Transformer(cfg).apply({"params": params}, enc, dec)
+    plain = jax.jit(Transformer(cfg).apply)({"params": params}, enc, dec)
     cfg2 = cfg.replace(scan_layers=scan, remat_policy=remat)
     params2 = stack_layers(params, cfg2) if scan else params
-    other = Transformer(cfg2).apply({"params": params2}, enc, dec)
+    other = jax.jit(Transformer(cfg2).apply)({"params": params2}, enc, dec)
     np.testing.assert_allclose(other, plain, atol=1e-5)
     # Gradients flow through remat/scan identically too.
     loss = lambda m, p: jnp.sum(jax.nn.log_softmax(m.apply({"params": p}, enc, dec))[..., 5])
-    g_plain = jax.grad(lambda p: loss(Transformer(cfg), p))(params)
-    g_other = jax.grad(lambda p: loss(Transformer(cfg2), p))(params2)
+    g_plain = jax.jit(jax.grad(lambda p: loss(Transformer(cfg), p)))(params)
+    g_other = jax.jit(jax.grad(lambda p: loss(Transformer(cfg2), p)))(params2)
     np.testing.assert_allclose(g_other["token_embedder"]["embedding"],
                                g_plain["token_embedder"]["embedding"], atol=1e-5)
 
@@ -97,9 +98,9 @@ def test_bfloat16_activations_within_tolerance():
     range and require the same argmax on >= 90% of positions."""
     cfg, params = _random_model()
     enc, dec = _batch()
-    f32 = np.asarray(Transformer(cfg).apply({"params": params}, enc, dec))
-    bf16 = np.asarray(Transformer(cfg.replace(dtype="bfloat16")).apply({"params": params}, enc,
-                                                                       dec))
+    f32 = np.asarray(jax.jit(Transformer(cfg).apply)({"params": params}, enc, dec))
+    bf16 = np.asarray(jax.jit(Transformer(cfg.replace(dtype="bfloat16")).apply)(
+        {"params": params}, enc, dec))
     assert bf16.dtype == np.float32
     span = f32.max() - f32.min()
     assert np.abs(bf16 - f32).max() <= 0.03 * span
