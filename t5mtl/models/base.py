@@ -139,6 +139,11 @@ class BaseModel(abc.ABC):
     def init_boxed(self, rng) -> Any:
         """Fresh params whose leaves carry logical axis names (nn.Partitioned)."""
 
+    def init_params(self, rng) -> Any:
+        """Fresh params, unboxed, from `init_boxed` compiled as one program
+        (op by op it would dispatch every initializer separately)."""
+        return nn.unbox(jax.jit(self.init_boxed)(rng))
+
     def abstract_params(self) -> Any:
         """The param tree as unboxed jax.ShapeDtypeStructs; allocates nothing."""
         return nn.unbox(jax.eval_shape(self.init_boxed, jax.random.PRNGKey(0)))

@@ -62,14 +62,13 @@ def _setup():
 
 def _train_params(model):
     """TRAIN_STEPS Adam steps on 4 fixed batches of synth_parity's train split."""
-    import flax.linen as nn
     import jax
     import optax
     import seqio
     ds = seqio.get_mixture_or_task(TASK).get_dataset(LENGTHS, split="train", shuffle=False)
     ds = seqio.EncDecFeatureConverter(pack=False)(ds, LENGTHS).batch(32).take(4)
     batches = list(ds.as_numpy_iterator())
-    params = nn.unbox(model.init_boxed(jax.random.PRNGKey(0)))
+    params = model.init_params(jax.random.PRNGKey(0))
     tx = optax.adam(3e-3)
     opt_state = tx.init(params)
 

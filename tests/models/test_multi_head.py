@@ -3,7 +3,6 @@ selection, loss, spec, labels from seqio, scores, predictions, training."""
 import json
 import os
 
-import flax.linen as nn
 import gin
 import jax
 import numpy as np
@@ -42,7 +41,7 @@ def _model(head="linear", **kw):
 
 
 def _params(model, seed=0):
-    return nn.unbox(model.init_boxed(jax.random.PRNGKey(seed)))
+    return model.init_params(jax.random.PRNGKey(seed))
 
 
 BATCH = {"encoder_input_tokens": np.array([[5, 6, 7, 8, 1, 0], [9, 4, 1, 0, 0, 0],
@@ -211,7 +210,7 @@ def test_scores_and_predictions_are_the_heads_label_distribution():
 
 def test_a_t5_checkpoint_fills_the_encoder_and_leaves_the_heads_fresh():
     t5 = EncoderDecoderModel(CONFIG.replace(scan_layers=True))
-    source = nn.unbox(t5.init_boxed(jax.random.PRNGKey(3)))
+    source = t5.init_params(jax.random.PRNGKey(3))
     model = _model()
     fresh = _params(model)
     merged, kept = merge_params(fresh, model.adapt_params(source))

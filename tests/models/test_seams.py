@@ -25,7 +25,7 @@ def _tokens():
 
 
 def _init(module, enc, dec):
-    return nn.unbox(module.init(jax.random.PRNGKey(3), enc, dec)["params"])
+    return nn.unbox(jax.jit(module.init)(jax.random.PRNGKey(3), enc, dec)["params"])
 
 
 @pytest.mark.parametrize("scan,packed", [(False, False), (True, True)])
@@ -159,7 +159,7 @@ def test_prepended_vectors_decode_with_the_cache_as_without():
     model = EncoderDecoderModel(cfg, encoder_input=PrependVectors(5),
                                 attention_prefix=FixedPrefix(2, cfg.num_heads, cfg.d_kv))
     enc, _ = _tokens()
-    params = nn.unbox(model.init_boxed(jax.random.PRNGKey(4)))
+    params = model.init_params(jax.random.PRNGKey(4))
     assert params["encoder_input"]["vectors"].shape == (5, cfg.d_model)
     ids = np.asarray(model.predict_batch(params, {"encoder_input_tokens": enc},
                                          DecodeConfig(max_decode_length=9)))

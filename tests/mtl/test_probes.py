@@ -5,7 +5,6 @@ import functools
 import json
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -149,7 +148,7 @@ def test_two_task_run_with_pcgrad_and_probes_and_the_conflict_command(tmp_path):
     assert [r["step"] for r in conflict] == [0, 1]
     a, b = sorted(TASKS)
     # Step 0's probe, recomputed: the run's initial params on its first batch.
-    params = nn.unbox(model.init_boxed(jax.random.PRNGKey(0)))
+    params = model.init_params(jax.random.PRNGKey(0))
     batch = next(host_batches(MIXTURE, LENGTHS, batch_size_per_host=8, seed=3, pack=True,
                               task_ids=True, shard_info=seqio.ShardInfo(0, 1)))
     direct = probes.probe_scalars(jax.jit(probes.make_probe(

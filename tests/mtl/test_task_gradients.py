@@ -4,7 +4,6 @@ step, PCGrad == its coefficients applied by hand, microbatches, trainable
 subsets, GradVac's state, the error lines)."""
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,7 +40,7 @@ def _batch(seed=0):
 @pytest.fixture(scope="module")
 def model_and_params():
     model = EncoderDecoderModel(get_config("t5_tiny", dropout_rate=0.0))
-    return model, nn.unbox(model.init_boxed(jax.random.PRNGKey(0)))
+    return model, model.init_params(jax.random.PRNGKey(0))
 
 
 def test_per_task_gradients_equal_each_tasks_examples_alone(model_and_params):

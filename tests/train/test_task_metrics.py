@@ -2,7 +2,6 @@
 and one place deciding the loss normalization (packed == unpacked)."""
 import json
 
-import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -50,7 +49,7 @@ def _segments(batch):
 
 def _model_and_params(**loss):
     model = EncoderDecoderModel(get_config("t5_tiny"), LossConfig(**loss))
-    return model, nn.unbox(model.init_boxed(jax.random.PRNGKey(0)))
+    return model, model.init_params(jax.random.PRNGKey(0))
 
 
 def test_per_task_losses_of_a_packed_batch_equal_each_tasks_own_loss(packed_batch):

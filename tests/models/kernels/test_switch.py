@@ -1,6 +1,5 @@
 """The kernel switch: "xla" and "cpu" compute the same loss and gradients;
 "xla" supports forward-mode differentiation through the whole model."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,7 +29,7 @@ def _loss(name, kind, **overrides):
 def test_xla_and_cpu_kernels_give_the_same_loss_and_gradients(name):
     model, xla_loss = _loss(name, "xla")
     _, cpu_loss = _loss(name, "cpu")
-    params = nn.unbox(model.init_boxed(jax.random.PRNGKey(1)))
+    params = model.init_params(jax.random.PRNGKey(1))
     (lx, gx), (lc, gc) = (jax.jit(jax.value_and_grad(f))(params) for f in (xla_loss, cpu_loss))
     np.testing.assert_allclose(lc, lx, rtol=1e-5)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(gx), jax.tree.leaves(gc)):
@@ -42,7 +41,7 @@ def test_xla_and_cpu_kernels_give_the_same_loss_and_gradients(name):
 
 def test_forward_mode_through_the_model_under_xla():
     model, loss = _loss("t5_tiny", "xla")
-    params = nn.unbox(model.init_boxed(jax.random.PRNGKey(1)))
+    params = model.init_params(jax.random.PRNGKey(1))
     tangent = jax.tree.map(lambda p: jnp.asarray(np.random.RandomState(p.size % 97).randn(
         *p.shape), p.dtype), params)
     value, derivative = jax.jit(lambda p, t: jax.jvp(loss, (p,), (t,)))(params, tangent)
