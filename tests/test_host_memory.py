@@ -16,6 +16,7 @@ import pytest
 
 from t5mtl import cli, host_memory
 from t5mtl.errors import T5mtlError
+from tests.xla_level import default_level_env
 
 GLIBC = platform.libc_ver()[0] == "glibc"
 
@@ -137,7 +138,7 @@ print(json.dumps({"levels": levels}))
 @pytest.mark.skipif(not GLIBC or host_memory.heap_bytes_in_use() is None,
                     reason="glibc >= 2.33 (mallinfo2)")
 def test_release_wait_dispatches_only_after_the_previous_buffer_is_freed():
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env = {k: v for k, v in default_level_env().items() if k != "GLIBC_TUNABLES"}
     env["GLIBC_TUNABLES"] = host_memory.tunables("keep")
     proc = subprocess.run([sys.executable, "-c", LOOP, "wait"], capture_output=True, text=True,
                           env=env, timeout=300)

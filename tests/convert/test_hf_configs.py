@@ -113,7 +113,11 @@ def test_a_model_built_from_each_hub_config_scores_as_in_transformers(name, tmp_
     enc, dec = padded_batch(np.random.RandomState(0), cfg.vocab_size)
     ref_logits, ref = _hf_scores(model, enc, dec, _targets(dec))
     m = t5mtl.load(str(tmp_path))
-    np.testing.assert_allclose(m.logits(enc, dec), ref_logits, atol=1e-4, rtol=0)
+    # Randomized weights (std 0.3) give logits up to a few units: float32
+    # rounding then depends on codegen (FMA contraction differs between XLA's
+    # optimization levels; tests/conftest.py compiles at 0), 1.1e-4 at a logit
+    # of 1.5 in the gated-GELU configs. So relative as well as absolute.
+    np.testing.assert_allclose(m.logits(enc, dec), ref_logits, atol=1e-4, rtol=1e-4)
     ours = _log_likelihood(np.asarray(m.logits(enc, dec), np.float64), _targets(dec))
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
     assert written["scale_decoder_outputs"] == EXPECTED[name][1]

@@ -17,15 +17,20 @@ from t5mtl.data.vocab import get_vocabulary
 from t5mtl.errors import T5mtlError
 
 
-@pytest.fixture
-def sst2_bert(shared_data_dir):
+def _registered_variant(shared_data_dir, base):
+    """Registers base's BERT variant for one test, then removes it."""
     from t5mtl.data.data_dir import set_data_dir
     set_data_dir(shared_data_dir)
-    (name,) = register_bert_variants(["glue_sst2"])
+    (name,) = register_bert_variants([base])
     yield name
     seqio.TaskRegistry.remove(name)
     remove_task_info(name)
     set_data_dir(None)
+
+
+@pytest.fixture
+def sst2_bert(shared_data_dir):
+    yield from _registered_variant(shared_data_dir, "glue_sst2")
 
 
 def test_variant_is_cls_text_sep_in_wordpiece_ids(sst2_bert):
@@ -55,13 +60,7 @@ def test_unknown_base_task_is_named():
 
 @pytest.fixture
 def rte_bert(shared_data_dir):
-    from t5mtl.data.data_dir import set_data_dir
-    set_data_dir(shared_data_dir)
-    (name,) = register_bert_variants(["superglue_rte"])
-    yield name
-    seqio.TaskRegistry.remove(name)
-    remove_task_info(name)
-    set_data_dir(None)
+    yield from _registered_variant(shared_data_dir, "superglue_rte")
 
 
 def _examples(name, length, n, split="validation"):
