@@ -5,12 +5,10 @@ import pytest
 from tests.xla_level import SPEED_FLAG
 
 # The suite compiles thousands of tiny programs, where XLA's LLVM
-# optimizations cost more than they save: at level 0 the whole suite's test
-# time fell from 3,509 to 2,844 worker-seconds, tests/models/test_t5.py and
-# test_seams.py alone from 141 to 88 CPU-s. Set before JAX starts its
-# backend; subprocesses inherit it (tests/xla_level.py gives the few
-# run-bound ones XLA's default back). Codegen only: the programs' meaning is
-# the same, and runs compared with each other share the flag.
+# optimizations cost more than they save. Set before JAX starts its backend;
+# subprocesses inherit it (tests/xla_level.py gives the few run-bound ones
+# XLA's default back). Codegen only: the programs' meaning is the same, and
+# runs compared with each other share the flag.
 if SPEED_FLAG not in os.environ.get("XLA_FLAGS", "").split():
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SPEED_FLAG}".strip()
 

@@ -6,9 +6,9 @@ import os
 SPEED_FLAG = "--xla_backend_optimization_level=0"
 
 
-def default_level_env(env=None) -> dict:
-    """`env` (default: os.environ) with XLA_FLAGS minus SPEED_FLAG."""
-    env = dict(os.environ if env is None else env)
+def default_level_env() -> dict:
+    """os.environ with XLA_FLAGS minus SPEED_FLAG."""
+    env = dict(os.environ)
     flags = [f for f in env.get("XLA_FLAGS", "").split() if f != SPEED_FLAG]
     env["XLA_FLAGS"] = " ".join(flags)
     return env

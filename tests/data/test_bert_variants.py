@@ -115,9 +115,9 @@ def test_token_types_reach_classifier_and_eval_batches(rte_bert, sst2_bert):
         assert any(g["encoder_token_types"].any() for g in out) == (name == rte_bert)
 
     evaluation = EncDecTokenTypesConverter(pack=False)
-    pair = next(evaluation(seqio.get_mixture_or_task(rte_bert).get_dataset(
-        lengths, "validation", shuffle=False), lengths).as_numpy_iterator())
-    first = _examples(rte_bert, 40, 1)[0]
+    rte = seqio.get_mixture_or_task(rte_bert).get_dataset(lengths, "validation", shuffle=False)
+    pair = next(evaluation(rte, lengths).as_numpy_iterator())
+    first = next(rte.as_numpy_iterator())
     np.testing.assert_array_equal(pair["encoder_token_types"][:len(first["token_types"])],
                                   first["token_types"])
     t5 = seqio.get_mixture_or_task("glue_sst2").get_dataset(lengths, "validation", shuffle=False)

@@ -105,9 +105,7 @@ def test_the_papers_rules_for_the_scale():
 
 def _init(config, seed):
     model = EncoderDecoderModel(config)
-    params = jax.tree.map(np.asarray, jax.jit(
-        lambda r: __import__("flax").linen.unbox(model.init_boxed(r)))(jax.random.PRNGKey(seed)))
-    return model, params
+    return model, jax.tree.map(np.asarray, model.init_params(jax.random.PRNGKey(seed)))
 
 
 def _write(path, model, params, base=None):
