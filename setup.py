@@ -28,6 +28,9 @@ INSTALL_REQUIRES = [
     "rouge-score==0.1.2",
     # passage indexes for retrieval (t5mtl/retrieval/index.py)
     "faiss-cpu==1.15.1",
+    # image data that ships in a package (load_digits) and CLIP's linear
+    # probe (LogisticRegression): t5mtl/data/vision_data.py, infer/clip_eval.py
+    "scikit-learn==1.9.1",
 ]
 
 TEST_REQUIRES = [
