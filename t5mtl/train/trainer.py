@@ -474,6 +474,14 @@ def summarize(model_dir: str, summary: dict) -> str:
         lines += ["", score_table(summary["eval"]), ""]
     lines.append(f"checkpoint: {paths.join(model_dir, model_dir_lib.CHECKPOINTS)}/"
                  f"{summary['step']}")
-    example = example_input(sorted(summary["eval"])[0]) if summary["eval"] else "..."
-    lines.append(f"try it:     t5mtl infer --model_dir {model_dir} --input {json.dumps(example)}")
+    if _text_to_text(model_dir):
+        example = example_input(sorted(summary["eval"])[0]) if summary["eval"] else "..."
+        lines.append(f"try it:     t5mtl infer --model_dir {model_dir} "
+                     f"--input {json.dumps(example)}")
     return "\n".join(lines)
+
+
+def _text_to_text(model_dir: str) -> bool:
+    """Whether `t5mtl infer` (text in, decoded text out) can run the model_dir's
+    model: an EncoderDecoderModel; not a dual encoder, classifier or reader."""
+    return isinstance(model_dir_lib.read_model_json(model_dir).model, EncoderDecoderModel)
