@@ -34,7 +34,7 @@ class T5Config:
     dtype: str = "float32"            # activations: float32 or bfloat16
     scan_layers: bool = False
     remat_policy: str = "none"        # none | full | dots_saveable
-    kernels: str = "auto"             # auto | xla | cpu (t5mtl.models.kernels)
+    kernels: str = "auto"             # auto | xla | cpu | jax_attention (models.kernels)
 
     def __post_init__(self):
         if self.feed_forward_proj not in ACTIVATIONS:

@@ -5,7 +5,7 @@ one rule table (t5mtl.train.partitioning) maps them onto the device mesh.
 Logical names: embed, mlp, heads, kv, vocab, relpos_buckets (and `layers`
 for scanned stacks).
 
-Layers take `kernels` ("xla" or "cpu", see t5mtl.models.kernels): which
+Layers take `kernels` (a resolved setting of t5mtl.models.kernels): which
 implementation differentiates their matmuls and attention. It never changes
 what they compute.
 """

@@ -12,6 +12,10 @@
   activation (`cpu_ffn_output`), dense layers whose weight gradient runs as
   a row-major matmul (`cpu_dense`). Same values and gradients as "xla"
   (tests/models/kernels); `custom_vjp` functions have no forward-mode rule.
+* ``"jax_attention"``: attention through `jax.nn.dot_product_attention`
+  (`jax_attention`: cuDNN flash attention on NVIDIA GPUs where the dtype and
+  shapes allow, else XLA's own formulation), the rest as "xla". Opt-in until
+  measured faster on an accelerator.
 * ``"auto"`` (the default): "cpu" when JAX runs on the CPU alone, else "xla".
 
 The choice changes how the model is differentiated, never what it computes;
@@ -24,9 +28,10 @@ from typing import Callable, NamedTuple
 import jax
 
 from t5mtl.errors import T5mtlError
-from t5mtl.models.kernels import cpu_attention, cpu_dense, cpu_ffn_output, reference
+from t5mtl.models.kernels import (cpu_attention, cpu_dense, cpu_ffn_output, jax_attention,
+                                  reference)
 
-KERNELS = ("auto", "xla", "cpu")
+KERNELS = ("auto", "xla", "cpu", "jax_attention")
 
 
 class Kernels(NamedTuple):
@@ -38,6 +43,8 @@ class Kernels(NamedTuple):
 
 
 XLA = Kernels("xla", reference.attention, reference.activation_dense, reference.dense)
+JAX_ATTENTION = Kernels("jax_attention", jax_attention.attention, reference.activation_dense,
+                        reference.dense)
 CPU = Kernels("cpu", cpu_attention.dot_product_attention, cpu_ffn_output.activation_dense,
               cpu_dense.dense)
 
@@ -48,8 +55,8 @@ def check(name: str) -> None:
 
 
 def resolve(name: str) -> str:
-    """"xla" or "cpu" for a setting; "auto" is "cpu" only when every device
-    JAX has is a CPU."""
+    """The setting itself, "auto" resolved: "cpu" only when every device JAX
+    has is a CPU, else "xla"."""
     check(name)
     if name != "auto":
         return name
@@ -58,4 +65,4 @@ def resolve(name: str) -> str:
 
 def get(name: str) -> Kernels:
     """The kernels for a setting ("auto" resolved now)."""
-    return CPU if resolve(name) == "cpu" else XLA
+    return {"cpu": CPU, "jax_attention": JAX_ATTENTION}.get(resolve(name), XLA)
