@@ -1,6 +1,8 @@
 """t5mtl's ViT: forward and backward parity with HF transformers' ViTModel at two
 patch sizes, scanned == unscanned, the video variant, configs, pixel checks
 and logical axis names."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,14 +11,15 @@ import pytest
 
 from t5mtl.errors import T5mtlError
 from t5mtl.models.vit import (VIT_CONFIGS, ViTConfig, VisionTransformer, check_pixels,
-                              patchify)
+                              get_vit_config, patchify)
 
 TINY = VIT_CONFIGS["vit_tiny"]
 VIDEO = VIT_CONFIGS["vit_tiny_video"]
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def _apply(cfg, params, pixels):
-    return jax.jit(lambda p, x: VisionTransformer(cfg).apply({"params": p}, x))(params, pixels)
+    return VisionTransformer(cfg).apply({"params": params}, pixels)
 
 
 def _init(cfg, seed=0):
@@ -162,3 +165,137 @@ def test_good_pixels_pass_and_the_module_checks_its_input():
     with pytest.raises(T5mtlError, match=r"^feature 'pixels': expected float pixels "
                                          r"\[batch, 16, 16, 3\], got float32 \[2, 8, 8, 3\]"):
         VisionTransformer(TINY).init(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 3)))
+
+
+# -- scan, remat, dropout, dtype -------------------------------------------------
+
+def _scanned(params, num_layers):
+    """Unscanned params -> the scanned layout (layers_i stacked on axis 0)."""
+    out = {k: v for k, v in params.items() if not k.startswith("layers_")}
+    out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs),
+                                 *[params[f"layers_{i}"] for i in range(num_layers)])
+    return out
+
+
+def test_scanned_equals_unscanned():
+    """Same params in both layouts (2 layers): same tokens, and the same
+    gradients of sum(sin(tokens)) with the scanned stack rematerialized."""
+    cfg = TINY.replace(num_layers=2)
+    params, pixels = _init(cfg), _pixels(cfg)
+    scan_cfg = cfg.replace(scan_layers=True, remat="full")
+    stacked = _scanned(params, 2)
+    assert jax.tree.map(np.shape, _init(scan_cfg)) == jax.tree.map(np.shape, stacked)
+    np.testing.assert_allclose(_apply(cfg.replace(scan_layers=True), stacked, pixels),
+                               _apply(cfg, params, pixels), atol=1e-6, rtol=0)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def grad(c, p):
+        return jax.value_and_grad(lambda q: jnp.sum(jnp.sin(
+                VisionTransformer(c).apply({"params": q}, pixels))))(p)
+    (l0, g0), (l1, g1) = grad(cfg, params), grad(scan_cfg, stacked)
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5),
+                 g1, _scanned(g0, 2))
+
+
+def test_dropout_only_when_not_deterministic():
+    cfg = TINY.replace(dropout_rate=0.3)
+    params, pixels = _init(cfg), _pixels(cfg)
+    run = jax.jit(lambda det, rng: VisionTransformer(cfg).apply(
+            {"params": params}, pixels, deterministic=det, rngs={"dropout": rng}),
+        static_argnums=0)
+    a, b = run(False, jax.random.PRNGKey(1)), run(False, jax.random.PRNGKey(2))
+    np.testing.assert_allclose(run(True, jax.random.PRNGKey(1)),
+                               _apply(cfg, params, pixels), atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(a, run(False, jax.random.PRNGKey(1)))
+    assert float(jnp.max(jnp.abs(a - b))) > 0.1
+
+
+def test_bfloat16_activations_track_float32():
+    params, pixels = _init(TINY), _pixels(TINY)
+    ref = _apply(TINY, params, pixels)
+    out = _apply(TINY.replace(dtype="bfloat16"), params, pixels)
+    assert out.dtype == jnp.float32
+    assert float(jnp.max(jnp.abs(out - ref))) < 0.05
+    assert float(jnp.mean(jnp.abs(out - ref))) < 0.01
+
+
+# -- video ----------------------------------------------------------------------
+
+def test_video_tokens_shapes_and_frame_order():
+    """One [CLS] + 4 frames x 16 patches. Frames share the spatial position
+    table: with the temporal embedding at 0, reordering the frames reorders
+    their tokens and leaves [CLS] unchanged; the learned temporal embedding
+    makes [CLS] depend on the order."""
+    params = _init(VIDEO)
+    shapes = jax.tree.map(np.shape, params)
+    assert shapes["temporal_embedding"] == (4, 64)
+    assert shapes["position_embedding"] == (17, 64)
+    assert shapes["patch_embedding"] == {"kernel": (4, 4, 3, 64), "bias": (64,)}
+    assert "temporal_embedding" not in _init(TINY)
+    video = _pixels(VIDEO, batch=2)
+    order = [2, 0, 3, 1]
+    out = _apply(VIDEO, params, video)
+    shuffled = _apply(VIDEO, params, video[:, order])
+    assert out.shape == (2, VIDEO.num_tokens, 64) == (2, 65, 64)
+    assert float(jnp.max(jnp.abs(out[:, 0] - shuffled[:, 0]))) > 1e-2
+
+    static = dict(params, temporal_embedding=jnp.zeros((4, 64)))
+    out = np.asarray(_apply(VIDEO, static, video))
+    shuffled = np.asarray(_apply(VIDEO, static, video[:, order]))
+    np.testing.assert_allclose(shuffled[:, 0], out[:, 0], atol=1e-5)
+    frames = out[:, 1:].reshape(2, 4, 16, 64)
+    np.testing.assert_allclose(shuffled[:, 1:].reshape(2, 4, 16, 64), frames[:, order],
+                               atol=1e-5)
+
+
+def test_identical_frames_share_the_spatial_positions():
+    """A video of 4 identical frames, temporal embedding at 0: every frame's
+    tokens are the same (one spatial position table for all frames)."""
+    params = _init(VIDEO)
+    static = dict(params, temporal_embedding=jnp.zeros((4, 64)))
+    image = _pixels(TINY, batch=1)
+    video = np.repeat(image[:, None], 4, axis=1)
+    out = np.asarray(_apply(VIDEO, static, video))[0, 1:].reshape(4, 16, 64)
+    for t in range(1, 4):
+        np.testing.assert_allclose(out[t], out[0], atol=1e-5)
+
+
+# -- config and partitioning ------------------------------------------------------
+
+def test_config_properties_round_trip_and_errors():
+    assert TINY.pixel_shape == (16, 16, 3) and TINY.num_tokens == 17
+    assert VIDEO.pixel_shape == (4, 16, 16, 3) and VIDEO.num_tokens == 1 + 4 * 16
+    assert TINY.replace(patch_size=2).num_tokens == 65
+    assert ViTConfig.from_dict(VIDEO.to_dict()) == VIDEO
+    assert get_vit_config("vit_tiny_video", patch_size=8) == VIDEO.replace(patch_size=8)
+    assert get_vit_config() == TINY
+    for call, message in [
+            (lambda: get_vit_config("vit_huge"), "unknown ViT config 'vit_huge'"),
+            (lambda: get_vit_config(patch=2), r"unknown ViTConfig fields \['patch'\]"),
+            (lambda: ViTConfig.from_dict({"frames": 4}), r"unknown ViTConfig fields"),
+            (lambda: TINY.replace(patch_size=5), "image_size=16 is not a multiple of patch"),
+            (lambda: TINY.replace(num_heads=3), "hidden_size=64 is not a multiple"),
+            (lambda: TINY.replace(remat="some"), "ViTConfig.remat='some'"),
+            (lambda: TINY.replace(dtype="float16"), "ViTConfig.dtype='float16'"),
+            (lambda: TINY.replace(num_frames=0), "ViTConfig.num_frames=0")]:
+        with pytest.raises(T5mtlError, match=message):
+            call()
+
+
+def test_every_param_has_logical_axes_that_shard():
+    from t5mtl.train.partitioning import DEFAULT_LOGICAL_AXIS_RULES
+    boxed = jax.eval_shape(lambda: VisionTransformer(VIDEO.replace(scan_layers=True)).init(
+            jax.random.PRNGKey(0), jnp.zeros((1,) + VIDEO.pixel_shape)))["params"]
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
+    assert all(len(x.names) == len(x.value.shape) for x in leaves)
+    specs = nn.get_partition_spec(boxed)
+    mesh_spec = lambda spec: nn.logical_to_mesh_axes(spec, DEFAULT_LOGICAL_AXIS_RULES)
+    layer = specs["layers"]
+    assert tuple(mesh_spec(layer["mlp"]["wi"]["kernel"])) == (None, "fsdp", "model")
+    assert tuple(mesh_spec(layer["attention"]["query"]["kernel"])) == (None, "fsdp", "model",
+                                                                       None)
+    assert tuple(mesh_spec(layer["attention"]["out"]["kernel"])) == (None, "model", None, "fsdp")
+    assert tuple(mesh_spec(specs["patch_embedding"]["kernel"])) == (None, None, None, "fsdp")
+    assert tuple(mesh_spec(specs["temporal_embedding"])) == (None, "fsdp")
