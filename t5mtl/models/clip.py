@@ -134,7 +134,8 @@ class CLIP(BaseModel):
             raise T5mtlError("CLIP reads one (image, caption) pair per row: set "
                              "DataConfig.pack = False")
         from t5mtl.data.vision_features import ImageTextFeatureConverter
-        return ImageTextFeatureConverter(image_feature=self.image_feature)
+        return ImageTextFeatureConverter(image_feature=self.image_feature,
+                                         image_shape=self.vision.pixel_shape)
 
     # -- parameters ---------------------------------------------------------------
     def init_boxed(self, rng):
