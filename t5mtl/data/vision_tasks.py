@@ -60,6 +60,9 @@ MIXTURES = {"clip_pretrain": CLIP_TASKS, "lavender_mtl": LAVENDER_TASKS}
 SPLITS = {"train": "train", "validation": "test"}       # seqio split -> vision_data split
 IMAGE, VIDEO = "image", "video"
 TEXT_FEATURES = ("inputs", "targets")
+# The source shuffles each split whole (as indices); seqio's buffer after
+# preprocessing (filled across epochs, as seqio repeats before it) stays small.
+SHUFFLE_BUFFER = 256
 
 
 def pixel_feature(name: str) -> str:
@@ -112,7 +115,10 @@ def task_arrays(name: str, split: str = "validation", seed: int = 0):
     return pixels, list(records), list(texts)
 
 
-def _dataset(name: str, split: str, seed: int) -> tf.data.Dataset:
+def _dataset(name: str, split: str, seed: int, shuffle: bool = False,
+             shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """The split's examples; with `shuffle`, in a fresh order each pass (the
+    whole split, shuffled as indices before the pixels are gathered)."""
     pixels, _, texts, rows = _arrays(name, split, seed)
     n = len(texts)
     feature = pixel_feature(name)
@@ -121,6 +127,8 @@ def _dataset(name: str, split: str, seed: int) -> tf.data.Dataset:
     if name in LAVENDER_TASKS:
         slices["inputs"] = np.array([i for i, _ in texts], dtype=object)
     ds = tf.data.Dataset.from_tensor_slices(slices)
+    if shuffle:
+        ds = ds.shuffle(n, seed=shuffle_seed, reshuffle_each_iteration=True)
     table = tf.constant(pixels)                          # each picture once
     source_row = tf.constant(np.arange(n, dtype=np.int32) if rows is None else rows)
     return ds.map(lambda ex: {**ex, feature: tf.gather(table, source_row[ex["index"]])},
@@ -160,13 +168,12 @@ def register_task(name: str, vocabulary: seqio.Vocabulary | None = None,
     data_seed = seed
 
     def dataset_fn(split, shuffle_files=False, seed=None):
-        del shuffle_files, seed          # the order is fixed; seqio shuffles examples
-        return _dataset(name, split, data_seed)
+        return _dataset(name, split, data_seed, shuffle_files, seed)
 
     seqio.TaskRegistry.add(
         name, source=seqio.FunctionDataSource(dataset_fn, splits=tuple(SPLITS)),
         preprocessors=[tokenize_text], output_features=output_features(name, vocab),
-        metric_fns=[], shuffle_buffer_size=10_000)
+        metric_fns=[], shuffle_buffer_size=SHUFFLE_BUFFER)
     return name
 
 
