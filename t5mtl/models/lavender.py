@@ -226,10 +226,14 @@ class Lavender(BaseModel):
     # -- scores and predictions -----------------------------------------------------
     def mask_log_probs(self, params, batch: Batch) -> jax.Array:
         """float32 [b, vocab]: log-probabilities at each row's first weighted
-        position (the answer [MASK] of a QA or retrieval row)."""
-        logp = jax.nn.log_softmax(self.logits(params, batch), axis=-1)
-        first = jnp.argmax(_weights(batch) > 0, axis=-1)
-        return jnp.take_along_axis(logp, first[:, None, None], axis=1)[:, 0]
+        position (the answer [MASK] of a QA or retrieval row); the head runs
+        at that position only."""
+        visual = self.visual_tokens(params, batch[self.video_feature])
+        encoded = self.encode(params, batch["encoder_input_tokens"], visual)
+        first = visual.shape[1] + jnp.argmax(_weights(batch) > 0, axis=-1)
+        hidden = jnp.take_along_axis(encoded.hidden, first[:, None, None], axis=1)
+        at = EncoderOutput(hidden, jnp.ones(hidden.shape[:2], jnp.int32))
+        return jax.nn.log_softmax(self.backbone.mlm_logits(params, at)[:, 0], axis=-1)
 
     def score_batch(self, params, batch: Batch):
         """[b]: sum of log p(target id) over each row's weighted positions."""
