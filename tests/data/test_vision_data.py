@@ -7,6 +7,7 @@ import pytest
 import seqio
 from scipy import ndimage
 
+from t5mtl.data import task_info
 from t5mtl.data import vision_data as vd
 from t5mtl.data import vision_tasks as vt
 from t5mtl.data.vocab import get_vocabulary
@@ -253,3 +254,17 @@ def test_mixtures_mix_their_tasks_at_equal_rates(registered):
     assert vt.register_vision_task("lavender_qa") == "lavender_qa"
     with pytest.raises(T5mtlError, match="unknown vision task 'clip_video'"):
         vt.register_vision_task("clip_video")
+
+
+def test_tasks_have_complete_cards_until_unregistered(registered):
+    for name in vt.TASKS:
+        info = task_info.get_task_info(name)
+        assert task_info.missing_card_fields(info) == [] and info.homepage, name
+        assert info.schema == "text_to_text" and info.splits == ("train", "validation")
+    assert task_info.get_task_info("clip_digits").source == "sklearn.datasets.load_digits"
+    assert task_info.get_task_info("lavender_qa").category == "qa"
+    vt.unregister()
+    assert not any(task_info.has_task_info(n) or n in seqio.TaskRegistry.names()
+                   for n in vt.TASKS)
+    assert "lavender_mtl" not in seqio.MixtureRegistry.names()
+    vt.register()
