@@ -10,7 +10,9 @@ Rows (all on the tasks' validation splits, which no training step reads):
   zero-shot     the 400 test digits classified by cosine with each class's
                 text embedding: one prompt ("a handwritten {}"), and the
                 ensemble of the five caption templates of clip_digits
-                (vision_data.DIGIT_TEMPLATES); chance = the majority class.
+                (vision_data.DIGIT_TEMPLATES); then one and five prompts no
+                training caption uses (UNSEEN_TEMPLATES); chance = the
+                majority class.
                 The class names appear in the training captions: zero-shot
                 in CLIP's sense (no image labels, no classifier training),
                 not unseen classes.
@@ -36,6 +38,10 @@ from bench import comparison
 
 GIN_FILE = "gin/runs/clip.gin"
 ONE_PROMPT = "a handwritten {}"
+# prompts no training caption uses: the ensemble's effect where the text
+# tower has not seen the phrasing
+UNSEEN_TEMPLATES = ("a photo of the number {}", "an image of a {}", "number {}", "{}",
+                    "a drawing of the digit {}")
 
 
 def parse_args(argv=None):
@@ -83,7 +89,9 @@ def evaluate(model, params, batch_size: int = 64) -> dict:
     train_images, train_labels = vd.digits_split("train")
     images = ce.image_embeddings(model, params, test_images, batch_size)
     for name, templates in (("zero_shot_1", [ONE_PROMPT]),
-                            ("zero_shot_ensemble", list(vd.DIGIT_TEMPLATES))):
+                            ("zero_shot_ensemble", list(vd.DIGIT_TEMPLATES)),
+                            ("zero_shot_unseen_1", list(UNSEEN_TEMPLATES[:1])),
+                            ("zero_shot_unseen_ensemble", list(UNSEEN_TEMPLATES))):
         classifier = ce.zero_shot_classifier(embed_text, vd.DIGIT_NAMES, templates)
         out[name] = ce.accuracy(images @ classifier.T, test_labels)
     out["zero_shot_chance"] = ce.majority_share(test_labels)
@@ -105,6 +113,9 @@ def evaluate(model, params, batch_size: int = 64) -> dict:
 
 ROWS = (("zero-shot digits, 1 prompt (acc)", "zero_shot_1", "zero_shot_chance"),
         ("zero-shot digits, 5-prompt ensemble (acc)", "zero_shot_ensemble", "zero_shot_chance"),
+        ("zero-shot digits, 1 unseen prompt (acc)", "zero_shot_unseen_1", "zero_shot_chance"),
+        ("zero-shot digits, 5 unseen prompts ensembled (acc)", "zero_shot_unseen_ensemble",
+         "zero_shot_chance"),
         ("linear probe digits, ViT CLS features (acc)", "linear_probe", "linear_probe_chance"),
         ("shapes image->text R@1", "i2t_R@1", "i2t_R@1_chance"),
         ("shapes image->text R@5", "i2t_R@5", "i2t_R@5_chance"),

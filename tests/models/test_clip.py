@@ -4,6 +4,7 @@ mean-pooled), its gradient against a float64 hand backward pass through
 the projections, the l2 normalization and the learned scale (and a finite
 difference over every parameter), padding rows, the scale's cap, the
 parameter layout and spec, bad input, and a trainer run."""
+import json
 import math
 
 import jax
@@ -176,3 +177,32 @@ def test_bad_input_is_one_clear_error(clip):
         CLIP(TEXT, TEXT)
     with pytest.raises(T5mtlError, match="above max_logit_scale"):
         CLIP(VISION, TEXT, init_temperature=0.001)
+
+
+@pytest.mark.slow
+def test_the_trainer_trains_clip_on_clip_pretrain(tmp_path):
+    from t5mtl.data import vision_tasks
+    from t5mtl.data.data_config import DataConfig
+    from t5mtl.train.model_dir import load_params
+    from t5mtl.train.optimizers import create_optimizer
+    from t5mtl.train.trainer import CheckpointConfig, EvalConfig, train
+    model = CLIP(VISION, TEXT.replace(vocab_size=8000), embed_dim=16)    # wordpiece_en ids
+    run = str(tmp_path / "run")
+    summary = train(run, model=model,
+                    data=DataConfig(mixture_or_task_name=vision_tasks.register_clip_pretrain(),
+                                    task_feature_lengths={"targets": 12}, batch_size=16,
+                                    pack=False, truncation_check_examples=0),
+                    num_steps=12, optimizer=create_optimizer("adamw", learning_rate=3e-3),
+                    checkpoints=CheckpointConfig(period=10 ** 6, async_save=False),
+                    evaluation=EvalConfig(), log_period=4, show_progress=False)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    train_rows = [r for r in rows if r.get("split") == "train"]
+    assert summary["step"] == 12 and len(train_rows) == 3
+    # chance in-batch loss is log(16) = 2.77 in each direction; it falls
+    assert all(np.isfinite(r["loss"]) for r in train_rows)
+    assert train_rows[-1]["loss"] < train_rows[0]["loss"], train_rows
+    assert 1 / 0.07 * 0.9 < train_rows[-1]["logit_scale"] < 1 / 0.07 * 1.1
+    loaded, params = load_params(run)
+    assert isinstance(loaded, CLIP) and loaded.spec() == model.spec()
+    np.testing.assert_allclose(float(params["logit_scale"]),
+                               math.log(train_rows[-1]["logit_scale"]), atol=0.05)
