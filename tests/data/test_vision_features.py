@@ -147,3 +147,19 @@ def test_converter_arguments_and_lengths_are_checked():
         _batches("clip_digits", {"inputs": 8})
     with pytest.raises(T5mtlError, match=r"feature 'video': missing from the task's examples"):
         _batches("clip_digits", {"targets": 8}, converter=ImageTextFeatureConverter("video"))
+
+
+def test_hosts_read_disjoint_shards_of_the_seeded_shuffle():
+    pixels, _, _ = vt.task_arrays("clip_digits", "train")
+    row = {p.tobytes(): i for i, p in enumerate(pixels)}
+    seen = []
+    for host in range(2):
+        batches = _batches("clip_digits", {"targets": 8}, n=3, split="train", shuffle=True,
+                           shard_info=seqio.ShardInfo(host, 2))
+        seen.append([row[p.tobytes()] for b in batches for p in b["image"]])
+    assert len(set(seen[0])) == len(set(seen[1])) == 12
+    assert not set(seen[0]) & set(seen[1])
+    assert seen[0] != sorted(seen[0])                        # shuffled
+    (first,) = _batches("clip_digits", {"targets": 8}, split="validation",
+                        shard_info=seqio.ShardInfo(1, 2))   # unshuffled: every other row
+    np.testing.assert_array_equal(first["image"], vt.task_arrays("clip_digits")[0][1:8:2])
