@@ -28,10 +28,18 @@ EOS (the vocabulary has none), plus their "_pretokenized" text and "index"
 (int32: the example's row in `task_arrays(name, split)`'s arrays).
 
     register(vocabulary=None, overwrite=False, seed=0)   all tasks and mixtures
-    task_arrays(name, split) -> (pixels [n, ...] float32, records, texts)
-        the numpy data behind a task's split: texts is a list of
-        (inputs, targets) strings, records the vision_data record of each row
-        (a digit label for clip_digits)
+        (a no-op for what is registered already, unless overwrite: `seed`
+        picks the data, so re-register with overwrite=True to change it)
+    unregister()                                         removes them
+    task_arrays(name, split="validation", seed=0) -> (pixels [n, ...] float32,
+        records, texts): the numpy data behind a task's split, row for row:
+        texts (inputs, targets) strings, records the vision_data record of
+        each row (an int label for clip_digits)
+
+Splits are "train" and "validation" (vision_data's "test"). When shuffled,
+the source shuffles the whole split (as indices, reshuffled every epoch)
+before seqio shards it over hosts, so hosts must share the seed (the
+trainer passes DataConfig.seed); seqio's own buffer is SHUFFLE_BUFFER.
 
 In gin (each function registers what it names and returns the name):
 
