@@ -50,6 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="initialization and data order")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="runs with seeds seed .. seed + seeds - 1; cells 'mean ± std'")
     p.add_argument("--quick", action="store_true", help="a few steps (a smoke run)")
     p.add_argument("--gin", action="append", default=[],
                    help="extra gin bindings, e.g. --gin \"CLIP.embed_dim = 32\"")
@@ -59,16 +61,19 @@ def parse_args(argv=None):
     return args
 
 
-def train_clip(args) -> str:
-    """Trains (or reuses) --out/run with GIN_FILE; returns the model_dir."""
+def train_clip(args, seed: int) -> str:
+    """Trains (or reuses) --out/run_<seed> with GIN_FILE; returns the model_dir."""
+    import gin
+
     from t5mtl import gin_config
     from t5mtl.train.trainer import train
-    run = os.path.join(args.out, "run")
+    run = os.path.join(args.out, f"run_{seed}")
     warmup = max(1, args.steps // 10)
+    gin.clear_config()
     gin_config.parse([GIN_FILE], [
-        f"train.num_steps = {args.steps}", f"train.seed = {args.seed}",
+        f"train.num_steps = {args.steps}", f"train.seed = {seed}",
         f"train.log_period = {max(1, args.steps // 10)}",
-        f"DataConfig.batch_size = {args.batch_size}", f"DataConfig.seed = {args.seed}",
+        f"DataConfig.batch_size = {args.batch_size}", f"DataConfig.seed = {seed}",
         f"learning_rate_schedule.warmup_steps = {warmup}",
         f"learning_rate_schedule.decay_steps = {max(args.steps, warmup + 1)}",
         "train.show_progress = False", *args.gin])
@@ -130,19 +135,23 @@ def main(argv=None) -> str:
     import jax
 
     from t5mtl.train.model_dir import load_params
-    run = train_clip(args)
-    model, trained = load_params(run)
-    untrained = model.init_params(jax.random.PRNGKey(args.seed))
-    results = {"trained": evaluate(model, trained), "untrained": evaluate(model, untrained),
-               "steps": args.steps, "batch_size": args.batch_size}
-    pct = lambda x: 100.0 * x                                # noqa: E731
-    rows = [(label, [pct(results["trained"][key]), pct(results["untrained"][key]),
-                     pct(results["trained"][chance])]) for label, key, chance in ROWS]
+    results = {"steps": args.steps, "batch_size": args.batch_size, "seeds": {}}
+    per_seed = []
+    for seed in range(args.seed, args.seed + args.seeds):
+        model, trained = load_params(train_clip(args, seed))
+        untrained = model.init_params(jax.random.PRNGKey(seed))
+        got = {"trained": evaluate(model, trained), "untrained": evaluate(model, untrained)}
+        results["seeds"][seed] = got
+        per_seed.append([(label, [100 * got["trained"][key], 100 * got["untrained"][key],
+                                  100 * got["trained"][chance]])
+                         for label, key, chance in ROWS])
+    rows = comparison.over_seeds(per_seed) if args.seeds > 1 else per_seed[0]
+    seeds = f", {args.seeds} seeds" if args.seeds > 1 else ""
     table = comparison.markdown(
-        f"metric (%), CLIP {args.steps} steps x batch {args.batch_size}",
+        f"metric (%), CLIP {args.steps} steps x batch {args.batch_size}{seeds}",
         ["trained", "untrained (init)", "chance"], rows)
-    table += (f"\n\nFor reference, a linear probe on the raw pixels: "
-              f"{pct(results['trained']['linear_probe_pixels']):.1f}%.")
+    pixels = got["trained"]["linear_probe_pixels"]
+    table += f"\n\nFor reference, a linear probe on the raw pixels: {100 * pixels:.1f}%."
     return comparison.write_results(args, results, table)
 
 
