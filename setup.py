@@ -48,7 +48,13 @@ TEST_REQUIRES = [
     # gs:// client there (TensorFlow's GCS client has no endpoint setting)
     "gcp-storage-emulator==2026.7.19",
     "gcsfs==2026.10.1",
+    # `t5mtl compile --topology` (t5mtl/train/aot.py): libtpu's compiler builds
+    # TPU programs on a CPU host; the version jax 0.10.2's "tpu" extra names
+    "libtpu==0.0.42.1",
 ]
+
+# `pip install -e ".[compile]"`: size runs for TPU slices from any host.
+COMPILE_REQUIRES = ["libtpu==0.0.42.1"]
 
 setuptools.setup(
     name="t5mtl",
@@ -66,7 +72,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["t5mtl", "t5mtl.*"]),
     python_requires=">=3.11,<3.13",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "compile": COMPILE_REQUIRES},
     entry_points={"console_scripts": ["t5mtl=t5mtl.cli:main"]},
     include_package_data=True,
     # the shipped WordPiece vocabulary ("wordpiece_en", t5mtl/data/vocab.py)

@@ -30,13 +30,16 @@ from t5mtl.quiet_start import debug_requested
 
 # Commands that read data (TensorFlow behind seqio).
 DATA_COMMANDS = ("train", "eval", "fewshot", "infer", "tasks", "task-vector",
-                 "transfer-map", "atlas")
+                 "transfer-map", "atlas", "compile")
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "params": ("t5mtl.models.params_command", "count a named model's parameters"),
     "convert": ("t5mtl.convert.command", "import/export HF T5 and t5x checkpoints"),
     "train": ("t5mtl.train.command", "train or finetune a model from gin configs"),
+    "compile": ("t5mtl.train.compile_command",
+                "compile a run's train step for a TPU slice: memory per device, FLOPs, "
+                "collectives"),
     "eval": ("t5mtl.infer.eval_command", "evaluate a checkpoint on tasks or mixtures"),
     "fewshot": ("t5mtl.train.fewshot_command", "the K-shot x seeds finetuning protocol"),
     "infer": ("t5mtl.infer.command", "decode text with a trained or converted model"),

@@ -12,6 +12,10 @@ from tests.xla_level import SPEED_FLAG
 if SPEED_FLAG not in os.environ.get("XLA_FLAGS", "").split():
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SPEED_FLAG}".strip()
 
+# The test extra installs libtpu (for `t5mtl compile --topology`); JAX would
+# then look for a TPU in every process, and log that it found none.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
