@@ -56,7 +56,8 @@ def resolve_mixture(name_or_names: str | Sequence[str]) -> str:
 
 
 TOKEN_FEATURES = ("encoder_input_tokens", "decoder_target_tokens",   # text-to-text, encoders
-                  "query_tokens", "passage_tokens")                   # retrievers
+                  "query_tokens", "passage_tokens",                   # retrievers
+                  "text_tokens")                                      # image-text
 
 
 def count_tokens(batch) -> int:

@@ -44,6 +44,9 @@ CATEGORIES = {
     "classification": "rule-based classification with a closed label set (synthetic)",
     "extraction": "pick out a word, letter, value or position (synthetic)",
     "sequence": "number sequences (synthetic)",
+    # Images and videos with text (t5mtl.data.vision_tasks).
+    "image_text": "images paired with captions (generated and scikit-learn's digits)",
+    "video_text": "short generated videos with captions, questions or candidate captions",
 }
 
 # Example shapes. A classification task has a closed label set; a pair task
