@@ -23,6 +23,7 @@ compiled per function and batch size.
 from __future__ import annotations
 
 import collections
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -45,6 +46,16 @@ def _pad(array: np.ndarray, batch_size: int) -> np.ndarray:
                                            array.dtype)])
 
 
+@functools.lru_cache(16)
+def _mask_fn(model, ids: tuple[int, ...] | None):
+    """The jitted `mask_log_probs` (at `ids` only), one per model and ids."""
+    import jax
+    if ids is None:
+        return jax.jit(model.mask_log_probs)
+    pick = np.asarray(ids, np.int32)
+    return jax.jit(lambda p, b: model.mask_log_probs(p, b)[:, pick])
+
+
 def answer_rows(questions: Sequence[Sequence[int]], length: int) -> dict[str, np.ndarray]:
     """The token features of "[CLS] question [SEP] [MASK]" rows (the weight
     and a placeholder target at the [MASK])."""
@@ -59,14 +70,11 @@ def answer_log_probs(model, params, videos, questions: Sequence[Sequence[int]], 
                      batch_size: int = 64, ids: Sequence[int] | None = None) -> np.ndarray:
     """float32 [n, vocab] (or [n, len(ids)]): log p at each row's [MASK];
     row i pairs videos[i] with questions[i]."""
-    import jax
     videos = np.asarray(videos, np.float32)
     if len(videos) != len(questions):
         raise T5mtlError(f"got {len(videos)} videos for {len(questions)} questions")
     rows = answer_rows(questions, length)
-    pick = None if ids is None else np.asarray(ids, np.int32)
-    fn = jax.jit(lambda p, b: model.mask_log_probs(p, b) if pick is None
-                 else model.mask_log_probs(p, b)[:, pick])
+    fn = _mask_fn(model, None if ids is None else tuple(int(i) for i in ids))
     out = []
     for lo, hi in _chunks(len(videos), batch_size):
         batch = {k: _pad(v[lo:hi], batch_size) for k, v in rows.items()}
