@@ -80,7 +80,7 @@ def _act(name: str, x):
     return jax.nn.relu(x)
 
 
-class _Dense(nn.Module):
+class NamedDense(nn.Module):
     """x [..., *in] @ kernel [*in, *features] + bias [*features].
 
     The kernel is created in its final shape (attention's [embed, heads, kv]
@@ -102,7 +102,7 @@ class _Dense(nn.Module):
         return y + bias.astype(self.dtype)
 
 
-class _LayerNorm(nn.Module):
+class TorchLayerNorm(nn.Module):
     """Mean-subtracting layer norm with scale and bias, in float32 (torch's
     biased variance; flax's fast E[x^2] - E[x]^2 variance differs slightly)."""
     epsilon: float
@@ -121,7 +121,7 @@ class _LayerNorm(nn.Module):
 
 
 def _layer_norm(cfg: BertConfig, name: str) -> nn.Module:
-    return _LayerNorm(cfg.layer_norm_eps, jnp.dtype(cfg.dtype), name=name)
+    return TorchLayerNorm(cfg.layer_norm_eps, jnp.dtype(cfg.dtype), name=name)
 
 
 class _Embeddings(nn.Module):
@@ -159,14 +159,14 @@ class _SelfAttention(nn.Module):
         cfg = self.config
         dtype, std = jnp.dtype(cfg.dtype), cfg.initializer_range
         heads = (cfg.num_heads, cfg.head_dim)
-        proj = lambda name: _Dense(heads, ("embed", "heads", "kv"), std, 1, dtype, name=name)(x)
+        proj = lambda name: NamedDense(heads, ("embed", "heads", "kv"), std, 1, dtype, name=name)(x)
         q, k, v = proj("query"), proj("key"), proj("value")
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
         scores = scores * np.float32(cfg.head_dim ** -0.5) + mask
         probs = jax.nn.softmax(scores, axis=-1)
         probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
         ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v)
-        return _Dense((cfg.hidden_size,), ("heads", "kv", "embed"), std, 2, dtype,
+        return NamedDense((cfg.hidden_size,), ("heads", "kv", "embed"), std, 2, dtype,
                       name="out")(ctx)
 
 
@@ -195,9 +195,9 @@ class _MLP(nn.Module):
     def __call__(self, x):
         cfg = self.config
         dtype, std = jnp.dtype(cfg.dtype), cfg.initializer_range
-        h = _Dense((cfg.intermediate_size,), ("embed", "mlp"), std, 1, dtype, name="wi")(x)
+        h = NamedDense((cfg.intermediate_size,), ("embed", "mlp"), std, 1, dtype, name="wi")(x)
         h = nn.with_logical_constraint(_act(cfg.hidden_act, h), ("batch", "length", "mlp"))
-        return _Dense((cfg.hidden_size,), ("mlp", "embed"), std, 1, dtype, name="wo")(h)
+        return NamedDense((cfg.hidden_size,), ("mlp", "embed"), std, 1, dtype, name="wo")(h)
 
 
 class _MLMHead(nn.Module):
@@ -208,7 +208,7 @@ class _MLMHead(nn.Module):
     def __call__(self, hidden, word_embedding):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
-        h = _Dense((cfg.hidden_size,), ("embed", "mlp"), cfg.initializer_range, 1, dtype,
+        h = NamedDense((cfg.hidden_size,), ("embed", "mlp"), cfg.initializer_range, 1, dtype,
                    name="transform")(hidden)
         h = _layer_norm(cfg, "layer_norm")(_act(cfg.hidden_act, h))
         bias = self.param("bias", _zeros(("vocab",)), (cfg.vocab_size,), jnp.float32)
@@ -241,10 +241,10 @@ class Bert(nn.Module):
         if "classification" in self._heads:
             if self.num_labels < 1:
                 raise T5mtlError(f"Bert num_labels={self.num_labels}; expected at least 1")
-            self.classifier = _Dense((self.num_labels,), ("embed", None), std, 1, dtype)
+            self.classifier = NamedDense((self.num_labels,), ("embed", None), std, 1, dtype)
             self.classifier_dropout = nn.Dropout(cfg.classifier_dropout_rate)
         if "span" in self._heads:
-            self.span = _Dense((2,), ("embed", None), std, 1, dtype)
+            self.span = NamedDense((2,), ("embed", None), std, 1, dtype)
 
     def _need(self, head: str) -> None:
         if head not in self._heads:
@@ -317,7 +317,7 @@ class _Pooler(nn.Module):
     @nn.compact
     def __call__(self, hidden):
         cfg = self.config
-        x = _Dense((cfg.hidden_size,), ("embed", "mlp"), cfg.initializer_range, 1,
+        x = NamedDense((cfg.hidden_size,), ("embed", "mlp"), cfg.initializer_range, 1,
                    jnp.dtype(cfg.dtype), name="dense")(hidden[:, 0])
         return jnp.tanh(x)
 

@@ -154,7 +154,7 @@ _REMAT_POLICIES = {
 }
 
 
-def _stack(layer_cls, config: T5Config, num_layers: int, n_broadcast: int, **attrs):
+def layer_stack(layer_cls, config: T5Config, num_layers: int, n_broadcast: int, **attrs):
     """Returns `apply(x, *broadcast_args, kv_prefix=None)` running `num_layers`
     layers: a Python loop or one nn.scan. Every layer gets the same
     broadcast args; `kv_prefix` leaves have a leading [layers] axis and each
@@ -199,7 +199,7 @@ class Encoder(nn.Module):
                                     bidirectional=True, name="relpos_bias")(positions, positions)
         mask = _mask_to_bias(attention_mask)
         x = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
-        x = _stack(EncoderLayer, cfg, cfg.num_layers, 2, deterministic=deterministic,
+        x = layer_stack(EncoderLayer, cfg, cfg.num_layers, 2, deterministic=deterministic,
                    kernels=self.kernels)(x, bias, mask, kv_prefix=kv_prefix)
         x = RMSNorm(cfg.layer_norm_epsilon, _dtype(cfg), name="encoder_norm")(x)
         return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
@@ -219,7 +219,7 @@ class Decoder(nn.Module):
                                     bidirectional=False, name="relpos_bias")(
             query_positions, key_positions)
         x = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
-        x = _stack(DecoderLayer, cfg, cfg.n_decoder_layers, 4, deterministic=deterministic,
+        x = layer_stack(DecoderLayer, cfg, cfg.n_decoder_layers, 4, deterministic=deterministic,
                    decode=decode, max_decode_length=max_decode_length, kernels=self.kernels)(
             x, encoded, bias, _mask_to_bias(self_mask), _mask_to_bias(cross_mask),
             kv_prefix=kv_prefix)

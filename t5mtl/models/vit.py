@@ -51,8 +51,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5mtl.errors import T5mtlError
-from t5mtl.models.bert import _Dense, _LayerNorm
-from t5mtl.models.t5 import _stack
+from t5mtl.models.bert import NamedDense, TorchLayerNorm
+from t5mtl.models.t5 import layer_stack
 
 __all__ = ["ViTConfig", "VIT_CONFIGS", "get_vit_config", "check_pixels", "VisionTransformer"]
 
@@ -193,7 +193,7 @@ class _Attention(nn.Module):
         cfg = self.config
         dtype, std = jnp.dtype(cfg.dtype), cfg.initializer_range
         heads = (cfg.num_heads, cfg.head_dim)
-        proj = lambda name: _Dense(heads, ("embed", "heads", "kv"), std, 1, dtype, name=name)(x)
+        proj = lambda name: NamedDense(heads, ("embed", "heads", "kv"), std, 1, dtype, name=name)(x)
         q, k, v = proj("query"), proj("key"), proj("value")
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
         k = nn.with_logical_constraint(k, ("batch", "length", "heads", "kv"))
@@ -202,13 +202,13 @@ class _Attention(nn.Module):
         probs = jax.nn.softmax(scores * np.float32(cfg.head_dim ** -0.5), axis=-1)
         probs = nn.Dropout(cfg.dropout_rate)(probs, deterministic=self.deterministic)
         ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v)
-        return _Dense((cfg.hidden_size,), ("heads", "kv", "embed"), std, 2, dtype,
+        return NamedDense((cfg.hidden_size,), ("heads", "kv", "embed"), std, 2, dtype,
                       name="out")(ctx)
 
 
 class _Layer(nn.Module):
     """One pre-LN block. Called as `(x) -> (x, None)`, the form t5.py's
-    `_stack` loops or scans."""
+    `layer_stack` loops or scans."""
     config: ViTConfig
     deterministic: bool
 
@@ -217,10 +217,10 @@ class _Layer(nn.Module):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         drop = lambda h: nn.Dropout(cfg.dropout_rate)(h, deterministic=self.deterministic)
-        h = _LayerNorm(cfg.layer_norm_eps, dtype, name="pre_attention_layer_norm")(x)
+        h = TorchLayerNorm(cfg.layer_norm_eps, dtype, name="pre_attention_layer_norm")(x)
         h = _Attention(cfg, self.deterministic, name="attention")(h)
         x = x + drop(h).astype(jnp.float32)
-        h = _LayerNorm(cfg.layer_norm_eps, dtype, name="pre_mlp_layer_norm")(x)
+        h = TorchLayerNorm(cfg.layer_norm_eps, dtype, name="pre_mlp_layer_norm")(x)
         h = _MLP(cfg, name="mlp")(h)
         x = x + drop(h).astype(jnp.float32)
         return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
@@ -234,10 +234,10 @@ class _MLP(nn.Module):
     def __call__(self, x):
         cfg = self.config
         dtype, std = jnp.dtype(cfg.dtype), cfg.initializer_range
-        h = _Dense((cfg.mlp_dim,), ("embed", "mlp"), std, 1, dtype, name="wi")(x)
+        h = NamedDense((cfg.mlp_dim,), ("embed", "mlp"), std, 1, dtype, name="wi")(x)
         h = nn.with_logical_constraint(jax.nn.gelu(h, approximate=False),
                                        ("batch", "length", "mlp"))
-        return _Dense((cfg.hidden_size,), ("mlp", "embed"), std, 1, dtype, name="wo")(h)
+        return NamedDense((cfg.hidden_size,), ("mlp", "embed"), std, 1, dtype, name="wo")(h)
 
 
 def patchify(pixels, patch_size: int):
@@ -264,7 +264,7 @@ class VisionTransformer(nn.Module):
         b, p, d = pixels.shape[0], cfg.patch_size, cfg.hidden_size
         frames = pixels.reshape((b, cfg.num_frames) + pixels.shape[-3:])
         patches = patchify(frames.astype(dtype), p)          # [b, T, P, p, p, C]
-        x = _Dense((d,), (None, None, None, "embed"), std, 3, dtype,
+        x = NamedDense((d,), (None, None, None, "embed"), std, 3, dtype,
                    name="patch_embedding")(patches).astype(jnp.float32)     # [b, T, P, d]
 
         positions = _param(self, "position_embedding", (1 + cfg.patches_per_frame, d),
@@ -279,5 +279,5 @@ class VisionTransformer(nn.Module):
                              x.reshape(b, cfg.num_frames * cfg.patches_per_frame, d)], axis=1)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        x = _stack(_Layer, cfg, cfg.num_layers, 0, deterministic=deterministic)(x)
-        return _LayerNorm(cfg.layer_norm_eps, jnp.float32, name="encoder_norm")(x)
+        x = layer_stack(_Layer, cfg, cfg.num_layers, 0, deterministic=deterministic)(x)
+        return TorchLayerNorm(cfg.layer_norm_eps, jnp.float32, name="encoder_norm")(x)
