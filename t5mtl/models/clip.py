@@ -9,9 +9,9 @@ text tower trained contrastively on (image, caption) pairs.
   loss   = symmetric InfoNCE over the global batch (t5mtl.models.contrastive):
            image -> text and text -> image, each pair's own caption the positive
 
-The text tower is an encoder backbone (t5mtl.models.encoder_backbone): T5's
-encoder through its seams, mean-pooled over real tokens (a BertConfig gives
-BERT and its pooler). Its parameters keep T5's names (`token_embedder/...`,
+The text tower is T5's encoder as an encoder backbone
+(t5mtl.models.encoder_backbone): through its seams, mean-pooled over real
+tokens. Its parameters keep T5's names (`token_embedder/...`,
 `encoder/...`) at the top of the tree, so a T5 checkpoint's encoder loads
 into the text tower by name (CheckpointConfig.init_from).
 
@@ -62,6 +62,7 @@ import jax.numpy as jnp
 from t5mtl.errors import T5mtlError
 from t5mtl.models import contrastive, losses
 from t5mtl.models.base import BaseModel, Batch
+from t5mtl.models.config import T5Config
 from t5mtl.models.encoder_backbone import backbone_from_spec, encoder_backbone
 from t5mtl.models.vit import ViTConfig, VisionTransformer, check_pixels
 
@@ -102,8 +103,13 @@ class CLIP(BaseModel):
                              f"above max_logit_scale {max_logit_scale!r}")
         self.vision = vision
         self.vit = VisionTransformer(vision)
+        if text_spec is None and not isinstance(text, T5Config):
+            raise T5mtlError(f"CLIP.text must be a T5Config (@get_config()), got {text!r}")
         self.backbone = (backbone_from_spec(text_spec) if text_spec is not None
                          else encoder_backbone(text))
+        if self.backbone.family != "t5":
+            raise T5mtlError(f"CLIP's text tower is T5's encoder, got a "
+                             f"{self.backbone.family!r} backbone")
         self.embed_dim = embed_dim
         self.init_temperature = float(init_temperature)
         self.max_logit_scale = float(max_logit_scale)

@@ -175,6 +175,8 @@ def test_bad_input_is_one_clear_error(clip):
         model.feature_converter(pack=True)
     with pytest.raises(T5mtlError, match="CLIP.vision must be a ViTConfig"):
         CLIP(TEXT, TEXT)
+    with pytest.raises(T5mtlError, match="CLIP.text must be a T5Config"):
+        CLIP(VISION, VISION)
     with pytest.raises(T5mtlError, match="above max_logit_scale"):
         CLIP(VISION, TEXT, init_temperature=0.001)
 
