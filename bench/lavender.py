@@ -15,12 +15,14 @@ Every model is scored on every task's test split (a model on a task it was
 not trained on is zero-shot):
   QA         accuracy of the argmax id at the [MASK], over the whole vocabulary
              (all 1,248 test questions: colour, object, direction)
+  match      accuracy of p(true) > p(false) on lavender_retrieval's 416 test
+             pairs (half matching, half differing in one attribute)
   retrieval  text -> video and video -> text R@1 / R@5 over the first
              --retrieval_videos test videos and their captions (a caption
              that is the same string as another video's counts for both)
   caption    iterative masked decoding; token F1 and BLEU vs the caption
 Baselines: chance (QA: 1 / the answers of the question's kind, averaged;
-recall: a random ranking), majority (QA: each question's most frequent
+match: 50%; recall: a random ranking), majority (QA: each question's most frequent
 training answer; caption: the most frequent training caption for every video).
 
   python -m bench.lavender --out /tmp/t5mtl_lavender
@@ -40,7 +42,9 @@ LENGTHS = {"inputs": 12, "targets": 8}
 CAPTION_LENGTH = 10           # decoding: [CLS] + up to 9 ids
 RUNS = {"qa": "lavender_qa", "retrieval": "lavender_retrieval",
         "caption": "lavender_caption", "mtl": "lavender_mtl"}
-COLUMNS = ["QA acc", "t2v R@1", "t2v R@5", "v2t R@1", "v2t R@5", "cap F1", "cap BLEU"]
+KEYS = ["qa_acc", "match_acc", "t2v_R@1", "t2v_R@5", "v2t_R@1", "v2t_R@5", "cap_token_f1",
+        "cap_bleu"]
+COLUMNS = ["QA acc", "match acc", "t2v R@1", "t2v R@5", "v2t R@1", "v2t R@5", "cap F1", "cap BLEU"]
 
 
 def make_model(args):
@@ -76,11 +80,14 @@ def test_data(args, vocab):
     qa_videos, _, qa_texts = vt.task_arrays("lavender_qa", "validation", args.seed)
     videos, records, _ = vt.task_arrays("lavender_caption", "validation", args.seed)
     n = min(args.retrieval_videos, len(videos))
+    m_videos, _, m_texts = vt.task_arrays("lavender_retrieval", "validation", args.seed)
     return {"qa_videos": qa_videos, "questions": [q for q, _ in qa_texts],
             "answers": [a for _, a in qa_texts],
             "question_ids": [list(vocab.encode(q)) for q, _ in qa_texts],
             "answer_ids": [int(vocab.encode(a)[0]) for _, a in qa_texts],
             "videos": videos, "captions": [r.caption for r in records],
+            "m_videos": m_videos, "m_captions": [list(vocab.encode(c)) for c, _ in m_texts],
+            "m_labels": np.array([t == "true" for _, t in m_texts]),
             "r_videos": videos[:n], "r_captions": [r.caption for r in records[:n]]}
 
 
@@ -94,10 +101,13 @@ def scores(model, params, data, vocab, args) -> dict:
     for q in sorted(set(data["questions"])):
         rows = np.asarray(data["questions"]) == q
         out[f"qa_acc[{q}]"] = 100.0 * float(right[rows].mean())
+    true_false = (vocab.encode("true")[0], vocab.encode("false")[0])
+    lp = le.answer_log_probs(model, params, data["m_videos"], data["m_captions"],
+                             LENGTHS["inputs"], args.batch_size, ids=true_false)
+    out["match_acc"] = 100.0 * float(np.mean((lp[:, 0] > lp[:, 1]) == data["m_labels"]))
     cap_ids = [list(vocab.encode(c)) for c in data["r_captions"]]
     matrix = le.retrieval_matrix(model, params, data["r_videos"], cap_ids, LENGTHS["inputs"],
-                                 vocab.encode("true")[0], vocab.encode("false")[0],
-                                 batch_size=4 * args.batch_size)
+                                 *true_false, batch_size=4 * args.batch_size)
     out.update(le.retrieval_recall(matrix, data["r_captions"]))
     decoded = le.decode_captions(model, params, data["videos"], CAPTION_LENGTH,
                                  args.batch_size)
@@ -124,9 +134,9 @@ def baselines(data, args) -> dict:
     constant = le.caption_scores(data["captions"], [common] * len(data["captions"]))
     zeros = np.zeros((len(data["r_captions"]),) * 2)
     recall = le.retrieval_recall(zeros, data["r_captions"])
-    chance = [chance_qa] + [recall[f"{c.replace(' ', '_')}_chance"] for c in COLUMNS[1:5]]
+    chance = [chance_qa, 50.0] + [recall[f"{k}_chance"] for k in KEYS[2:6]]
     return {"chance": chance + [None, None],
-            "majority": [100.0 * float(np.mean(guess == answers))] + [None] * 4
+            "majority": [100.0 * float(np.mean(guess == answers))] + [None] * 5
             + [constant["token_f1"], constant["bleu"]],
             "majority_caption": common}
 
@@ -153,7 +163,7 @@ def main(argv=None) -> str:
     cache = comparison.ScoreCache(os.path.join(args.out, "scores.json"))
     model = make_model(args)
     for name, task in RUNS.items():
-        if name in cache.rows:
+        if all(k in cache.rows.get(name, {}) for k in KEYS):
             continue
         steps = 3 * args.steps if name == "mtl" else args.steps
         run = train_run(os.path.join(args.out, name), model, task, args, steps)
@@ -161,10 +171,9 @@ def main(argv=None) -> str:
         for k, v in scores(trained, params, data, vocab, args).items():
             cache.record(name, k, v)
     base = baselines(data, args)
-    keys = ["qa_acc", "t2v_R@1", "t2v_R@5", "v2t_R@1", "v2t_R@5", "cap_token_f1", "cap_bleu"]
     label = {"qa": "QA only", "retrieval": "retrieval only", "caption": "caption only",
              "mtl": "multi-task (lavender_mtl, one model)"}
-    rows = [(label[n], [cache.rows[n][k] for k in keys]) for n in RUNS]
+    rows = [(label[n], [cache.rows[n][k] for k in KEYS]) for n in RUNS]
     rows += [("chance", base["chance"]), ("majority / constant caption", base["majority"])]
     table = comparison.markdown(f"trained on ({args.steps} steps/task)", COLUMNS, rows)
     return comparison.write_results(args, {"rows": cache.rows, "baselines": base,

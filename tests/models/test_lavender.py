@@ -218,3 +218,25 @@ def test_converter_checks_the_video_and_packing():
                                       {"inputs": 8, "targets": 2})
 
 
+
+
+def test_with_the_vit_spec_round_trip_and_param_names():
+    from t5mtl.models.base import import_class
+    from t5mtl.models.vit import get_vit_config
+    vit = get_vit_config("vit_tiny_video", patch_size=8)
+    model = Lavender(CONFIG, vit)
+    spec = model.spec()
+    assert spec["vit_config"]["num_frames"] == 4 and spec["video_feature"] == "video"
+    import json
+    again = import_class("t5mtl.models.lavender:Lavender").from_spec(json.loads(json.dumps(spec)))
+    assert again.spec() == spec and again.architecture() == model.architecture()
+    shapes = jax.tree.map(lambda s: s.shape, model.abstract_params())
+    assert shapes["video_projection"]["kernel"] == (vit.hidden_size, CONFIG.d_model)
+    assert shapes["token_embedder"]["embedding"] == (64, CONFIG.d_model)
+    assert set(shapes["video_encoder"]) == set(
+        jax.tree.map(lambda s: s.shape, again.abstract_params())["video_encoder"])
+    # the ViT's dropout is not architecture; its patch size is
+    assert Lavender(CONFIG, get_vit_config("vit_tiny_video", patch_size=8, dropout_rate=0.1)
+                    ).architecture() == model.architecture()
+    assert Lavender(CONFIG, get_vit_config("vit_tiny_video")).architecture() != \
+        model.architecture()
