@@ -4,7 +4,7 @@ trained on clip_pretrain (digits and drawn shapes with captions) through
 the project's trainer with gin/runs/clip.gin, against the same model
 untrained and chance.
 
-  python -m bench.clip --out /tmp/t5mtl_clip
+  python -m bench.clip --seeds 3 --out /tmp/t5mtl_clip
 
 Rows (all on the tasks' validation splits, which no training step reads):
   zero-shot     the 400 test digits classified by cosine with each class's
