@@ -1,5 +1,6 @@
 """Shared pieces of the benchmarks: the machine, the matmul peak, HF models,
-analytic FLOPs, t5mtl's train step, alternating timers and child processes.
+t5mtl's train step, alternating timers and child processes (analytic FLOPs:
+t5mtl.models.flops).
 
 Benchmarks compare systems *in one run*, alternating them round by round,
 because a shared machine's speed drifts from minute to minute; quote the
@@ -108,24 +109,6 @@ def timed(fn: Callable[[], object]) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
-
-
-def t5_forward_flops(cfg, batch: int, enc_len: int, dec_len: int) -> float:
-    """Matmul FLOPs of one forward pass (multiply-add = 2), attention included.
-
-    Embedding lookups are gathers (no FLOPs); norms, softmax and activations
-    are left out (they are not matmuls). A train step is 3x this (backward
-    = 2x forward), the usual "6 x params x tokens" plus attention.
-    """
-    d, ff, inner = cfg.d_model, cfg.d_ff, cfg.num_heads * cfg.d_kv
-    n_mlp = 3 if cfg.gated else 2
-    mlp = n_mlp * 2 * d * ff
-    enc_layer = enc_len * (4 * 2 * d * inner + mlp) + 2 * 2 * enc_len * enc_len * inner
-    dec_layer = (dec_len * (4 * 2 * d * inner + 2 * 2 * d * inner + mlp)
-                 + enc_len * 2 * 2 * d * inner                     # cross-attention K, V
-                 + 2 * 2 * dec_len * dec_len * inner + 2 * 2 * dec_len * enc_len * inner)
-    logits = dec_len * 2 * d * cfg.vocab_size
-    return batch * (cfg.num_layers * enc_layer + cfg.n_decoder_layers * dec_layer + logits)
 
 
 def build_hf_model(cfg, seed: int = 0):

@@ -48,6 +48,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import common  # noqa: E402
+from t5mtl.models.flops import t5_forward_flops  # noqa: E402
 
 SYSTEMS = ("t5mtl",) + common.TORCH_SYSTEMS
 
@@ -164,7 +165,7 @@ def run_case(cfg_name: str, batch_size: int, enc_len: int, dec_len: int, dtype: 
     finally:
         for child in children.values():
             child.close()
-    model_flops = 3 * common.t5_forward_flops(cfg, batch_size, enc_len, dec_len)
+    model_flops = 3 * t5_forward_flops(cfg, batch_size, enc_len, dec_len)
     peak = common.peak_for(peaks, dtype) * 1e9
     result = {"model": cfg_name, "batch": batch_size, "inputs": enc_len, "targets": dec_len,
               "dtype": dtype, "init": init, "optimizer_t5mtl": optimizer,

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         target = aot.dataclasses.replace(target, hbm_bytes=int(args.hbm_gib * aot.GIB))
     lowered, _, _, mesh = aot.lower_train_step(model, data, tx, target, mesh_shape,
                                                opts["num_microbatches"], trainable, len(tasks))
-    rep = aot.report(lowered.compile(), target)
+    rep = aot.report(lowered.compile(), target, aot.model_flops(model, data))
     rep["mesh"] = [int(mesh.shape[a]) for a in mesh.axis_names]
     if args.json:
         print(json.dumps(rep))
