@@ -11,6 +11,10 @@ scratch. Every model is trained here through `t5mtl.train.trainer.train`:
   mtl                      lavender_mtl (equal rates), 3 x --steps steps: the
                            same examples per task as the single-task runs
 
+Few-shot QA: lavender_qa's first --fewshot training questions, --fewshot_steps
+steps, from scratch and from the caption-only model (its params as the
+init); QA accuracy only.
+
 Every model is scored on every task's test split (a model on a task it was
 not trained on is zero-shot):
   QA         accuracy of the argmax id at the [MASK], over the whole vocabulary
@@ -55,7 +59,27 @@ def make_model(args):
                     get_vit_config("vit_tiny_video", patch_size=args.patch))
 
 
-def train_run(run: str, model, task: str, args, steps: int) -> str:
+def register_fewshot_qa(k: int) -> str:
+    """lavender_qa with its train split cut to the first `k` questions (the
+    validation split whole)."""
+    import seqio
+    name = f"lavender_qa_first{k}"
+    if name in seqio.TaskRegistry.names():
+        return name
+    base = seqio.get_mixture_or_task("lavender_qa")
+
+    def dataset_fn(split, shuffle_files=False, seed=None):
+        ds = base.source.get_dataset(split, shuffle=False)
+        return ds.take(k) if split == "train" else ds
+
+    seqio.TaskRegistry.add(name, source=seqio.FunctionDataSource(dataset_fn, base.splits),
+                           preprocessors=base.preprocessors,
+                           output_features=base.output_features, metric_fns=[])
+    return name
+
+
+def train_run(run: str, model, task: str, args, steps: int, init_from: str | None = None
+              ) -> str:
     import optax
     from t5mtl.data.data_config import DataConfig
     from t5mtl.train.optimizers import create_optimizer
@@ -68,7 +92,8 @@ def train_run(run: str, model, task: str, args, steps: int) -> str:
                           batch_size=args.batch_size, pack=False, seed=args.seed,
                           truncation_check_examples=0),
           num_steps=steps, optimizer=create_optimizer("adamw", learning_rate=schedule),
-          checkpoints=CheckpointConfig(period=10 ** 9, keep=1, async_save=False),
+          checkpoints=CheckpointConfig(period=10 ** 9, keep=1, async_save=False,
+                                       init_from=init_from),
           evaluation=EvalConfig(), seed=args.seed, log_period=max(steps // 5, 1),
           show_progress=False)
     return run
@@ -148,14 +173,18 @@ def main(argv=None) -> str:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--patch", type=int, default=8, help="the ViT's patch size")
     parser.add_argument("--retrieval_videos", type=int, default=100)
+    parser.add_argument("--fewshot", type=int, default=64,
+                        help="QA training questions of the few-shot runs (0: none)")
+    parser.add_argument("--fewshot_steps", type=int, default=100)
     parser.set_defaults(batch_size=32)
     args = parser.parse_args(argv)
     if args.quick:
-        args.steps, args.retrieval_videos = 3, 12
+        args.steps, args.retrieval_videos, args.fewshot_steps = 3, 12, 3
     comparison.prepare(args, train_base=False)
 
     from t5mtl.data import vision_tasks as vt
     from t5mtl.data.vocab import get_vocabulary
+    from t5mtl.infer import lavender_eval as le
     from t5mtl.train.model_dir import load_params
     vt.register(seed=args.seed)
     vocab = get_vocabulary("wordpiece_en")
@@ -170,10 +199,27 @@ def main(argv=None) -> str:
         trained, params = load_params(run)
         for k, v in scores(trained, params, data, vocab, args).items():
             cache.record(name, k, v)
+    fewshot = {}
+    if args.fewshot:
+        task = register_fewshot_qa(args.fewshot)
+        for name, init in (("scratch", None), ("caption", os.path.join(args.out, "caption"))):
+            row = f"fewshot_{name}"
+            fewshot[row] = (f"QA few-shot ({args.fewshot} questions, {args.fewshot_steps} "
+                            f"steps) from " + ("scratch" if init is None else
+                                               "the caption-only model"))
+            if "qa_acc" in cache.rows.get(row, {}):
+                continue
+            run = train_run(os.path.join(args.out, row), model, task, args,
+                            args.fewshot_steps, init_from=init)
+            trained, params = load_params(run)
+            acc, _ = le.qa_accuracy(trained, params, data["qa_videos"], data["question_ids"],
+                                    data["answer_ids"], LENGTHS["inputs"], args.batch_size)
+            cache.record(row, "qa_acc", acc)
     base = baselines(data, args)
     label = {"qa": "QA only", "retrieval": "retrieval only", "caption": "caption only",
              "mtl": "multi-task (lavender_mtl, one model)"}
     rows = [(label[n], [cache.rows[n][k] for k in KEYS]) for n in RUNS]
+    rows += [(text, [cache.rows[row]["qa_acc"]] + [None] * 7) for row, text in fewshot.items()]
     rows += [("chance", base["chance"]), ("majority / constant caption", base["majority"])]
     table = comparison.markdown(f"trained on ({args.steps} steps/task)", COLUMNS, rows)
     return comparison.write_results(args, {"rows": cache.rows, "baselines": base,
