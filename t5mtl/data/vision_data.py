@@ -184,7 +184,8 @@ class ShapeRecord:
 
     @property
     def caption(self) -> str:
-        noun = self.shape + ("s" if self.number > 1 else "")
+        plural = "es" if self.shape.endswith("s") else "s"
+        noun = self.shape + (plural if self.number > 1 else "")
         where = "on the" if self.position in ("left", "right") else "at the"
         return f"{self.count} {self.colour} {noun} {where} {self.position}"
 

@@ -113,6 +113,8 @@ def test_shapes_images_match_their_captions():
     r = vd.ShapeRecord("circle", "blue", "top", "two")
     assert r.caption == "two blue circles at the top"
     assert vd.ShapeRecord("cross", "red", "left", "one").caption == "one red cross on the left"
+    assert vd.ShapeRecord("cross", "red", "left", "three").caption == \
+        "three red crosses on the left"
 
 
 def test_shapes_split_balances_every_combination():
