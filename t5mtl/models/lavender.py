@@ -127,9 +127,11 @@ class Lavender(BaseModel):
         return cls(config=None, **spec)
 
     def architecture(self) -> dict:
+        """T5's encoder fields and the ViT's config less its execution
+        choices (dropout, dtype, remat); `scan_layers` stays: the ViT's
+        params are not converted between the two layouts."""
         vit = self.vit_config.to_dict() if hasattr(self.vit_config, "to_dict") else {}
-        vit = {k: v for k, v in vit.items()
-               if k not in ("dropout_rate", "dtype", "scan_layers", "remat")}
+        vit = {k: v for k, v in vit.items() if k not in ("dropout_rate", "dtype", "remat")}
         return {"family": "lavender", **self.backbone.architecture(), "vit": vit}
 
     @property
