@@ -80,6 +80,7 @@ def _nbytes(tree) -> int:
     return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
+@pytest.mark.slow
 def test_data_parallel_step_on_eight_cpu_devices():
     # 0.01 GiB of "HBM" per device is too little: exit status 3, "does not fit".
     rep = _compile("--cpu_devices", "8", "--mesh", "8,1,1", "--hbm_gib", "0.01", returncode=3)
@@ -107,6 +108,7 @@ def test_data_parallel_step_on_eight_cpu_devices():
     assert rep["total_bytes"] > rep["hbm_bytes"] == int(0.01 * aot.GIB)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed")
 def test_the_step_compiles_for_a_tpu_slice_from_this_host():
     rep = _compile("--topology", "v5e-8", "--mesh", "1,8,1")
