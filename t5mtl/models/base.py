@@ -16,6 +16,7 @@ trainer changes.
   feature_converter(pack, task_ids)     -> the seqio FeatureConverter its batches come from
   check_tasks(task_names)               -> refuses training data of other tasks (default: none)
   task_features(task_name, batch_size)  -> extra eval features (default: none)
+  vocab_size()                          -> ids the model embeds (a larger task vocabulary is refused)
   warm_start(params, fresh, context)    -> params once a base is loaded (e.g. prompt inits)
 
 Metrics are additive over microbatches except the ratios
@@ -133,6 +134,16 @@ class BaseModel(abc.ABC):
         batch; e.g. the multi-head classifier's per-example task ids).
         Default: none."""
         return {}
+
+    def vocab_size(self) -> int | None:
+        """How many token ids the model embeds (the trainer refuses a task
+        vocabulary with more); None where it has no token embedding. Default:
+        `config.vocab_size` of the model or of its encoder `backbone`."""
+        for owner in (self, getattr(self, "backbone", None)):
+            size = getattr(getattr(owner, "config", None), "vocab_size", None)
+            if size:
+                return int(size)
+        return None
 
     # -- parameters -----------------------------------------------------------------
     @abc.abstractmethod

@@ -108,6 +108,19 @@ def resolve_model(model: BaseModel | None, model_config: T5Config | None,
     return model
 
 
+def _check_vocabulary(model: BaseModel, provider, name: str) -> None:
+    """Ids past the model's embedding would gather as NaN rows (XLA fills
+    out-of-range gathers): refuse the run before it writes anything."""
+    size = model.vocab_size()
+    for feature_name, feature in provider.output_features.items():
+        vocab = getattr(feature, "vocabulary", None)
+        if size is None or vocab is None or vocab.vocab_size <= size:
+            continue
+        raise T5mtlError(f"the {feature_name!r} vocabulary of {name!r} has {vocab.vocab_size} "
+                         f"ids but the model embeds {size} (its config's vocab_size); set "
+                         f"vocab_size >= {vocab.vocab_size}")
+
+
 def _check_same_architecture(model_dir: str, model: BaseModel, latest_step: int | None) -> None:
     """Raises T5mtlError if model_dir holds checkpoints of another architecture."""
     if latest_step is None or not model_dir_lib.is_model_dir(model_dir):
@@ -247,6 +260,7 @@ def train(model_dir: str, *, model: BaseModel | None = None,
     provider = seqio.get_mixture_or_task(data.mixture_or_task_name)
     tasks = mixture_task_names(data.mixture_or_task_name)
     model.check_tasks(tasks)
+    _check_vocabulary(model, provider, data.mixture_or_task_name)
     paths.makedirs(model_dir)        # a gs:// model_dir: its bucket must exist
     tx = optimizer if optimizer is not None else create_optimizer()
     surgery = None

@@ -258,3 +258,19 @@ def test_on_cpu_under_the_keep_policy_the_loop_waits_for_each_large_step(
     summary = _train_tiny(tmp_path, num_steps=3)
     assert summary["step"] == 3
     assert waited == ([0, 1, 2] if waits else [])
+
+
+def test_a_vocabulary_larger_than_the_embedding_is_refused_before_writing(tmp_path):
+    # Ids past the embedding gather as NaN rows: the run would train on NaN
+    # until the non-finite guard stopped it. One line naming both sizes instead.
+    from t5mtl.data import vision_tasks
+    from t5mtl.models.clip import CLIP
+    from t5mtl.models.vit import get_vit_config
+    mixture = vision_tasks.register_clip_pretrain()            # wordpiece_en: 8,000 ids
+    model = CLIP(vision=get_vit_config("vit_tiny"), text=get_config("t5_tiny"))   # 384 ids
+    model_dir = tmp_path / "run"
+    with pytest.raises(T5mtlError, match=r"'clip_pretrain'.* 8000 ids.* embeds 384"):
+        train(str(model_dir), model=model, num_steps=1,
+              data=DataConfig(mixture_or_task_name=mixture, batch_size=4, pack=False,
+                              task_feature_lengths={"targets": 8}))
+    assert not model_dir.exists()
