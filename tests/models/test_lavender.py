@@ -240,3 +240,15 @@ def test_with_the_vit_spec_round_trip_and_param_names():
                     ).architecture() == model.architecture()
     assert Lavender(CONFIG, get_vit_config("vit_tiny_video")).architecture() != \
         model.architecture()
+
+
+def test_a_t5_checkpoints_encoder_maps_onto_lavenders_names():
+    from t5mtl.models.encoder_decoder import EncoderDecoderModel
+    t5 = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                      EncoderDecoderModel(CONFIG).abstract_params())
+    adapted = stand_in_model().adapt_params(t5)
+    assert set(adapted) == {"token_embedder", "encoder"}          # the decoder dropped
+    ours = stand_in_model().abstract_params()
+    for k in adapted:
+        assert jax.tree.map(lambda a: a.shape, adapted[k]) == \
+            jax.tree.map(lambda s: s.shape, ours[k])
