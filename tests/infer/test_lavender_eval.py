@@ -103,10 +103,9 @@ def test_lavender_gin_trains_through_the_trainer_and_its_model_dir_evaluates(tmp
     from t5mtl.data import vision_tasks as vt
     from t5mtl.train.model_dir import load_params
     from t5mtl.train.trainer import train
-    os.chdir(ROOT)
     gin.clear_config()
     try:
-        gin_config.parse(["gin/runs/lavender.gin"], [
+        gin_config.parse([os.path.join(ROOT, "gin/runs/lavender.gin")], [
             "train.num_steps = 3", "DataConfig.batch_size = 4", "train.log_period = 1",
             "get_vit_config.hidden_size = 16", "get_vit_config.num_heads = 2",
             "get_vit_config.num_layers = 1", "get_config.num_layers = 1",
