@@ -101,6 +101,7 @@ def test_caption_scores_by_hand():
 def test_lavender_gin_trains_through_the_trainer_and_its_model_dir_evaluates(tmp_path):
     from t5mtl import gin_config
     from t5mtl.data import vision_tasks as vt
+    from t5mtl.data.vocab import get_vocabulary
     from t5mtl.train.model_dir import load_params
     from t5mtl.train.trainer import train
     gin.clear_config()
@@ -117,7 +118,7 @@ def test_lavender_gin_trains_through_the_trainer_and_its_model_dir_evaluates(tmp
     model, params = load_params(str(tmp_path / "run"))
     assert isinstance(model, Lavender) and model.vit_config.patch_size == 8
     vids, _, texts = vt.task_arrays("lavender_qa", "validation")
-    vocab = __import__("t5mtl.data.vocab", fromlist=["x"]).get_vocabulary("wordpiece_en")
+    vocab = get_vocabulary("wordpiece_en")
     q = [list(vocab.encode(t[0])) for t in texts[:3]]
     acc, pred = le.qa_accuracy(model, params, vids[:3], q, [1, 1, 1], 12, batch_size=4)
     assert pred.shape == (3,) and 0 <= acc <= 100
