@@ -34,7 +34,10 @@ def compile_one(model: str, topology: str, extra=()) -> dict:
 
 def row(model: str, topology: str, rep: dict) -> str:
     if "error" in rep:
-        return f"| {model} | {topology} | - | {rep['error']} | | | | |"
+        return f"| {model} | {topology} | - | {rep['error']} | | | | | |"
+    if "compiler" in rep:
+        return (f"| {model} | {topology} ({rep['devices']} devices) | "
+                f"{' x '.join(map(str, rep['mesh']))} | | | {rep['compiler']} | **no** | | |")
     fits = "yes" if rep["total_bytes"] <= rep["hbm_bytes"] else "**no**"
     coll = sum(rep["collective_bytes"].values())
     return (f"| {model} | {topology} ({rep['devices']} devices) | "

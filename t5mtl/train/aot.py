@@ -25,6 +25,8 @@ device's HBM. FLOPs: a T5's analytic matmul FLOPs (t5mtl.models.flops) over
 the devices; XLA's cost analysis counts a while loop's body once (a scanned
 stack of 24 layers as one), so it is reported beside them, and alone for
 other models.
+When even the compiler cannot fit the program (TPU: RESOURCE_EXHAUSTED
+while assigning HBM), its own message is the report ("does not fit").
 Collective bytes are the sizes of the results of every all-reduce,
 all-gather, reduce-scatter, all-to-all and collective-permute in the
 optimized HLO, each counted as many times as it runs: inside a while loop
@@ -288,7 +290,18 @@ def report(compiled, target: Target, step_flops: float | None = None) -> dict:
            "collective_bytes": collective_bytes(compiled.as_text())}
     out["total_bytes"] = (out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"]
                           + out["temp_bytes"] + out["code_bytes"])
+    out["fits"] = None if target.hbm_bytes is None else out["total_bytes"] <= target.hbm_bytes
     return out
+
+
+def out_of_memory(error: BaseException) -> str | None:
+    """The compiler's own "does not fit" (TPU: RESOURCE_EXHAUSTED while
+    assigning HBM) as one line, or None for any other error."""
+    text = str(error)
+    if "RESOURCE_EXHAUSTED" not in text:
+        return None
+    line = next((ln for ln in text.splitlines() if "RESOURCE_EXHAUSTED" in ln), text)
+    return line[line.index("RESOURCE_EXHAUSTED"):].strip()
 
 
 def _gib(n: float) -> str:

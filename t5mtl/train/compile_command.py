@@ -80,10 +80,23 @@ def run(args: argparse.Namespace) -> int:
         target = aot.dataclasses.replace(target, hbm_bytes=int(args.hbm_gib * aot.GIB))
     lowered, _, _, mesh = aot.lower_train_step(model, data, tx, target, mesh_shape,
                                                opts["num_microbatches"], trainable, len(tasks))
-    rep = aot.report(lowered.compile(), target, aot.model_flops(model, data))
-    rep["mesh"] = [int(mesh.shape[a]) for a in mesh.axis_names]
+    mesh_sizes = [int(mesh.shape[a]) for a in mesh.axis_names]
+    try:
+        compiled = lowered.compile()
+    except Exception as e:      # noqa: BLE001 - only the compiler's out-of-memory is a report
+        short = aot.out_of_memory(e)
+        if short is None:
+            raise
+        rep = {"target": target.name, "devices": len(target.devices), "mesh": mesh_sizes,
+               "fits": False, "compiler": short}
+        print(json.dumps(rep) if args.json else
+              f"target: {target.name}, {len(target.devices)} devices, mesh data x fsdp x "
+              f"model = {' x '.join(map(str, mesh_sizes))}\ndoes not fit: {short}")
+        return 3
+    rep = aot.report(compiled, target, aot.model_flops(model, data))
+    rep["mesh"] = mesh_sizes
     if args.json:
         print(json.dumps(rep))
     else:
         print(aot.format_report(rep, rep["mesh"]))
-    return 0 if rep["hbm_bytes"] is None or rep["total_bytes"] <= rep["hbm_bytes"] else 3
+    return 0 if rep["fits"] in (True, None) else 3

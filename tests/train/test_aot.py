@@ -119,3 +119,13 @@ def test_the_step_compiles_for_a_tpu_slice_from_this_host():
     params = _nbytes(EncoderDecoderModel(get_config("t5_small_cpu")).abstract_params())
     assert rep["argument_bytes"] >= params / 8
     assert rep["collective_bytes"]["all-gather"] >= params * 7 / 8
+
+
+def test_the_compilers_out_of_memory_is_the_report():
+    err = RuntimeError("INTERNAL: while compiling\nRESOURCE_EXHAUSTED: Ran out of memory on HBM, "
+                       "the total memory required for HLO temporaries (45.36G) exceeds "
+                       "available HBM (30.75G).\nmore")
+    assert aot.out_of_memory(err) == ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total "
+                                      "memory required for HLO temporaries (45.36G) exceeds "
+                                      "available HBM (30.75G).")
+    assert aot.out_of_memory(ValueError("shapes do not match")) is None
