@@ -19,7 +19,7 @@ Every model is scored on every task's test split (a model on a task it was
 not trained on is zero-shot):
   QA         accuracy of the argmax id at the [MASK], over the whole vocabulary
              (all 1,248 test questions: colour, object, direction)
-  match      accuracy of p(true) > p(false) on lavender_retrieval's 416 test
+  match      accuracy of p(true) > p(false) on lavender_retrieval's 832 test
              pairs (half matching, half differing in one attribute)
   retrieval  text -> video and video -> text R@1 / R@5 over the first
              --retrieval_videos test videos and their captions (a caption

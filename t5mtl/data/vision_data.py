@@ -32,9 +32,8 @@ vocabulary. Everything is seeded: the same arguments give the same arrays.
     VideoRecord(obj, colour, direction, digit_index).caption  "a red square moves left"
     VideoRecord.qa -> ((question, answer), ...)     QUESTIONS: colour, object, direction
     negative_caption(record, rng) -> str   the caption with one attribute changed
-    retrieval_pairs(records, seed=0) -> list[(caption, bool)]
-        one per video, exactly half true (the video's caption), half
-        negative_caption
+    retrieval_pairs(records, seed=0) -> list[(video index, caption, bool)]
+        every video twice: its caption (true) and a negative_caption (false)
 """
 from __future__ import annotations
 
@@ -326,11 +325,14 @@ def negative_caption(record: VideoRecord, rng: np.random.Generator) -> str:
     return dataclasses.replace(record, **{field: new}).caption
 
 
-def retrieval_pairs(records: list[VideoRecord], seed: int = 0) -> list[tuple[str, bool]]:
-    """(caption, matches) per video: exactly len // 2 true (its own caption,
-    at seeded random videos), the rest a negative_caption."""
+def retrieval_pairs(records: list[VideoRecord], seed: int = 0) -> list[tuple[int, str, bool]]:
+    """(video index, caption, matches): every video twice, with its own
+    caption (true) and with a negative_caption (false), in a seeded order per
+    video. Both labels for each video: a model cannot answer from the video
+    alone, it has to read the caption."""
     rng = np.random.default_rng([seed, 3])
-    positive = np.zeros(len(records), bool)
-    positive[rng.permutation(len(records))[:len(records) // 2]] = True
-    return [(r.caption, True) if p else (negative_caption(r, rng), False)
-            for r, p in zip(records, positive)]
+    pairs = []
+    for i, r in enumerate(records):
+        both = [(i, r.caption, True), (i, negative_caption(r, rng), False)]
+        pairs += both[::-1] if rng.integers(0, 2) else both
+    return pairs

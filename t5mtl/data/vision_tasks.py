@@ -15,9 +15,9 @@ LAVENDER (videos, every text answer one wordpiece token):
   lavender_qa         "video", "inputs" a question, "targets" its one-token
                       answer (colour, object or direction; QUESTIONS): three
                       per video, train 4,992, validation 1,248
-  lavender_retrieval  "video", "inputs" a caption that matches the video or
-                      differs in one attribute (exactly half and half),
-                      "targets" "true" / "false"; train 1,664, validation 416
+  lavender_retrieval  "video", "inputs" a caption, "targets" "true" / "false":
+                      every video twice, with its own caption and with one
+                      that differs in one attribute; train 3,328, validation 832
   lavender_caption    "video", "inputs" "" (empty), "targets" the caption
                       ("a red square moves left"); train 1,664, validation 416
   lavender_mtl        mixture of the three, equal rates
@@ -106,7 +106,9 @@ def _arrays(name: str, split: str, seed: int):
             np.array([i for i, _, _ in rows], np.int32)
     if name == "lavender_retrieval":
         pairs = vd.retrieval_pairs(records, seed)
-        return videos, records, [(c, "true" if m else "false") for c, m in pairs], None
+        return videos, [records[i] for i, _, _ in pairs], \
+            [(c, "true" if m else "false") for _, c, m in pairs], \
+            np.array([i for i, _, _ in pairs], np.int32)
     if name == "lavender_caption":
         return videos, records, [("", r.caption) for r in records], None
     raise T5mtlError(f"unknown vision task {name!r}; choose one of {TASKS}")
@@ -186,8 +188,9 @@ CARDS = {
                                     "and direction questions, one-token answers"),
     "lavender_retrieval": dict(category="video_text", fields=("video", "caption", "match"),
                                **GENERATED,
-                               description="does the caption match the video (true / false), "
-                                           "half of them with one attribute changed"),
+                               description="does the caption match the video (true / false); "
+                                           "each video with its caption and with one "
+                                           "attribute changed"),
     "lavender_caption": dict(category="video_text", fields=("video", "caption"), **GENERATED,
                              description="caption a 4-frame video (\"a red square moves "
                                          "left\")"),

@@ -175,16 +175,20 @@ def test_video_split_counts_captions_and_qa():
         assert len(vocab.encode(w)) == 1, w
 
 
-def test_retrieval_pairs_are_half_true_and_negatives_change_one_word():
+def test_retrieval_pairs_give_every_video_its_caption_and_a_one_word_negative():
+    # Both labels for every video: a video alone cannot tell true from false.
     _, records = vd.video_split("test")
     pairs = vd.retrieval_pairs(records)
-    assert sum(m for _, m in pairs) == len(records) // 2 == 208
-    for r, (caption, match) in zip(records, pairs):
+    assert len(pairs) == 2 * len(records) == 832
+    assert [i for i, _, _ in pairs] == [i for i in range(len(records)) for _ in range(2)]
+    for i, caption, match in pairs:
+        r = records[i]
         if match:
             assert caption == r.caption
         else:
             diff = [(a, b) for a, b in zip(caption.split(), r.caption.split()) if a != b]
             assert len(diff) == 1 and caption != r.caption
+    assert sum(m for _, _, m in pairs) == len(records)
     assert vd.retrieval_pairs(records) == pairs
 
 
@@ -208,7 +212,7 @@ def _examples(name, split="validation", lengths=None):
 
 @pytest.mark.parametrize("name,n,shape", [
     ("clip_digits", 400, (16, 16, 3)), ("clip_shapes", 288, (16, 16, 3)),
-    ("lavender_qa", 1248, (4, 16, 16, 3)), ("lavender_retrieval", 416, (4, 16, 16, 3)),
+    ("lavender_qa", 1248, (4, 16, 16, 3)), ("lavender_retrieval", 832, (4, 16, 16, 3)),
     ("lavender_caption", 416, (4, 16, 16, 3))])
 def test_tasks_yield_float_pixels_and_the_generators_text(registered, name, n, shape):
     vocab = get_vocabulary("wordpiece_en")
@@ -240,8 +244,10 @@ def test_task_texts_follow_the_records(registered):
     assert collections.Counter(q for q, _ in texts) == {q: 416 for q in vd.QUESTIONS.values()}
     assert all(a == r.answers[k] for r, (q, a) in zip(records, texts)
                for k, qq in vd.QUESTIONS.items() if q == qq)
-    _, _, texts = vt.task_arrays("lavender_retrieval", "train")
-    assert collections.Counter(t for _, t in texts) == {"true": 832, "false": 832}
+    videos, records, texts = vt.task_arrays("lavender_retrieval", "train")
+    assert collections.Counter(t for _, t in texts) == {"true": 1664, "false": 1664}
+    assert len(videos) == len(records) == len(texts) == 3328
+    assert all((c == r.caption) == (t == "true") for r, (c, t) in zip(records, texts))
     _, records, texts = vt.task_arrays("lavender_caption", "train")
     assert texts[:3] == [("", r.caption) for r in records[:3]]
 
