@@ -30,7 +30,8 @@ while assigning HBM), its own message is the report ("does not fit").
 Collective bytes are the sizes of the results of every all-reduce,
 all-gather, reduce-scatter, all-to-all and collective-permute in the
 optimized HLO, each counted as many times as it runs: inside a while loop
-(scanned layers, microbatches) times the loop's known trip count.
+(scanned layers, microbatches) times its trip count (XLA's known_trip_count,
+else N of the loop condition's `i < N`, as TPU programs give it).
 """
 from __future__ import annotations
 
@@ -205,6 +206,9 @@ _HEADER = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _CALLS = re.compile(r"\b(body|to_apply|calls|true_computation|false_computation)=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _TRIPS = re.compile(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"(\d+)"')
+_CONDITION = re.compile(r"\bcondition=%?([\w.\-]+)")
+_INT_CONSTANT = re.compile(r"^\s*%?([\w.\-]+)\s*=\s*[su]\d+\[\][^ ]*\s+constant\((\d+)\)")
+_LESS_THAN = re.compile(r"^\s*ROOT\s.*compare\(%?[\w.\-]+,\s*%?([\w.\-]+)\),\s*direction=LT")
 
 
 def _shape_bytes(text: str) -> int:
@@ -215,18 +219,26 @@ def _shape_bytes(text: str) -> int:
 def collective_bytes(hlo_text: str) -> dict[str, int]:
     """{op: bytes of its results per run of the program} (module docstring)."""
     own: dict[str, dict[str, int]] = {}
-    calls: dict[str, list[tuple[str, int]]] = {}
+    calls: dict[str, list[tuple[str, int | str]]] = {}
+    constants: dict[str, dict[str, int]] = {}
+    limits: dict[str, int] = {}       # condition computation -> N of `i < N`
     entry, current = None, None
     for line in hlo_text.splitlines():
         header = _HEADER.match(line)
         if header and "=" not in line.split("{")[0].split("(")[0]:
             current = header.group(1)
-            own[current], calls[current] = {}, []
+            own[current], calls[current], constants[current] = {}, [], {}
             if line.lstrip().startswith("ENTRY"):
                 entry = current
             continue
         if current is None:
             continue
+        constant = _INT_CONSTANT.match(line)
+        if constant:
+            constants[current][constant.group(1)] = int(constant.group(2))
+        less = _LESS_THAN.match(line)
+        if less and less.group(1) in constants[current]:
+            limits[current] = constants[current][less.group(1)]
         instr = _INSTR.match(line)
         if not instr:
             continue
@@ -238,8 +250,11 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
                 parts = _SHAPE.findall(shape)
                 shape = " ".join(f"{t}[{d}]" for t, d in parts[len(parts) // 2:])
             own[current][base] = own[current].get(base, 0) + _shape_bytes(shape)
-        trips = _TRIPS.search(line)
-        times = int(trips.group(1)) if (op == "while" and trips) else 1
+        times: int | str = 1
+        if op == "while":
+            # the trip count XLA knows, else `i < N` in the loop's condition
+            trips, condition = _TRIPS.search(line), _CONDITION.search(line)
+            times = int(trips.group(1)) if trips else (condition.group(1) if condition else 1)
         for kind, name in _CALLS.findall(line):
             calls[current].append((name, times if kind == "body" else 1))
         for group in _BRANCHES.findall(line):
@@ -249,6 +264,8 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
     def total(name: str) -> tuple:
         out = dict(own.get(name, {}))
         for callee, times in calls.get(name, []):
+            if isinstance(times, str):
+                times = limits.get(times, 1)
             for op, n in total(callee):
                 out[op] = out.get(op, 0) + times * n
         return tuple(sorted(out.items()))

@@ -52,9 +52,16 @@ HLO = """HloModule m
   ROOT %lt = pred[] compare(%a, %b), direction=LT
 }
 
+%cond2 (p: (s32[], f32[4,8])) -> pred[] {
+  %c = s32[]{:T(128)} constant(5)
+  %i = s32[]{:T(128)} get-tuple-element(%p), index=0
+  ROOT %lt.2 = pred[]{:T(512)} compare(%i, %c), direction=LT, metadata={op_name="while/cond/lt"}
+}
+
 ENTRY %main (a: bf16[10]) -> bf16[10] {
   %a = bf16[10]{0} parameter(0)
   %w = (s32[], f32[4,8]{1,0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"3"}}
+  %w2 = (s32[], f32[4,8]{1,0}) while(%init), condition=%cond2, body=%body
   %s = (f32[2]{0}, f32[8]{0}) all-gather-start(f32[2]{0} %y), dimensions={0}
   %d = f32[8]{0} all-gather-done(%s)
   ROOT %ar = bf16[10]{0} all-reduce(%a), to_apply=%add
@@ -63,8 +70,10 @@ ENTRY %main (a: bf16[10]) -> bf16[10] {
 
 
 def test_collective_bytes_count_loops_by_their_trip_count():
-    # all-gather: 3 trips x f32[4,8] (128 B) + the async start's result f32[8] (32 B)
-    assert aot.collective_bytes(HLO) == {"all-gather": 3 * 128 + 32, "all-reduce": 20}
+    # all-gather: 3 trips (XLA's known_trip_count) + 5 trips (the condition's
+    # i < 5, as TPU programs say it) of f32[4,8] (128 B), and the async
+    # start's result f32[8] (32 B)
+    assert aot.collective_bytes(HLO) == {"all-gather": (3 + 5) * 128 + 32, "all-reduce": 20}
 
 
 def _compile(*extra, returncode=0):
