@@ -21,8 +21,9 @@ Every task is a masked-LM row (t5mtl.data.lavender_features):
   retrieval   [CLS] caption [SEP] [MASK]         target: "true" / "false"
   captioning  [CLS] c_1 .. c_{t-1} [MASK]        target: c_t ([SEP] after the last)
 
-The loss is the cross-entropy at the weighted positions (every [MASK] the row
-builder placed), over their number, as MaskedLanguageModel's. Captions are
+A MaskedLanguageModel whose logits read the video too: its loss (the
+cross-entropy at every [MASK] the row builder placed, over their number),
+scores and predictions are the masked LM's. Captions are
 decoded by iterative masked decoding (`decode_captions`): append [MASK],
 predict it, write the prediction, append the next [MASK], left to right,
 until [SEP].
@@ -47,10 +48,10 @@ import jax
 import jax.numpy as jnp
 
 from t5mtl.errors import T5mtlError
-from t5mtl.models import losses
-from t5mtl.models.base import BaseModel, Batch
-from t5mtl.models.encoder_backbone import T5EncoderBackbone, backbone_from_spec, encoder_backbone
+from t5mtl.models.base import Batch
+from t5mtl.models.encoder_backbone import T5EncoderBackbone
 from t5mtl.models.layers import DenseGeneral
+from t5mtl.models.masked_lm import MaskedLanguageModel, loss_weights
 from t5mtl.models.t5 import EncoderInputs, EncoderOutput, Transformer
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4       # wordpiece_en's special ids
@@ -78,14 +79,8 @@ def _vit_config(vit_config):
     return vit_config
 
 
-def _weights(batch: Batch):
-    if "encoder_loss_weights" in batch:
-        return jnp.asarray(batch["encoder_loss_weights"], jnp.float32)
-    return (jnp.asarray(batch["encoder_target_tokens"]) > 0).astype(jnp.float32)
-
-
 @gin.configurable
-class Lavender(BaseModel):
+class Lavender(MaskedLanguageModel):
     """A video ViT and T5's encoder with one masked-LM head (module docstring).
 
     `video_encoder`: a Flax module called as `module(pixels, deterministic)`
@@ -95,13 +90,11 @@ class Lavender(BaseModel):
     def __init__(self, config=gin.REQUIRED, vit_config=gin.REQUIRED,
                  video_feature: str = "video", z_loss: float = 0.0, backbone_spec=None,
                  video_encoder: nn.Module | None = None, video_hidden: int | None = None):
-        self.backbone = (backbone_from_spec(backbone_spec) if backbone_spec is not None
-                         else encoder_backbone(config))
+        super().__init__(config, z_loss=z_loss, backbone_spec=backbone_spec)
         if not isinstance(self.backbone, T5EncoderBackbone):
             raise T5mtlError(f"Lavender's text encoder is T5's (@get_config()), got "
                              f"{self.backbone.family!r}")
         self.video_feature = str(video_feature)
-        self.z_loss = float(z_loss)
         if video_encoder is None:
             from t5mtl.models.vit import VisionTransformer
             self.vit_config = _vit_config(vit_config)
@@ -213,17 +206,8 @@ class Lavender(BaseModel):
         visual = self.visual_tokens(params, batch[self.video_feature], rngs[0])
         return self.text_logits(params, batch["encoder_input_tokens"], visual, rngs[1])
 
-    def loss_denominator(self, batch: Batch, num_tasks: int = 0) -> dict:
-        return {"loss": jnp.maximum(jnp.sum(_weights(batch)), 1.0)}
-
-    def loss_fn(self, params, batch: Batch, dropout_rng, num_tasks: int = 0):
-        use_dropout = dropout_rng is not None and (
-            self.backbone.dropout_rate > 0 or getattr(self.vit_config, "dropout_rate", 0) > 0)
-        logits = self.logits(params, batch, dropout_rng if use_dropout else None)
-        denominator = batch.get(losses.LOSS_DENOMINATOR_KEY) or self.loss_denominator(batch)
-        return losses.cross_entropy_with_z_loss(
-            logits, jnp.asarray(batch["encoder_target_tokens"], jnp.int32), _weights(batch),
-            z_loss=self.z_loss, loss_denominator=denominator["loss"])
+    def has_dropout(self) -> bool:
+        return self.backbone.dropout_rate > 0 or getattr(self.vit_config, "dropout_rate", 0) > 0
 
     # -- scores and predictions -----------------------------------------------------
     def mask_log_probs(self, params, batch: Batch) -> jax.Array:
@@ -232,22 +216,10 @@ class Lavender(BaseModel):
         at that position only."""
         visual = self.visual_tokens(params, batch[self.video_feature])
         encoded = self.encode(params, batch["encoder_input_tokens"], visual)
-        first = visual.shape[1] + jnp.argmax(_weights(batch) > 0, axis=-1)
+        first = visual.shape[1] + jnp.argmax(loss_weights(batch) > 0, axis=-1)
         hidden = jnp.take_along_axis(encoded.hidden, first[:, None, None], axis=1)
         at = EncoderOutput(hidden, jnp.ones(hidden.shape[:2], jnp.int32))
         return jax.nn.log_softmax(self.backbone.mlm_logits(params, at)[:, 0], axis=-1)
-
-    def score_batch(self, params, batch: Batch):
-        """[b]: sum of log p(target id) over each row's weighted positions."""
-        picked = losses.token_log_probs(self.logits(params, batch),
-                                        batch["encoder_target_tokens"])
-        return jnp.sum(picked * _weights(batch), axis=-1)
-
-    def predict_batch(self, params, batch: Batch, decode=None, rng=None):
-        """The input ids with each weighted position replaced by its argmax id."""
-        tokens = jnp.asarray(batch["encoder_input_tokens"], jnp.int32)
-        best = jnp.argmax(self.logits(params, batch), axis=-1).astype(jnp.int32)
-        return jnp.where(_weights(batch) > 0, best, tokens)
 
     def decode_captions(self, params, video, length: int) -> jax.Array:
         """int32 [b, length - 1]: captions by iterative masked decoding.

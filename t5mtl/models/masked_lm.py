@@ -34,7 +34,8 @@ from t5mtl.models.base import BaseModel, Batch
 from t5mtl.models.encoder_backbone import backbone_from_spec, encoder_backbone
 
 
-def _weights(batch: Batch):
+def loss_weights(batch: Batch):
+    """float32 [b, L]: 1 at the positions the loss reads (the selected ones)."""
     if "encoder_loss_weights" in batch:
         return jnp.asarray(batch["encoder_loss_weights"], jnp.float32)
     return (jnp.asarray(batch["encoder_target_tokens"]) > 0).astype(jnp.float32)
@@ -82,14 +83,18 @@ class MaskedLanguageModel(BaseModel):
         return self.backbone.mlm_logits(params, encoded)
 
     def loss_denominator(self, batch: Batch, num_tasks: int = 0) -> dict:
-        return {"loss": jnp.maximum(jnp.sum(_weights(batch)), 1.0)}
+        return {"loss": jnp.maximum(jnp.sum(loss_weights(batch)), 1.0)}
+
+    def has_dropout(self) -> bool:
+        """Whether training applies dropout anywhere (the rng is passed on)."""
+        return self.backbone.dropout_rate > 0
 
     def loss_fn(self, params, batch: Batch, dropout_rng, num_tasks: int = 0):
-        use_dropout = self.backbone.dropout_rate > 0 and dropout_rng is not None
+        use_dropout = self.has_dropout() and dropout_rng is not None
         logits = self.logits(params, batch, dropout_rng if use_dropout else None)
         denominator = batch.get(losses.LOSS_DENOMINATOR_KEY) or self.loss_denominator(batch)
         return losses.cross_entropy_with_z_loss(
-            logits, jnp.asarray(batch["encoder_target_tokens"], jnp.int32), _weights(batch),
+            logits, jnp.asarray(batch["encoder_target_tokens"], jnp.int32), loss_weights(batch),
             z_loss=self.z_loss, loss_denominator=denominator["loss"])
 
     # -- scores and predictions -----------------------------------------------------
@@ -97,10 +102,10 @@ class MaskedLanguageModel(BaseModel):
         """[b]: sum of log p(target id) over each row's weighted positions."""
         picked = losses.token_log_probs(self.logits(params, batch),
                                         batch["encoder_target_tokens"])
-        return jnp.sum(picked * _weights(batch), axis=-1)
+        return jnp.sum(picked * loss_weights(batch), axis=-1)
 
     def predict_batch(self, params, batch: Batch, decode=None, rng=None):
         """The input ids with each weighted position replaced by its argmax id."""
         tokens = jnp.asarray(batch["encoder_input_tokens"], jnp.int32)
         best = jnp.argmax(self.logits(params, batch), axis=-1).astype(jnp.int32)
-        return jnp.where(_weights(batch) > 0, best, tokens)
+        return jnp.where(loss_weights(batch) > 0, best, tokens)
