@@ -3,7 +3,7 @@ table (docs/performance.md, "Will it fit on the pod").
 
   python bench/pod_sizing.py [--models t5_1_1_base,...] [--topologies v4-8,...]
 
-Each cell compiles gin/runs/pod_sizing.gin's train step (inputs 512,
+Each cell compiles gin/sizing/pod_sizing.gin's train step (inputs 512,
 targets 114, packed, batch 256, bfloat16 activations, scanned layers with
 full remat, Adafactor, FSDP over every device) for the slice with libtpu on
 this CPU host, in its own process, and reads the report (t5mtl/train/aot.py).
@@ -24,7 +24,7 @@ GIB = 1 << 30
 
 def compile_one(model: str, topology: str, extra=()) -> dict:
     cmd = [sys.executable, "-m", "t5mtl.cli", "compile", f"--gin_file=gin/models/{model}.gin",
-           "--gin_file=gin/runs/pod_sizing.gin", f"--topology={topology}", "--json", *extra]
+           "--gin_file=gin/sizing/pod_sizing.gin", f"--topology={topology}", "--json", *extra]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode not in (0, 3):
