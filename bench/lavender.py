@@ -20,7 +20,8 @@ not trained on is zero-shot):
   QA         accuracy of the argmax id at the [MASK], over the whole vocabulary
              (all 1,248 test questions: colour, object, direction)
   match      accuracy of p(true) > p(false) on lavender_retrieval's 832 test
-             pairs (half matching, half differing in one attribute)
+             pairs (every test video with its caption and with one attribute
+             changed)
   retrieval  text -> video and video -> text R@1 / R@5 over the first
              --retrieval_videos test videos and their captions (a caption
              that is the same string as another video's counts for both)
@@ -169,7 +170,7 @@ def baselines(data, args) -> dict:
 def main(argv=None) -> str:
     parser = comparison.parser(__doc__, "/tmp/t5mtl_lavender", 0,
                                "a few steps per run (a smoke run)")
-    parser.add_argument("--steps", type=int, default=300, help="steps of a single-task run")
+    parser.add_argument("--steps", type=int, default=1500, help="steps of a single-task run")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--patch", type=int, default=8, help="the ViT's patch size")
     parser.add_argument("--retrieval_videos", type=int, default=100)
