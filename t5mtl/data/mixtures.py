@@ -62,13 +62,17 @@ SYNTH_EVAL_MIXTURES = {
 
 
 def supervised_tasks(split: str | None = "train") -> list[str]:
-    """Registered base tasks (not instruction variants, not pretraining), sorted,
-    that have `split` (None: all)."""
+    """Registered text-to-text base tasks (not instruction variants, not
+    pretraining, none with pixels or other non-text features), sorted, that
+    have `split` (None: all)."""
     names = []
     for info in task_info.list_task_infos(variant="none"):
         if info.category == "pretraining" or info.name not in seqio.TaskRegistry.names():
             continue
-        if split is None or split in seqio.TaskRegistry.get(info.name).splits:
+        task = seqio.TaskRegistry.get(info.name)
+        if any(isinstance(f, seqio.ContinuousFeature) for f in task.output_features.values()):
+            continue
+        if split is None or split in task.splits:
             names.append(info.name)
     return names
 

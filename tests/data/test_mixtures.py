@@ -31,6 +31,21 @@ def _expected_exmix(cap):
     return {n: r / total for n, r in rates.items()}
 
 
+def test_image_and_video_tasks_stay_out_of_the_text_to_text_mixtures():
+    # ExMix is text to text: registering CLIP's and LAVENDER's tasks (pixels
+    # beside the text) must not change it, nor break the mixtures built from it.
+    from t5mtl.data import vision_tasks
+    before = mixtures.supervised_tasks()
+    vision_tasks.register()
+    try:
+        assert mixtures.supervised_tasks() == before
+        mixtures.register(overwrite=True)
+        assert "clip_digits" not in mixing.mixture_proportions("exmix")
+    finally:
+        vision_tasks.unregister()
+        mixtures.register(overwrite=True)
+
+
 def test_exmix_is_examples_proportional_over_every_supervised_task():
     assert mixtures.supervised_tasks() == sorted([*REAL_TRAIN_COUNTS, *SYNTH])
     props = mixing.mixture_proportions("exmix")
