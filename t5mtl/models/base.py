@@ -16,7 +16,7 @@ trainer changes.
   feature_converter(pack, task_ids)     -> the seqio FeatureConverter its batches come from
   check_tasks(task_names)               -> refuses training data of other tasks (default: none)
   task_features(task_name, batch_size)  -> extra eval features (default: none)
-  vocab_size()                          -> ids the model embeds (a larger task vocabulary is refused)
+  embedded_ids()                        -> ids the model embeds (a larger task vocabulary is refused)
   warm_start(params, fresh, context)    -> params once a base is loaded (e.g. prompt inits)
 
 Metrics are additive over microbatches except the ratios
@@ -135,7 +135,7 @@ class BaseModel(abc.ABC):
         Default: none."""
         return {}
 
-    def vocab_size(self) -> int | None:
+    def embedded_ids(self) -> int | None:
         """How many token ids the model embeds (the trainer refuses a task
         vocabulary with more); None where it has no token embedding. Default:
         `config.vocab_size` of the model or of its encoder `backbone`."""

@@ -111,7 +111,7 @@ def resolve_model(model: BaseModel | None, model_config: T5Config | None,
 def _check_vocabulary(model: BaseModel, provider, name: str) -> None:
     """Ids past the model's embedding would gather as NaN rows (XLA fills
     out-of-range gathers): refuse the run before it writes anything."""
-    size = model.vocab_size()
+    size = model.embedded_ids()
     for feature_name, feature in provider.output_features.items():
         vocab = getattr(feature, "vocabulary", None)
         if size is None or vocab is None or vocab.vocab_size <= size:
