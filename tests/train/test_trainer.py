@@ -269,8 +269,11 @@ def test_a_vocabulary_larger_than_the_embedding_is_refused_before_writing(tmp_pa
     mixture = vision_tasks.register_clip_pretrain()            # wordpiece_en: 8,000 ids
     model = CLIP(vision=get_vit_config("vit_tiny"), text=get_config("t5_tiny"))   # 384 ids
     model_dir = tmp_path / "run"
-    with pytest.raises(T5mtlError, match=r"'clip_pretrain'.* 8000 ids.* embeds 384"):
-        train(str(model_dir), model=model, num_steps=1,
-              data=DataConfig(mixture_or_task_name=mixture, batch_size=4, pack=False,
-                              task_feature_lengths={"targets": 8}))
+    try:
+        with pytest.raises(T5mtlError, match=r"'clip_pretrain'.* 8000 ids.* embeds 384"):
+            train(str(model_dir), model=model, num_steps=1,
+                  data=DataConfig(mixture_or_task_name=mixture, batch_size=4, pack=False,
+                                  task_feature_lengths={"targets": 8}))
+    finally:
+        vision_tasks.unregister()
     assert not model_dir.exists()
