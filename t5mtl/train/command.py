@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         from t5mtl.data.data_dir import set_data_dir
         set_data_dir(args.data_dir)
     gin_config.parse(args.gin_file, args.gin_bindings, args.gin_search_path)
-    from t5mtl.train.trainer import summarize, train
+    from t5mtl.train.summary import summarize
+    from t5mtl.train.trainer import train
     import jax
     # config.gin is written once the model_dir is known to fit this run, so a
     # refused resume leaves the old run's config.gin as it was.

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import json
 import logging
 import time
 from typing import Callable, Sequence
@@ -30,12 +29,12 @@ import jax
 import seqio
 
 from t5mtl import paths
-from t5mtl.data.data_config import DataConfig, count_tokens, example_input, resolve_mixture
+from t5mtl.data.data_config import DataConfig, count_tokens, resolve_mixture
 from t5mtl.data.task_ids import task_names as mixture_task_names
 from t5mtl.data.task_info import get_task_info, has_task_info
 from t5mtl.data.vocab import vocabulary_spec
 from t5mtl.errors import T5mtlError
-from t5mtl.infer.evaluation import TaskEvaluator, flatten_metrics, score_table
+from t5mtl.infer.evaluation import TaskEvaluator, flatten_metrics
 from t5mtl.models import param_names
 from t5mtl.models.base import BaseModel, WarmStart
 from t5mtl.models.config import T5Config
@@ -480,22 +479,3 @@ def _progress(start: int, total: int, enabled: bool):
     return tqdm(total=total, initial=start, desc="train", unit="step",
                 disable=not enabled or jax.process_index() != 0, dynamic_ncols=True)
 
-
-def summarize(model_dir: str, summary: dict) -> str:
-    """The end-of-run text: per-task eval table, the checkpoint, how to infer."""
-    lines = [f"trained to step {summary['step']}; last train loss {summary['loss']:.4f}"]
-    if summary["eval"]:
-        lines += ["", score_table(summary["eval"]), ""]
-    lines.append(f"checkpoint: {paths.join(model_dir, model_dir_lib.CHECKPOINTS)}/"
-                 f"{summary['step']}")
-    if _text_to_text(model_dir):
-        example = example_input(sorted(summary["eval"])[0]) if summary["eval"] else "..."
-        lines.append(f"try it:     t5mtl infer --model_dir {model_dir} "
-                     f"--input {json.dumps(example)}")
-    return "\n".join(lines)
-
-
-def _text_to_text(model_dir: str) -> bool:
-    """Whether `t5mtl infer` (text in, decoded text out) can run the model_dir's
-    model: an EncoderDecoderModel; not a dual encoder, classifier or reader."""
-    return isinstance(model_dir_lib.read_model_json(model_dir).model, EncoderDecoderModel)

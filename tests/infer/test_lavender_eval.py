@@ -15,6 +15,7 @@ from t5mtl.infer import lavender_eval as le
 from t5mtl.models import get_config
 from t5mtl.models.lavender import Lavender
 from t5mtl.models.vit import get_vit_config
+from tests.models.test_lavender import _log_softmax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VIT = get_vit_config("vit_tiny_video", patch_size=8, hidden_size=16, num_heads=2, mlp_dim=32,
@@ -33,11 +34,6 @@ def random_params(model, seed=0, scale=0.5):
 
 def videos(n, seed=0):
     return np.random.RandomState(seed).uniform(0, 1, (n,) + VIT.pixel_shape).astype(np.float32)
-
-
-def _log_softmax(x):
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
 def test_answers_and_retrieval_scores_equal_the_full_logits():

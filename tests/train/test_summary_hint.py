@@ -4,7 +4,7 @@ from t5mtl.models.configs import get_config
 from t5mtl.models.dual_encoder import DualEncoder
 from t5mtl.models.encoder_decoder import EncoderDecoderModel
 from t5mtl.train import model_dir as model_dir_lib
-from t5mtl.train.trainer import summarize
+from t5mtl.train.summary import summarize
 
 SUMMARY = {"step": 3, "loss": 1.25, "eval": {}, "finished": False}
 
