@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -68,15 +67,6 @@ def caption_row(caption: Sequence[int], cut: int, length: int, masked: Sequence[
             raise T5mtlError(f"masked caption position {i} outside the prefix 0 .. {cut - 1}")
         inputs[i + 1], targets[i + 1] = MASK, c[i]
     return inputs, targets
-
-
-def pad_rows(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
-    out = np.zeros((len(rows), length), np.int32)
-    for r, row in enumerate(rows):
-        if len(row) > length:
-            raise T5mtlError(f"a row of {len(row)} ids does not fit length {length}")
-        out[r, :len(row)] = row
-    return out
 
 
 def _tf_row(ex, seed, length: int, mask_rate: float):

@@ -29,7 +29,8 @@ from typing import Sequence
 import numpy as np
 
 from t5mtl.data import metrics
-from t5mtl.data.lavender_features import MASK, answer_row, pad_rows
+from t5mtl.data.batches import pad_ids
+from t5mtl.data.lavender_features import MASK, answer_row
 from t5mtl.errors import T5mtlError
 from t5mtl.infer import clip_eval
 
@@ -60,7 +61,7 @@ def answer_rows(questions: Sequence[Sequence[int]], length: int) -> dict[str, np
     """The token features of "[CLS] question [SEP] [MASK]" rows (the weight
     and a placeholder target at the [MASK])."""
     rows = [answer_row(q, [MASK], length) for q in questions]
-    tokens, targets = pad_rows([r[0] for r in rows], length), pad_rows([r[1] for r in rows],
+    tokens, targets = pad_ids([r[0] for r in rows], length), pad_ids([r[1] for r in rows],
                                                                          length)
     return {"encoder_input_tokens": tokens, "encoder_target_tokens": targets,
             "encoder_loss_weights": (targets > 0).astype(np.int32)}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from t5mtl.data.batches import pad_ids
 from t5mtl.data import lavender_features as lf
 from t5mtl.errors import T5mtlError
 from t5mtl.models import get_config
@@ -187,15 +188,15 @@ def test_converter_rows_equal_the_numpy_builders():
         tokens, targets = row["encoder_input_tokens"], row["encoder_target_tokens"]
         np.testing.assert_array_equal(row["encoder_loss_weights"], targets > 0)
         if ex["inputs"].size:
-            want = lf.pad_rows([lf.answer_row(ex["inputs"], ex["targets"], 8)[0]], 8)[0]
+            want = pad_ids([lf.answer_row(ex["inputs"], ex["targets"], 8)[0]], 8)[0]
             np.testing.assert_array_equal(tokens, want)
             assert targets[5] == ex["targets"][0] and targets.sum() == ex["targets"][0]
             continue
         cut = int((tokens > 0).sum()) - 2
         where = [i for i in range(cut) if tokens[i + 1] == MASK]
         inputs, tg = lf.caption_row(caption, cut, 8, where)
-        np.testing.assert_array_equal(tokens, lf.pad_rows([inputs], 8)[0])
-        np.testing.assert_array_equal(targets, lf.pad_rows([tg], 8)[0])
+        np.testing.assert_array_equal(tokens, pad_ids([inputs], 8)[0])
+        np.testing.assert_array_equal(targets, pad_ids([tg], 8)[0])
         cuts.append(cut)
         masked, prefix = masked + len(where), prefix + cut
     # cuts uniform over 0..4 (caption + [SEP]); prefix masks at mask_rate
