@@ -37,6 +37,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from t5mtl.data.batches import pad_ids
 from t5mtl.errors import T5mtlError
 
 RECALL_KS = (1, 5)
@@ -78,13 +79,11 @@ def image_features(model, params, images, batch_size: int = 64) -> np.ndarray:
 def tokenize(texts: Sequence[str], vocabulary, length: int) -> np.ndarray:
     """int32 [n, length]: each text's ids (as seqio's tokenize makes them for
     a feature without EOS), cut to `length`, padded with 0."""
-    out = np.zeros((len(texts), length), np.int32)
-    for i, text in enumerate(texts):
-        ids = list(vocabulary.encode(text))[:length]
-        if not ids:
-            raise T5mtlError(f"text {text!r} has no tokens")
-        out[i, :len(ids)] = ids
-    return out
+    rows = [list(vocabulary.encode(text)) for text in texts]
+    empty = [text for text, ids in zip(texts, rows) if not ids]
+    if empty:
+        raise T5mtlError(f"text {empty[0]!r} has no tokens")
+    return pad_ids(rows, length)
 
 
 def text_embedder(model, params, vocabulary, length: int = 16,
